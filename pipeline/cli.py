@@ -1,0 +1,263 @@
+"""`infir`: one subcommand per stage, plus `build` and `status`.
+
+The CLI only parses flags into config overrides and calls stage functions. Errors reach the
+user as one line and a non-zero exit; `--debug` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+import click
+import typer
+
+from pipeline.config import load_config, parse_value
+from pipeline.errors import InfirError
+
+app = typer.Typer(
+    name="infir",
+    help="Build instruction-following retrieval training corpora (InF-IR style), stage by stage.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+cache_app = typer.Typer(help="Inspect the LLM response cache.", no_args_is_help=True)
+app.add_typer(cache_app, name="cache")
+
+_state = {"debug": False}
+
+ConfigOpt = typer.Option(None, "--config", "-c", help="Run config (TOML). Default: configs/sample.toml.")
+RunOpt = typer.Option(None, "--run", help="Run name (a folder under run.runs_dir). Overrides run.name.")
+SetOpt = typer.Option(None, "--set", help="Override any config key: --set source.sample_queries=500 (repeatable).")
+ForceOpt = typer.Option(False, "--force", help="Redo the stage even if it finished, discarding its output.")
+
+
+@app.callback()
+def _root(debug: bool = typer.Option(False, "--debug", help="Show tracebacks on errors.")) -> None:
+    _state["debug"] = debug
+
+
+def _overrides(sets: list[str] | None, **flags: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in sets or []:
+        if "=" not in item:
+            raise InfirError(f"--set {item!r}: expected KEY=VALUE, e.g. --set source.sample_queries=500")
+        key, raw = item.split("=", 1)
+        out[key.strip()] = parse_value(raw.strip())
+    out.update({k: v for k, v in flags.items() if v is not None})
+    return out
+
+
+def _config(config: Optional[Path], run: Optional[str], sets: list[str] | None, **flags: Any):
+    return load_config(config, _overrides(sets, **{"run.name": run}, **flags))
+
+
+@app.command()
+def source(
+    config: Optional[Path] = ConfigOpt,
+    run: Optional[str] = RunOpt,
+    input: Optional[Path] = typer.Option(None, "--input", help="Input folder (source.path)."),
+    format: Optional[str] = typer.Option(None, "--format", help="beir | msmarco | jsonl | parquet | hf."),
+    sample: Optional[int] = typer.Option(None, "--sample", help="Number of queries to sample (0 = all)."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Sampling seed."),
+    decontaminate: Optional[list[Path]] = typer.Option(
+        None, "--decontaminate", help="Evaluation topic file to decontaminate against (repeatable)."
+    ),
+    set_: Optional[list[str]] = SetOpt,
+    force: bool = ForceOpt,
+) -> None:
+    """Read queries, passages and qrels; write one row per (query, judged positive passage).
+
+    Input: BEIR (corpus.jsonl, queries.jsonl, qrels/<split>.tsv), MS MARCO tsv (collection.tsv,
+    queries.tsv, qrels), jsonl or Parquet with a column map, or a Hugging Face dataset.
+    Output: runs/<run>/source/ (rows, the whole collection under collection/, quarantine.parquet
+    with every dropped line and its reason, _SUCCESS.json). A finished stage is skipped on rerun.
+    """
+    from pipeline.stages.common import save_effective_config
+    from pipeline.stages.source import run_source
+
+    cfg = _config(
+        config,
+        run,
+        set_,
+        **{
+            "source.path": str(input) if input else None,
+            "source.format": format,
+            "source.sample_queries": sample,
+            "source.seed": seed,
+            "source.decontaminate": [str(p) for p in decontaminate] if decontaminate else None,
+        },
+    )
+    save_effective_config(cfg)
+    run_source(cfg, force=force)
+
+
+BackendOpt = typer.Option(None, "--backend", help="LLM backend: offline (default, no key) or openai.")
+ModelOpt = typer.Option(None, "--model", help="Model for this stage (overrides the config).")
+MaxCostOpt = typer.Option(None, "--max-cost-usd", help="Stop cleanly (resumable) once this much is spent.")
+ConcurrencyOpt = typer.Option(None, "--concurrency", help="LLM requests in flight at once.")
+
+
+def _llm_stage(stage: str, config, run, set_, backend, model, max_cost, concurrency, force) -> None:
+    from pipeline.stages.common import save_effective_config
+    from pipeline.stages.registry import STAGES
+
+    cfg = _config(
+        config,
+        run,
+        set_,
+        **{
+            "llm.backend": backend,
+            f"{stage}.model": model,
+            "llm.max_cost_usd": max_cost,
+            "llm.concurrency": concurrency,
+        },
+    )
+    save_effective_config(cfg)
+    STAGES[stage](cfg, force=force)
+
+
+@app.command()
+def generate(
+    config: Optional[Path] = ConfigOpt,
+    run: Optional[str] = RunOpt,
+    backend: Optional[str] = BackendOpt,
+    model: Optional[str] = ModelOpt,
+    max_cost_usd: Optional[float] = MaxCostOpt,
+    concurrency: Optional[int] = ConcurrencyOpt,
+    set_: Optional[list[str]] = SetOpt,
+    force: bool = ForceOpt,
+) -> None:
+    """Write the positive instruction I+ for every source row (prompt: prompts/generate_instruction.md).
+
+    Input: runs/<run>/source/. Output: runs/<run>/generate/ with instruction_positive, the model,
+    the prompt hash and, for a row whose call failed, generate_error. Every response is cached.
+    """
+    _llm_stage("generate", config, run, set_, backend, model, max_cost_usd, concurrency, force)
+
+
+@app.command()
+def mine(
+    config: Optional[Path] = ConfigOpt,
+    run: Optional[str] = RunOpt,
+    backend: Optional[str] = BackendOpt,
+    model: Optional[str] = ModelOpt,
+    max_cost_usd: Optional[float] = MaxCostOpt,
+    concurrency: Optional[int] = ConcurrencyOpt,
+    set_: Optional[list[str]] = SetOpt,
+    force: bool = ForceOpt,
+) -> None:
+    """Mine passage negatives (BM25/dense, mine.retrieval) and poison each row (prompts/poison.md).
+
+    Input: runs/<run>/generate/. Output: runs/<run>/mine/ with mined_negatives, instruction_negative,
+    hard_negative_document_1, query_negative, hard_negative_document_2. One LLM call per row.
+    """
+    _llm_stage("mine", config, run, set_, backend, model, max_cost_usd, concurrency, force)
+
+
+@app.command()
+def verify(
+    config: Optional[Path] = ConfigOpt,
+    run: Optional[str] = RunOpt,
+    backend: Optional[str] = BackendOpt,
+    model: Optional[str] = ModelOpt,
+    max_cost_usd: Optional[float] = MaxCostOpt,
+    concurrency: Optional[int] = ConcurrencyOpt,
+    set_: Optional[list[str]] = SetOpt,
+    force: bool = ForceOpt,
+) -> None:
+    """Pre-filter, then judge every candidate on every check (prompts/judge.md; default o3-mini).
+
+    Input: runs/<run>/mine/. Output: runs/<run>/verify/ (all rows with verdicts and reasons),
+    verify/accepted/ and verify/rejected/ (with the failed checks). One LLM call per judged row.
+    """
+    _llm_stage("verify", config, run, set_, backend, model, max_cost_usd, concurrency, force)
+
+
+@app.command()
+def build(
+    config: Optional[Path] = ConfigOpt,
+    run: Optional[str] = RunOpt,
+    backend: Optional[str] = BackendOpt,
+    max_cost_usd: Optional[float] = MaxCostOpt,
+    concurrency: Optional[int] = ConcurrencyOpt,
+    until: Optional[str] = typer.Option(None, "--until", help="Stop after this stage (e.g. verify)."),
+    set_: Optional[list[str]] = SetOpt,
+    force: bool = ForceOpt,
+) -> None:
+    """Run every stage in order (source, generate, mine, verify, write, train); finished ones are skipped."""
+    from pipeline.stages.common import save_effective_config
+    from pipeline.stages.registry import ORDER, STAGES
+
+    if until is not None and until not in ORDER:
+        raise InfirError(f"--until {until!r}: expected one of {', '.join(ORDER)}")
+    cfg = _config(
+        config, run, set_, **{"llm.backend": backend, "llm.max_cost_usd": max_cost_usd, "llm.concurrency": concurrency}
+    )
+    save_effective_config(cfg)
+    for stage in ORDER:
+        STAGES[stage](cfg, force=force)
+        if stage == until:
+            break
+
+
+@app.command()
+def status(run_path: Path = typer.Argument(..., help="A run directory, e.g. runs/sample.")) -> None:
+    """Per-stage progress of a run: finished or not, rows, LLM calls, tokens and cost."""
+    from pipeline.status import print_status
+
+    print_status(run_path)
+
+
+@cache_app.command("stats")
+def cache_stats(
+    config: Optional[Path] = ConfigOpt,
+    set_: Optional[list[str]] = SetOpt,
+) -> None:
+    """Entries, hits and size of the LLM response cache (llm.cache_path)."""
+    from pipeline.llm.cache import Cache
+    from pipeline.progress import print_summary
+
+    cfg = _config(config, None, set_)
+    path = Path(cfg.llm.cache_path)
+    if not path.exists():
+        raise InfirError(f"{path}: no cache yet (nothing has been generated with this config)")
+    stats = Cache(path).stats()
+    print_summary("LLM cache", [(k, v) for k, v in stats.items()])
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        app(args=argv, standalone_mode=False)
+    except InfirError as e:
+        if _state["debug"]:
+            raise
+        typer.secho(f"error: {e}", err=True, fg="red")
+        return 2
+    except click.exceptions.Abort:
+        typer.secho("interrupted; rerun the same command to resume", err=True, fg="yellow")
+        return 130
+    except KeyboardInterrupt:
+        typer.secho("interrupted; rerun the same command to resume", err=True, fg="yellow")
+        return 130
+    except click.ClickException as e:
+        e.show()
+        return e.exit_code
+    except click.exceptions.Exit as e:
+        return e.exit_code
+    except Exception as e:  # a bug: one line for the user, the traceback behind --debug
+        if _state["debug"] or "--debug" in (argv or sys.argv):
+            raise
+        typer.secho(f"internal error: {type(e).__name__}: {e} (rerun with --debug for details)", err=True, fg="red")
+        return 1
+    return 0
+
+
+def entrypoint() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    entrypoint()

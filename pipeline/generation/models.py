@@ -1,0 +1,52 @@
+"""The output model of each prompt: the JSON schema sent as `response_format`, and the parser."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+CHECKS = (
+    "positive_fits",
+    "positive_fails_instruction_negative",
+    "positive_fails_query_negative",
+    "hn1_fits",
+    "hn2_fits",
+    "hn1_fails_positive",
+    "hn2_fails_positive",
+    "instruction_negative_plausible",
+    "query_negative_plausible",
+)
+
+
+class _Out(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class GeneratedInstruction(_Out):
+    instruction: str = Field(description="the positive instruction I+")
+    kind: Literal["aspect", "constraint", "format", "exclusion"]
+
+
+class PoisonedPair(_Out):
+    instruction_negative: str
+    hard_negative_document_1: str
+    query_negative: str
+    hard_negative_document_2: str
+
+
+class Verdict(_Out):
+    passed: bool
+    reason: str
+
+
+class JudgeVerdicts(_Out):
+    positive_fits: Verdict
+    positive_fails_instruction_negative: Verdict
+    positive_fails_query_negative: Verdict
+    hn1_fits: Verdict
+    hn2_fits: Verdict
+    hn1_fails_positive: Verdict
+    hn2_fails_positive: Verdict
+    instruction_negative_plausible: Verdict
+    query_negative_plausible: Verdict

@@ -1,0 +1,94 @@
+"""`infir generate`: an LLM writes the positive instruction I+ for every source row."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+from pipeline.generation.models import GeneratedInstruction
+from pipeline.progress import print_summary
+from pipeline.stages import llm_common as lc
+from pipeline.stages.common import StageResult, run_dir, skipped
+from pipeline.stages.neighbours import near_misses
+from pipeline.stages.sharded import run_chunks
+from pipeline.stages.source import ROW_SCHEMA as SOURCE_SCHEMA
+from pipeline.store import StageOutput, identity_hash, require_stage, stage_fingerprint
+
+SCHEMA = pa.schema(
+    list(SOURCE_SCHEMA)
+    + [
+        pa.field("instruction_positive", pa.string()),
+        pa.field("instruction_kind", pa.string()),
+        pa.field("backend", pa.string()),
+        pa.field("generator_model", pa.string()),
+        pa.field("prompt_generate", pa.string()),
+        pa.field("generate_error", pa.string()),
+    ]
+)
+
+
+def run_generate(cfg, force: bool = False) -> StageResult:
+    g = cfg.generate
+    rd = run_dir(cfg)
+    upstream = require_stage(rd, "source")
+    prompt = lc.prompt(g.prompt)
+    model = lc.effective_model(cfg, g.model)
+    identity = identity_hash(g, cfg.llm.backend, model, cfg.mine.retrieval if g.use_near_misses else None)
+    out = StageOutput(rd, "generate", stage_fingerprint(upstream), identity, {g.prompt: prompt.sha}, force=force)
+    with out:
+        done = out.completed()
+        if done:
+            return skipped("generate", done)
+        out.prepare()
+        client = lc.make_client(cfg)
+        params = lc.params_for(model, temperature=g.temperature, max_tokens=g.max_tokens)
+        stats = {"ok": 0, "failed": 0}
+
+        def process(rows: list[dict]) -> list[dict]:
+            # The same near misses `mine` shows its prompt, so the instruction is aimed at the
+            # passages its negatives will come from.
+            misses = near_misses(cfg, rows, g.near_misses) if (g.use_near_misses and g.near_misses) else {}
+            tasks = [
+                lc.task(
+                    r["id"],
+                    prompt,
+                    {
+                        "query": r["query_positive"],
+                        "passage": r["document_positive"],
+                        "near_misses": [n.text for n in misses.get(r["id"], [])],
+                    },
+                    GeneratedInstruction,
+                    model,
+                    params,
+                )
+                for r in rows
+            ]
+            results = client.run(tasks)
+            out_rows = []
+            for r, res in zip(rows, results):
+                value = res.value if res.ok else None
+                out_rows.append(
+                    {
+                        **r,
+                        "instruction_positive": value.instruction if value else None,
+                        "instruction_kind": value.kind if value else None,
+                        "backend": cfg.llm.backend,
+                        "generator_model": model,
+                        "prompt_generate": prompt.sha,
+                        "generate_error": None if res.ok else res.error,
+                    }
+                )
+            return out_rows
+
+        def count(table: pa.Table) -> None:
+            ok = table.column("generate_error").null_count
+            stats["ok"] += ok
+            stats["failed"] += table.num_rows - ok
+
+        shards = run_chunks(
+            out, rd / "source", upstream["rows"], g.shard_rows, SCHEMA, process, "generate", client, count
+        )
+        summary = {"rows": stats["ok"] + stats["failed"], "instructions": stats["ok"], "failed": stats["failed"],
+                   **shards, "llm": lc.llm_summary(client)}
+        success = out.finish(summary)
+    print_summary("generate", [(k, v) for k, v in summary.items() if k != "llm"] + list(summary["llm"].items()))
+    return StageResult("generate", False, success)

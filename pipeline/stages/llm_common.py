@@ -1,0 +1,65 @@
+"""What the LLM stages share: the client, the effective model name, per-stage LLM summaries."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from pipeline.llm.client import LLMClient, LLMTask, default_params
+from pipeline.llm.prompts import Prompt, load_prompt
+
+_OFFLINE_SOURCES = ("llm/offline.py", "generation/lexical.py")
+
+
+def offline_model_name() -> str:
+    """The offline backend's model name carries a hash of its code: changing its rules can never
+    serve answers cached from the old rules, and its keys never collide with a real model's."""
+    root = Path(__file__).resolve().parent.parent
+    h = hashlib.sha256()
+    for rel in _OFFLINE_SOURCES:
+        h.update((root / rel).read_bytes())
+    return f"infir-offline@{h.hexdigest()[:8]}"
+
+
+def effective_model(cfg, model: str) -> str:
+    return offline_model_name() if cfg.llm.backend == "offline" else model
+
+
+def make_client(cfg) -> LLMClient:
+    from pipeline.llm import make_client as _make
+
+    return _make(cfg.llm)
+
+
+def task(key_id: str, prompt: Prompt, variables: dict, output_model, model: str, params: dict) -> LLMTask:
+    return LLMTask(key_id=key_id, prompt=prompt, variables=variables, output_model=output_model, model=model, params=params)
+
+
+def params_for(model: str, *, temperature: float | None = None, max_tokens: int | None = None,
+               reasoning_effort: str = "medium") -> dict:
+    kw = {"max_tokens": max_tokens, "reasoning_effort": reasoning_effort}
+    if temperature is not None:
+        kw["temperature"] = temperature
+    return default_params(model, **kw)
+
+
+def prompt(name: str) -> Prompt:
+    return load_prompt(name)
+
+
+def llm_summary(client: LLMClient) -> dict:
+    t = client.totals
+    return {
+        "requests": t.requests,
+        "http_calls": t.http_calls,
+        "cache_hits": t.cache_hits,
+        "retries": t.retries,
+        "repairs": t.repairs,
+        "failures": t.failures,
+        "prompt_tokens": t.prompt_tokens,
+        "completion_tokens": t.completion_tokens,
+        "cost_usd": round(t.cost_usd, 6),
+        # What every response used cost when it was made, cache hits included: the corpus's price.
+        "corpus_cost_usd": round(t.cost_usd + t.saved_cost_usd, 6),
+        "backend": client.backend.name if hasattr(client.backend, "name") else type(client.backend).__name__,
+    }
