@@ -147,9 +147,15 @@ def _check_columns(path: Path, present: list[str], needed: list[str | None]) -> 
         raise InfirError(f"{path}: missing column(s) {', '.join(missing)} (have: {', '.join(present)})")
 
 
+def _parquet_columns(path: Path) -> list[str]:
+    try:
+        return pq.read_schema(path).names
+    except (pa.ArrowInvalid, OSError) as e:
+        raise InfirError(f"{path}: not a readable Parquet file ({e})") from None
+
+
 def read_parquet_records(path: Path, cols: ColumnMap, q: Quarantine, with_title: bool) -> Iterator[Record]:
-    schema_names = pq.read_schema(path).names if path.is_file() else []
-    _check_columns(path, schema_names, [cols.id, cols.text])
+    _check_columns(path, _parquet_columns(path), [cols.id, cols.text])
     yield from _records_from_rows(_table_rows(path), cols, q, with_title, str(path))
 
 
@@ -261,8 +267,7 @@ class SourceReader:
             return _qrels_from_rows(_hf_rows(self.s.hf_qrels), cols, self.q, f"hf:{self.s.hf_qrels.name}")
         path = self.qrels_path()
         if path.suffix == ".parquet":
-            names = pq.read_schema(path).names
-            _check_columns(path, names, [cols.qrel_query_id, cols.qrel_passage_id])
+            _check_columns(path, _parquet_columns(path), [cols.qrel_query_id, cols.qrel_passage_id])
             return _qrels_from_rows(_table_rows(path), cols, self.q, str(path))
         if path.suffix == ".jsonl":
             return _qrels_from_rows(_jsonl_rows(path, self.q), cols, self.q, str(path))

@@ -206,7 +206,7 @@ def _build(cfg, s: SourceSettings, reader: SourceReader, q: Quarantine, out: Sta
     seen = NearDupIndex(s.dedup_threshold)
     order = sorted(candidates)
     random.Random(s.seed if s.seed is not None else cfg.run.seed).shuffle(order)
-    kept: list[str] = []
+    kept: list[tuple[str, list[str]]] = []
     qfile = str(reader.queries_path()) if s.format != "hf" else "hf:queries"
     for qid in order:
         if s.sample_queries and len(kept) >= s.sample_queries:
@@ -226,20 +226,24 @@ def _build(cfg, s: SourceSettings, reader: SourceReader, q: Quarantine, out: Sta
         if dup:
             q.add(qfile, qlines[qid], f"duplicate query: '{qid}' repeats '{dup[0]}' ({dup[1]:.0f})", text)
             continue
-        seen.add(text, qid)
-        kept.append(qid)
-
-    # 6. rows: one per (query, judged positive) inside the length bounds.
-    rows = []
-    for qid in sorted(kept):
-        pids = sorted(candidates[qid])
-        for pid in pids:
+        usable = []
+        for pid in sorted(candidates[qid]):
             doc = pos_text[pid]
             n = word_count(doc)
-            if n < s.min_passage_words or n > s.max_passage_words:
+            if s.min_passage_words <= n <= s.max_passage_words:
+                usable.append(pid)
+            else:
                 file, line = positives[qid][pid]
                 q.add(file, line, f"passage length: {n} words outside [{s.min_passage_words}, {s.max_passage_words}] ('{pid}')", doc)
-                continue
+        if not usable:
+            continue  # the query has no usable positive, so it does not count towards the sample
+        seen.add(text, qid)
+        kept.append((qid, usable))
+
+    # 6. rows: one per (query, judged positive).
+    rows = []
+    for qid, usable in sorted(kept):
+        for pid in usable:
             rows.append(
                 {
                     "id": content_id(source_name, qid, pid),
@@ -247,12 +251,15 @@ def _build(cfg, s: SourceSettings, reader: SourceReader, q: Quarantine, out: Sta
                     "query_id": qid,
                     "query_positive": queries[qid],
                     "passage_id": pid,
-                    "document_positive": doc,
-                    "positive_ids": pids,
+                    "document_positive": pos_text[pid],
+                    "positive_ids": sorted(candidates[qid]),
                 }
             )
     if not rows:
-        raise InfirError(f"{s.path or source_name}: no usable (query, positive passage) rows; see {out.dir / 'quarantine.parquet'}")
+        console.print(
+            f"[yellow]warning[/]: no usable (query, positive passage) rows; every drop and its reason is in "
+            f"{out.dir / 'quarantine.parquet'}"
+        )
     for i in range(0, len(rows), s.shard_rows):
         out.write_shard(shard_name(i // s.shard_rows), pa.Table.from_pylist(rows[i : i + s.shard_rows], schema=ROW_SCHEMA))
 
