@@ -177,6 +177,62 @@ def verify(
 
 
 @app.command()
+def write(
+    config: Optional[Path] = ConfigOpt,
+    run: Optional[str] = RunOpt,
+    version: Optional[str] = typer.Option(None, "--version", help="Release version (default: write.version)."),
+    bump: Optional[str] = typer.Option(None, "--bump", help="patch | minor | major: the next version."),
+    st_export: Optional[bool] = typer.Option(None, "--st-export/--no-st-export", help="Also write anchor/positive/negative files for sentence-transformers."),
+    verify_dir: Optional[Path] = typer.Option(None, "--verify", help="Only check a written release: every checksum and row count."),
+    set_: Optional[list[str]] = SetOpt,
+) -> None:
+    """Write the accepted rows as releases/<name>/<version>/: Parquet shards per split, manifest.json,
+    and a README.md dataset card with plots. A version is immutable: identical content is a no-op,
+    different content is refused (use --bump or a new --version)."""
+    if verify_dir is not None:
+        from pipeline.release import verify_release
+        from pipeline.progress import console
+
+        report = verify_release(verify_dir)
+        console.print(f"[green]ok[/]: {report.summary()}")
+        return
+    if bump is not None and bump not in ("patch", "minor", "major"):
+        raise InfirError(f"--bump {bump!r}: expected patch, minor or major")
+    from pipeline.stages.common import save_effective_config
+    from pipeline.stages.write import run_write
+
+    cfg = _config(config, run, set_, **{"write.st_export": st_export})
+    save_effective_config(cfg)
+    run_write(cfg, version=version, bump=bump)
+
+
+@app.command()
+def publish(
+    release: Path = typer.Argument(..., help="A release directory, e.g. releases/inf-ir-sample/1.0.0."),
+    repo: str = typer.Option(..., "--repo", help="Hugging Face dataset repo id, e.g. org/name."),
+    endpoint: Optional[str] = typer.Option(None, "--endpoint", help="Hub endpoint (default: HF_ENDPOINT or huggingface.co)."),
+    private: bool = typer.Option(False, "--private", help="Create the repo as private."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="List what would be uploaded; no network."),
+) -> None:
+    """Publish a release to a Hugging Face dataset repo: one commit naming the version, tagged with it.
+
+    The token comes from HF_TOKEN or the huggingface_hub login cache and is never written anywhere.
+    A version tag that already exists is refused."""
+    from pipeline.progress import console
+    from pipeline.release import publish_release
+
+    result = publish_release(release, repo, endpoint=endpoint, dry_run=dry_run, private=private)
+    if dry_run:
+        for path, size in result.files:
+            console.print(f"  {path}  ({size:,} bytes)")
+        console.print(
+            f"dry run: {len(result.files)} file(s), {result.total_bytes:,} bytes would be uploaded to {repo} as {result.version}"
+        )
+    else:
+        console.print(f"[green]published[/] {result.version} to {repo}: commit {result.commit_oid}, tag {result.tag}")
+
+
+@app.command()
 def build(
     config: Optional[Path] = ConfigOpt,
     run: Optional[str] = RunOpt,

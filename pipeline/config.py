@@ -107,6 +107,8 @@ class WriteSettings(Section):
     seed: int = 13
     max_rows_per_shard: int = 50_000
     st_export: bool = False
+    # The dataset card's licence (a Hub licence id); the source corpus's terms decide it.
+    license: str = "other"
 
 
 def _section_models() -> dict[str, type[BaseModel]]:

@@ -22,6 +22,7 @@ SCHEMA = pa.schema(
         pa.field("generator_model", pa.string()),
         pa.field("prompt_generate", pa.string()),
         pa.field("generate_error", pa.string()),
+        pa.field("usage_generate", lc.USAGE_TYPE),
     ]
 )
 
@@ -75,6 +76,7 @@ def run_generate(cfg, force: bool = False) -> StageResult:
                         "generator_model": model,
                         "prompt_generate": prompt.sha,
                         "generate_error": None if res.ok else res.error,
+                        "usage_generate": lc.usage_record(client, model, res),
                     }
                 )
             return out_rows

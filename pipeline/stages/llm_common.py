@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+import pyarrow as pa
+
 from pipeline.llm.client import LLMClient, LLMTask, default_params
 from pipeline.llm.prompts import Prompt, load_prompt
 
@@ -63,3 +65,29 @@ def llm_summary(client: LLMClient) -> dict:
         "corpus_cost_usd": round(t.cost_usd + t.saved_cost_usd, 6),
         "backend": client.backend.name if hasattr(client.backend, "name") else type(client.backend).__name__,
     }
+
+
+USAGE_TYPE = pa.struct(
+    [("prompt_tokens", pa.int64()), ("completion_tokens", pa.int64()), ("cost_usd", pa.float64())]
+)
+
+
+def usage_record(client: LLMClient, model: str, res) -> dict | None:
+    """What one row's call cost when it was made, cache hits included: the row-level audit that
+    survives resume and reruns (the client's totals only count this process)."""
+    if res is None:
+        return None
+    u = res.usage
+    cost = client.prices.cost(model, u.prompt_tokens, u.completion_tokens, u.cached_tokens)
+    return {"prompt_tokens": u.prompt_tokens, "completion_tokens": u.completion_tokens, "cost_usd": cost}
+
+
+def sum_usage(table, column: str) -> dict:
+    total = {"prompt_tokens": 0, "completion_tokens": 0, "cost_usd": 0.0, "calls": 0}
+    for u in table.column(column).to_pylist():
+        if u:
+            total["prompt_tokens"] += u["prompt_tokens"]
+            total["completion_tokens"] += u["completion_tokens"]
+            total["cost_usd"] += u["cost_usd"]
+            total["calls"] += 1
+    return total

@@ -27,6 +27,7 @@ SCHEMA = pa.schema(
         pa.field("poison_model", pa.string()),
         pa.field("prompt_poison", pa.string()),
         pa.field("mine_error", pa.string()),
+        pa.field("usage_mine", lc.USAGE_TYPE),
     ]
 )
 
@@ -95,6 +96,7 @@ def run_mine(cfg, force: bool = False) -> StageResult:
                         "poison_model": model,
                         "prompt_poison": prompt.sha,
                         "mine_error": error,
+                        "usage_mine": lc.usage_record(client, model, res),
                     }
                 )
             return out_rows

@@ -29,5 +29,17 @@ def _verify(cfg, force=False):
     return run_verify(cfg, force=force)
 
 
-STAGES: dict[str, Callable] = {"source": _source, "generate": _generate, "mine": _mine, "verify": _verify}
+def _write(cfg, force=False):
+    from pipeline.stages.write import run_write
+
+    return run_write(cfg, force=force)
+
+
+STAGES: dict[str, Callable] = {
+    "source": _source,
+    "generate": _generate,
+    "mine": _mine,
+    "verify": _verify,
+    "write": _write,
+}
 ORDER = list(STAGES)

@@ -30,6 +30,7 @@ SCHEMA = pa.schema(
         pa.field("judge_model", pa.string()),
         pa.field("prompt_judge", pa.string()),
         pa.field("verify_error", pa.string()),
+        pa.field("usage_verify", lc.USAGE_TYPE),
     ]
 )
 
@@ -99,6 +100,7 @@ def run_verify(cfg, force: bool = False) -> StageResult:
                         "judge_model": model if r["id"] in results else None,
                         "prompt_judge": prompt.sha,
                         "verify_error": error,
+                        "usage_verify": lc.usage_record(client, model, res),
                     }
                 )
             return out_rows

@@ -1,0 +1,94 @@
+"""`infir write`: the accepted rows of a run become a versioned, immutable release."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from pipeline import __version__
+from pipeline.progress import console, print_summary
+from pipeline.stages import llm_common as lc
+from pipeline.stages.common import StageResult, run_dir
+from pipeline.store import read_stage_table, require_stage, write_json_atomic
+
+
+def corpus_usage(rd: Path) -> dict:
+    """Tokens, cost and calls of every candidate row, summed from the per-row usage columns."""
+    table = read_stage_table(rd / "verify")
+    out = {}
+    for stage in ("generate", "mine", "verify"):
+        out[stage] = lc.sum_usage(table, f"usage_{stage}")
+    out["total"] = {k: sum(out[s][k] for s in ("generate", "mine", "verify")) for k in out["generate"]}
+    return out
+
+
+def release_stats(cfg, rd: Path) -> dict:
+    verify = require_stage(rd, "verify")["summary"]
+    usage = corpus_usage(rd)
+    total = usage["total"]
+    # Only what shapes the content goes into the manifest: rerunning with another concurrency,
+    # cache path or run name must not count as a different release.
+    content_config = {
+        "source": json.loads(cfg.source.model_dump_json()),
+        "generate": json.loads(cfg.generate.model_dump_json()),
+        "mine": json.loads(cfg.mine.model_dump_json()),
+        "verify": json.loads(cfg.verify.model_dump_json()),
+        "write": json.loads(cfg.write.model_dump_json(exclude={"version", "releases_dir"})),
+        "llm": {"backend": cfg.llm.backend},
+    }
+    return {
+        "candidates": verify["candidates"],
+        "accepted": verify["accepted"],
+        "rejected": verify["rejected"],
+        "failed": verify["failed"],
+        "failures": verify["failed_checks"],
+        "pass_rate_per_check": verify["pass_rate_per_check"],
+        "tokens": {"prompt": total["prompt_tokens"], "completion": total["completion_tokens"]},
+        "cost_usd": round(total["cost_usd"], 6),
+        "llm_calls": total["calls"],
+        "usage_per_stage": usage,
+        "backend": cfg.llm.backend,
+        "config": content_config,
+        "code_version": __version__,
+    }
+
+
+def run_write(cfg, force: bool = False, version: str | None = None, bump: str | None = None) -> StageResult:
+    from pipeline.release import write_release
+
+    w = cfg.write
+    rd = run_dir(cfg)
+    require_stage(rd, "verify")
+    accepted = read_stage_table(rd / "verify" / "accepted")
+    stats = release_stats(cfg, rd)
+    result = write_release(
+        accepted,
+        stats,
+        Path(w.releases_dir),
+        w.name,
+        version=None if bump else (version or w.version),
+        bump=bump,
+        split_ratios=tuple(w.split_ratios),
+        seed=w.seed,
+        max_rows_per_shard=w.max_rows_per_shard,
+        st_export=w.st_export,
+        license=w.license,
+    )
+    success = {
+        "stage": "write",
+        "rows": accepted.num_rows,
+        "release": str(result.path),
+        "version": result.version,
+        "created": result.created,
+        "summary": {"release": str(result.path), "rows": accepted.num_rows, "cost_usd": stats["cost_usd"],
+                    "llm_calls": stats["llm_calls"]},
+    }
+    (rd / "write").mkdir(parents=True, exist_ok=True)
+    write_json_atomic(success, rd / "write" / "_SUCCESS.json")
+    if result.created:
+        print_summary("write", [("release", str(result.path)), ("rows", accepted.num_rows),
+                                ("candidates", stats["candidates"]), ("LLM calls", stats["llm_calls"]),
+                                ("cost USD", f"{stats['cost_usd']:.4f}")])
+    else:
+        console.print(f"[green]write[/]: {result.path} already holds this content; nothing to do")
+    return StageResult("write", not result.created, success)
