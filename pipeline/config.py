@@ -27,6 +27,8 @@ class RunSettings(Section):
     name: str = "sample"
     runs_dir: Path = Path("runs")
     seed: int = 13
+    # None: the bundled prompts/ folder. Prompt hashes are part of every cache key and row.
+    prompts_dir: Path | None = None
 
 
 class ColumnMap(Section):

@@ -31,7 +31,7 @@ def run_generate(cfg, force: bool = False) -> StageResult:
     g = cfg.generate
     rd = run_dir(cfg)
     upstream = require_stage(rd, "source")
-    prompt = lc.prompt(g.prompt)
+    prompt = lc.prompt(cfg, g.prompt)
     model = lc.effective_model(cfg, g.model)
     identity = identity_hash(g, cfg.llm.backend, model, cfg.mine.retrieval if g.use_near_misses else None)
     out = StageOutput(rd, "generate", stage_fingerprint(upstream), identity, {g.prompt: prompt.sha}, force=force)

@@ -45,8 +45,8 @@ def params_for(model: str, *, temperature: float | None = None, max_tokens: int 
     return default_params(model, **kw)
 
 
-def prompt(name: str) -> Prompt:
-    return load_prompt(name)
+def prompt(cfg, name: str) -> Prompt:
+    return load_prompt(name, cfg.run.prompts_dir)
 
 
 def llm_summary(client: LLMClient) -> dict:

@@ -36,7 +36,7 @@ def run_mine(cfg, force: bool = False) -> StageResult:
     m = cfg.mine
     rd = run_dir(cfg)
     upstream = require_stage(rd, "generate")
-    prompt = lc.prompt(m.prompt)
+    prompt = lc.prompt(cfg, m.prompt)
     model = lc.effective_model(cfg, m.model)
     identity = identity_hash(m, cfg.llm.backend, model)
     out = StageOutput(rd, "mine", stage_fingerprint(upstream), identity, {m.prompt: prompt.sha}, force=force)

@@ -56,11 +56,44 @@ def judge_variables(row: dict) -> dict:
     }
 
 
+def verify_rows(rows: list[dict], client, prompt, model: str, params: dict, v) -> list[dict]:
+    """Pre-filter, judge what is left in one batch of calls, decide every row."""
+    pre = {r["id"]: ([] if (r["mine_error"] or not r["instruction_positive"]) else prefilter(r, v)) for r in rows}
+    todo = [r for r in rows if not r["mine_error"] and r["instruction_positive"] and not pre[r["id"]]]
+    tasks = [lc.task(r["id"], prompt, judge_variables(r), JudgeVerdicts, model, params) for r in todo]
+    results = {res.key_id: res for res in client.run(tasks)}
+    out_rows = []
+    for r in rows:
+        res = results.get(r["id"])
+        verdicts, failed, error = [], [], None
+        if r["mine_error"] or not r["instruction_positive"]:
+            error = f"upstream: {r['mine_error'] or r['generate_error']}"
+        elif pre[r["id"]]:
+            failed = pre[r["id"]]
+        elif res.ok:
+            verdicts, failed = decide(res.value)
+        else:
+            error = f"judge: {res.error}"
+        out_rows.append(
+            {
+                **r,
+                "verdicts": verdicts,
+                "failed_checks": failed,
+                "accepted": error is None and not failed,
+                "judge_model": model if res is not None else None,
+                "prompt_judge": prompt.sha,
+                "verify_error": error,
+                "usage_verify": lc.usage_record(client, model, res),
+            }
+        )
+    return out_rows
+
+
 def run_verify(cfg, force: bool = False) -> StageResult:
     v = cfg.verify
     rd = run_dir(cfg)
     upstream = require_stage(rd, "mine")
-    prompt = lc.prompt(v.prompt)
+    prompt = lc.prompt(cfg, v.prompt)
     model = lc.effective_model(cfg, v.model)
     identity = identity_hash(v, cfg.llm.backend, model)
     out = StageOutput(rd, "verify", stage_fingerprint(upstream), identity, {v.prompt: prompt.sha}, force=force)
@@ -75,35 +108,7 @@ def run_verify(cfg, force: bool = False) -> StageResult:
         index = {"k": 0}
 
         def process(rows: list[dict]) -> list[dict]:
-            pre = {r["id"]: ([] if (r["mine_error"] or not r["instruction_positive"]) else prefilter(r, v)) for r in rows}
-            todo = [r for r in rows if not r["mine_error"] and r["instruction_positive"] and not pre[r["id"]]]
-            tasks = [lc.task(r["id"], prompt, judge_variables(r), JudgeVerdicts, model, params) for r in todo]
-            results = {res.key_id: res for res in client.run(tasks)}
-            out_rows = []
-            for r in rows:
-                res = results.get(r["id"])
-                verdicts, failed, error = [], [], None
-                if r["mine_error"] or not r["instruction_positive"]:
-                    error = f"upstream: {r['mine_error'] or r['generate_error']}"
-                elif pre[r["id"]]:
-                    failed = pre[r["id"]]
-                elif res.ok:
-                    verdicts, failed = decide(res.value)
-                else:
-                    error = f"judge: {res.error}"
-                out_rows.append(
-                    {
-                        **r,
-                        "verdicts": verdicts,
-                        "failed_checks": failed,
-                        "accepted": error is None and not failed,
-                        "judge_model": model if r["id"] in results else None,
-                        "prompt_judge": prompt.sha,
-                        "verify_error": error,
-                        "usage_verify": lc.usage_record(client, model, res),
-                    }
-                )
-            return out_rows
+            return verify_rows(rows, client, prompt, model, params, v)
 
         def split(table: pa.Table) -> None:
             # accepted/ and rejected/ mirror each part shard, so resume keeps them in step.
