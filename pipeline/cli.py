@@ -186,9 +186,13 @@ def write(
     verify_dir: Optional[Path] = typer.Option(None, "--verify", help="Only check a written release: every checksum and row count."),
     set_: Optional[list[str]] = SetOpt,
 ) -> None:
-    """Write the accepted rows as releases/<name>/<version>/: Parquet shards per split, manifest.json,
-    and a README.md dataset card with plots. A version is immutable: identical content is a no-op,
-    different content is refused (use --bump or a new --version)."""
+    """Write the accepted rows as a versioned release (Parquet shards, manifest, dataset card).
+
+    Output: releases/<name>/<version>/ with data/<split>-NNNNN-of-NNNNN.parquet, manifest.json (sha256
+    and rows of every shard, config, models, prompt hashes, tokens, cost) and README.md with plots.
+    A version is immutable: identical content is a no-op, different content is refused (use --bump
+    or a new --version). `--verify DIR` checks every checksum and row count of a written release.
+    """
     if verify_dir is not None:
         from pipeline.release import verify_release
         from pipeline.progress import console
@@ -214,7 +218,7 @@ def publish(
     private: bool = typer.Option(False, "--private", help="Create the repo as private."),
     dry_run: bool = typer.Option(False, "--dry-run", help="List what would be uploaded; no network."),
 ) -> None:
-    """Publish a release to a Hugging Face dataset repo: one commit naming the version, tagged with it.
+    """Publish a release to a Hugging Face dataset repo, as one commit tagged with the version.
 
     The token comes from HF_TOKEN or the huggingface_hub login cache and is never written anywhere.
     A version tag that already exists is refused."""
