@@ -237,6 +237,58 @@ def publish(
 
 
 @app.command()
+def train(
+    config: Optional[Path] = ConfigOpt,
+    run: Optional[str] = RunOpt,
+    release: Optional[Path] = typer.Option(None, "--release", help="Release to train on (default: this run's)."),
+    model: Optional[str] = typer.Option(None, "--model", help="Base model: a sentence-transformers path (default: bundled all-MiniLM-L6-v2)."),
+    epochs: Optional[int] = typer.Option(None, "--epochs"),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size"),
+    seed: Optional[int] = typer.Option(None, "--seed"),
+    set_: Optional[list[str]] = SetOpt,
+    force: bool = ForceOpt,
+) -> None:
+    """Fine-tune on the release's train split and compare base vs fine-tuned on its test split.
+
+    Three (text, passage) pairs per row, (Q+ I+ -> P+), (Q+ I- -> HN1), (Q- I+ -> HN2), each pair's
+    passage a hard negative of the other two, plus in-batch negatives (MultipleNegativesRankingLoss).
+    Output: runs/<run>/train/ (model/, train_log.json, eval/compare.{json,md,png}): nDCG@10, MRR@10,
+    p-MRR (FollowIR, as MTEB computes it) and the no-instruction ablation.
+    """
+    from pipeline.stages.train import run_train
+
+    cfg = _config(config, run, set_, **{"train.model": model, "train.epochs": epochs,
+                                        "train.batch_size": batch_size, "train.seed": seed})
+    run_train(cfg, force=force, release=release)
+
+
+@app.command("eval")
+def eval_(
+    model: Optional[str] = typer.Argument(None, help="A sentence-transformers model path (default: bundled MiniLM)."),
+    release: Optional[Path] = typer.Option(None, "--release", help="An infir release directory."),
+    beir: Optional[Path] = typer.Option(None, "--beir", help="A BEIR-layout dataset whose queries carry an `instruction`."),
+    split: str = typer.Option("test", "--split"),
+    template: str = typer.Option("{query} {instruction}", "--template", help="How query and instruction are joined (as in training)."),
+) -> None:
+    """Evaluate any sentence-transformers model on a release's split or on a BEIR-layout dataset.
+
+    Release: nDCG@10, MRR@10, p-MRR and the no-instruction ablation. BEIR: nDCG@10 and MRR@10 with and
+    without the queries' instructions. Prints JSON.
+    """
+    import json
+
+    from pipeline.train import evaluate_beir, evaluate_release
+
+    if (release is None) == (beir is None):
+        raise InfirError("give exactly one of --release DIR or --beir DIR")
+    if release is not None:
+        result = evaluate_release(model, release, split, template)
+    else:
+        result = evaluate_beir(model, beir, split, template)
+    typer.echo(json.dumps(result, indent=2, default=str))
+
+
+@app.command()
 def build(
     config: Optional[Path] = ConfigOpt,
     run: Optional[str] = RunOpt,

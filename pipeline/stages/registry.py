@@ -35,11 +35,18 @@ def _write(cfg, force=False):
     return run_write(cfg, force=force)
 
 
+def _train(cfg, force=False):
+    from pipeline.stages.train import run_train
+
+    return run_train(cfg, force=force)
+
+
 STAGES: dict[str, Callable] = {
     "source": _source,
     "generate": _generate,
     "mine": _mine,
     "verify": _verify,
     "write": _write,
+    "train": _train,
 }
 ORDER = list(STAGES)

@@ -1,0 +1,66 @@
+"""`infir train`: fine-tune a sentence-transformers model on the run's release, then evaluate
+instruction following (nDCG@10, MRR@10, p-MRR, instruction ablation) base vs fine-tuned."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from pipeline.errors import InfirError
+from pipeline.progress import console, progress_bar
+from pipeline.stages.common import StageResult, run_dir
+from pipeline.store import identity_hash, read_success, write_json_atomic
+from pipeline.store.ids import sha256_file
+
+
+def release_of_run(rd: Path) -> Path:
+    success = read_success(rd / "write")
+    if success is None:
+        raise InfirError(f"{rd / 'write'}: no release written for this run; run `infir write` first")
+    path = Path(success["release"])
+    if not (path / "manifest.json").is_file():
+        raise InfirError(f"{path}: release not found (moved or deleted?); rerun `infir write`")
+    return path
+
+
+def run_train(cfg, force: bool = False, release: Path | None = None) -> StageResult:
+    from pipeline.train import compare, train
+
+    rd = run_dir(cfg)
+    release = Path(release) if release else release_of_run(rd)
+    settings = cfg.train
+    out = rd / "train"
+    identity = {
+        "release_manifest": sha256_file(release / "manifest.json"),
+        "config_hash": identity_hash(settings),
+    }
+    done = read_success(out)
+    if done and not force and all(done.get(k) == v for k, v in identity.items()):
+        console.print(f"[green]train[/]: already complete for this release and settings (--force redoes it)")
+        console.print(done["summary"]["markdown"])
+        return StageResult("train", True, done)
+    if out.exists():
+        shutil.rmtree(out)  # training is not resumable mid-way; a partial model is never kept
+    with progress_bar("train", None) as (bar, task):
+
+        def on_step(info: dict) -> None:
+            bar.update(task, completed=info.get("step", 0), total=info.get("max_steps"),
+                       info=f"loss {info.get('loss', float('nan')):.4f}" if info.get("loss") is not None else "")
+
+        result = train(release, out, settings, progress=on_step)
+    report = compare(settings.model, result.model_dir, release, split="test", template=settings.template,
+                     out_dir=out / "eval")
+    summary = {
+        "release": str(release),
+        "train_pairs": result.train_pairs,
+        "steps": result.steps,
+        "final_loss": result.final_loss,
+        "runtime_s": round(result.runtime_s, 1),
+        "metrics": report["models"],
+        "delta": report["delta"],
+        "markdown": report["markdown"],
+    }
+    success = {"stage": "train", **identity, "rows": result.rows_used, "summary": summary}
+    write_json_atomic(success, out / "_SUCCESS.json")
+    console.print(report["markdown"])
+    return StageResult("train", False, success)
