@@ -4,17 +4,8 @@ from __future__ import annotations
 
 from rapidfuzz import fuzz
 
+from pipeline.release.schema import INFIR_COLUMNS as FIELDS
 from pipeline.sources.text import match_key, word_count
-
-FIELDS = (
-    "query_positive",
-    "instruction_positive",
-    "document_positive",
-    "instruction_negative",
-    "hard_negative_document_1",
-    "query_negative",
-    "hard_negative_document_2",
-)
 
 
 def prefilter(row: dict, s) -> list[str]:

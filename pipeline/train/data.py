@@ -23,15 +23,7 @@ __all__ = [
     "TrainingPairs",
 ]
 
-INFIR_COLUMNS = (
-    "query_positive",
-    "instruction_positive",
-    "document_positive",
-    "instruction_negative",
-    "hard_negative_document_1",
-    "query_negative",
-    "hard_negative_document_2",
-)
+from pipeline.release.schema import INFIR_COLUMNS
 DEFAULT_TEMPLATE = "{query} {instruction}"
 SPLITS = ("train", "validation", "test")
 
