@@ -119,61 +119,49 @@ def _llm_stage(stage: str, config, run, set_, backend, model, max_cost, concurre
     STAGES[stage](cfg, force=force)
 
 
-@app.command()
-def generate(
-    config: Optional[Path] = ConfigOpt,
-    run: Optional[str] = RunOpt,
-    backend: Optional[str] = BackendOpt,
-    model: Optional[str] = ModelOpt,
-    max_cost_usd: Optional[float] = MaxCostOpt,
-    concurrency: Optional[int] = ConcurrencyOpt,
-    set_: Optional[list[str]] = SetOpt,
-    force: bool = ForceOpt,
-) -> None:
+def _register_llm_stage(stage: str, doc: str) -> None:
+    """generate, mine and verify take the same options; one definition registers all three."""
+
+    def command(
+        config: Optional[Path] = ConfigOpt,
+        run: Optional[str] = RunOpt,
+        backend: Optional[str] = BackendOpt,
+        model: Optional[str] = ModelOpt,
+        max_cost_usd: Optional[float] = MaxCostOpt,
+        concurrency: Optional[int] = ConcurrencyOpt,
+        set_: Optional[list[str]] = SetOpt,
+        force: bool = ForceOpt,
+    ) -> None:
+        _llm_stage(stage, config, run, set_, backend, model, max_cost_usd, concurrency, force)
+
+    command.__doc__ = doc
+    app.command(stage)(command)
+
+
+_register_llm_stage(
+    "generate",
     """Write the positive instruction I+ for every source row (prompt: prompts/generate_instruction.md).
 
     Input: runs/<run>/source/. Output: runs/<run>/generate/ with instruction_positive, the model,
     the prompt hash and, for a row whose call failed, generate_error. Every response is cached.
-    """
-    _llm_stage("generate", config, run, set_, backend, model, max_cost_usd, concurrency, force)
-
-
-@app.command()
-def mine(
-    config: Optional[Path] = ConfigOpt,
-    run: Optional[str] = RunOpt,
-    backend: Optional[str] = BackendOpt,
-    model: Optional[str] = ModelOpt,
-    max_cost_usd: Optional[float] = MaxCostOpt,
-    concurrency: Optional[int] = ConcurrencyOpt,
-    set_: Optional[list[str]] = SetOpt,
-    force: bool = ForceOpt,
-) -> None:
+    """,
+)
+_register_llm_stage(
+    "mine",
     """Mine passage negatives (BM25/dense, mine.retrieval) and poison each row (prompts/poison.md).
 
     Input: runs/<run>/generate/. Output: runs/<run>/mine/ with mined_negatives, instruction_negative,
     hard_negative_document_1, query_negative, hard_negative_document_2. One LLM call per row.
-    """
-    _llm_stage("mine", config, run, set_, backend, model, max_cost_usd, concurrency, force)
-
-
-@app.command()
-def verify(
-    config: Optional[Path] = ConfigOpt,
-    run: Optional[str] = RunOpt,
-    backend: Optional[str] = BackendOpt,
-    model: Optional[str] = ModelOpt,
-    max_cost_usd: Optional[float] = MaxCostOpt,
-    concurrency: Optional[int] = ConcurrencyOpt,
-    set_: Optional[list[str]] = SetOpt,
-    force: bool = ForceOpt,
-) -> None:
+    """,
+)
+_register_llm_stage(
+    "verify",
     """Pre-filter, then judge every candidate on every check (prompts/judge.md; default o3-mini).
 
     Input: runs/<run>/mine/. Output: runs/<run>/verify/ (all rows with verdicts and reasons),
     verify/accepted/ and verify/rejected/ (with the failed checks). One LLM call per judged row.
-    """
-    _llm_stage("verify", config, run, set_, backend, model, max_cost_usd, concurrency, force)
+    """,
+)
 
 
 @app.command()

@@ -140,8 +140,8 @@ def test_acceptance_follows_each_judge_check(tmp_path, server, monkeypatch):
     cfg = openai_cfg(server)
     run_source(cfg)
     queries = sorted(pq.read_table(tmp_path / "runs/sample/source/part-00000.parquet").column("query_positive").to_pylist())
-    FAIL_BY_QUERY.clear()
-    FAIL_BY_QUERY.update(dict(zip(queries, CHECKS)))  # 9 rows fail one check each, 1 row passes all
+    expected_fail = dict(zip(queries, CHECKS))  # 9 rows fail one check each, 1 row passes all
+    FAIL_BY_QUERY.update(expected_fail)
     try:
         run_generate(cfg), run_mine(cfg)
         res = run_verify(cfg)
@@ -149,7 +149,7 @@ def test_acceptance_follows_each_judge_check(tmp_path, server, monkeypatch):
         FAIL_BY_QUERY.clear()
     rows = pq.read_table(tmp_path / "runs/sample/verify/part-00000.parquet").to_pylist()
     for r in rows:
-        expected = FAIL_BY_QUERY_SNAPSHOT(queries).get(r["query_positive"])
+        expected = expected_fail.get(r["query_positive"])
         if expected:
             assert r["accepted"] is False and r["failed_checks"] == [expected], r["query_positive"]
         else:
@@ -159,10 +159,6 @@ def test_acceptance_follows_each_judge_check(tmp_path, server, monkeypatch):
     assert summary["failed_checks"] == {c: 1 for c in CHECKS}
     rejected = pq.read_table(tmp_path / "runs/sample/verify/rejected/part-00000.parquet")
     assert rejected.num_rows == 9
-
-
-def FAIL_BY_QUERY_SNAPSHOT(queries):
-    return dict(zip(queries, CHECKS))
 
 
 # ---- the offline backend on the bundled sample ------------------------------------------------
@@ -188,9 +184,7 @@ def test_offline_sample_acceptance_and_reasons(offline_run):
     summary = results[-1].success["summary"]
     assert summary["candidates"] >= 120
     assert summary["acceptance_rate"] >= 0.6, summary
-    rejected = pq.read_table(d / "runs/sample/verify/rejected").to_pylist() if False else [
-        r for r in pq.read_table(d / "runs/sample/verify/part-00000.parquet").to_pylist() if not r["accepted"]
-    ]
+    rejected = pq.read_table(d / "runs/sample/verify/rejected/part-00000.parquet").to_pylist()
     assert rejected, "a judge that rejects nothing is not checking"
     for r in rejected:
         assert r["failed_checks"], r["id"]

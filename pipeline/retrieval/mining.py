@@ -379,6 +379,18 @@ def _new_stats() -> dict:
             "dropped_duplicate": 0, "dropped_near_duplicate": 0, "short": 0, "encoded": 0, "cache_hits": 0}
 
 
+def _setup(queries, collection_paths, index_dir, fingerprint, settings, need_bm25, need_dense, progress, st):
+    """Queries prepared and indexes opened (built on first use), positives located in the collection."""
+    paths = [Path(p) for p in collection_paths]
+    if not paths:
+        raise RetrievalError("the collection is empty: no Parquet files given")
+    fp = fingerprint or collection_fingerprint(paths)
+    qs = _prepare(queries)
+    idx = _open_indexes(paths, fp, Path(index_dir), settings, need_bm25, need_dense, progress, st)
+    _attach_positives(qs, idx.docs)
+    return qs, idx
+
+
 def mine_hard_negatives(
     queries: Sequence[MiningQuery],
     collection_paths: Sequence[str | os.PathLike],
@@ -397,18 +409,12 @@ def mine_hard_negatives(
     Queries sharing a qid are merged (union of positives). Returns {qid: negatives in rank order}.
     """
     t0 = time.perf_counter()
-    paths = [Path(p) for p in collection_paths]
-    if not paths:
-        raise RetrievalError("the collection is empty: no Parquet files given")
-    fp = fingerprint or collection_fingerprint(paths)
     progress = progress or _noop
     st = _new_stats()
-    qs = _prepare(queries)
-    st["queries"] = len(qs)
     need_bm25 = settings.method in ("bm25", "hybrid")
     need_dense = settings.method in ("dense", "hybrid")
-    idx = _open_indexes(paths, fp, Path(index_dir), settings, need_bm25, need_dense, progress, st)
-    _attach_positives(qs, idx.docs)
+    qs, idx = _setup(queries, collection_paths, index_dir, fingerprint, settings, need_bm25, need_dense, progress, st)
+    st["queries"] = len(qs)
     st["positives_not_in_collection"] = sum(1 for q in qs if q.pos_ids and not len(q.pos_rows))
     qrows = None
     if need_dense:
@@ -449,15 +455,9 @@ def neighbours(
     """Cheap BM25 top-k per query, known positives (and exact copies of them) excluded, no margin or
     near-duplicate filter. Uses ``settings``' BM25/tokenizer fields (default ``MiningSettings()``)."""
     settings = settings or MiningSettings()
-    paths = [Path(p) for p in collection_paths]
-    if not paths:
-        raise RetrievalError("the collection is empty: no Parquet files given")
-    fp = fingerprint or collection_fingerprint(paths)
     progress = progress or _noop
     st = _new_stats()
-    qs = _prepare(queries)
-    idx = _open_indexes(paths, fp, Path(index_dir), settings, True, False, progress, st)
-    _attach_positives(qs, idx.docs)
+    qs, idx = _setup(queries, collection_paths, index_dir, fingerprint, settings, True, False, progress, st)
     out: dict[str, list[MinedNegative]] = {}
     for s in range(0, len(qs), QUERY_BLOCK):
         block = qs[s:s + QUERY_BLOCK]

@@ -11,7 +11,6 @@ from pipeline.stages.common import StageResult, run_dir, skipped
 from pipeline.stages.neighbours import near_misses
 from pipeline.stages.sharded import run_chunks
 from pipeline.stages.source import ROW_SCHEMA as SOURCE_SCHEMA
-from pipeline.store import StageOutput, identity_hash, require_stage, stage_fingerprint
 
 SCHEMA = pa.schema(
     list(SOURCE_SCHEMA)
@@ -30,16 +29,12 @@ SCHEMA = pa.schema(
 def run_generate(cfg, force: bool = False) -> StageResult:
     g = cfg.generate
     rd = run_dir(cfg)
-    upstream = require_stage(rd, "source")
-    prompt = lc.prompt(cfg, g.prompt)
-    model = lc.effective_model(cfg, g.model)
-    identity = identity_hash(g, cfg.llm.backend, model, cfg.mine.retrieval if g.use_near_misses else None)
-    out = StageOutput(rd, "generate", stage_fingerprint(upstream), identity, {g.prompt: prompt.sha}, force=force)
+    near = cfg.mine.retrieval if g.use_near_misses else None
+    out, upstream, prompt, model = lc.open_stage(cfg, "generate", "source", g, force, near)
     with out:
-        done = out.completed()
+        done = out.start()
         if done:
             return skipped("generate", done)
-        out.prepare()
         client = lc.make_client(cfg)
         params = lc.params_for(model, temperature=g.temperature, max_tokens=g.max_tokens)
         stats = {"ok": 0, "failed": 0}

@@ -9,6 +9,8 @@ import pyarrow as pa
 
 from pipeline.llm.client import LLMClient, LLMTask, default_params
 from pipeline.llm.prompts import Prompt, load_prompt
+from pipeline.stages.common import run_dir
+from pipeline.store import StageOutput, identity_hash, require_stage, stage_fingerprint
 
 _OFFLINE_SOURCES = ("llm/offline.py", "generation/lexical.py")
 
@@ -91,3 +93,15 @@ def sum_usage(table, column: str) -> dict:
             total["cost_usd"] += u["cost_usd"]
             total["calls"] += 1
     return total
+
+
+def open_stage(cfg, stage: str, upstream_stage: str, section, force: bool, *identity_extra):
+    """The output of an LLM stage, keyed by its upstream shards, its config section, the effective
+    model and its prompt's hash: (out, upstream success, prompt, model)."""
+    rd = run_dir(cfg)
+    upstream = require_stage(rd, upstream_stage)
+    p = prompt(cfg, section.prompt)
+    model = effective_model(cfg, section.model)
+    identity = identity_hash(section, cfg.llm.backend, model, *identity_extra)
+    out = StageOutput(rd, stage, stage_fingerprint(upstream), identity, {section.prompt: p.sha}, force=force)
+    return out, upstream, p, model

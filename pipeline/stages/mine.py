@@ -12,7 +12,6 @@ from pipeline.stages.common import StageResult, run_dir, skipped
 from pipeline.stages.generate import SCHEMA as GENERATE_SCHEMA
 from pipeline.stages.neighbours import NEGATIVE_TYPE, mined_negatives, near_misses
 from pipeline.stages.sharded import run_chunks
-from pipeline.store import StageOutput, identity_hash, require_stage, stage_fingerprint
 
 SCHEMA = pa.schema(
     list(GENERATE_SCHEMA)
@@ -35,16 +34,11 @@ SCHEMA = pa.schema(
 def run_mine(cfg, force: bool = False) -> StageResult:
     m = cfg.mine
     rd = run_dir(cfg)
-    upstream = require_stage(rd, "generate")
-    prompt = lc.prompt(cfg, m.prompt)
-    model = lc.effective_model(cfg, m.model)
-    identity = identity_hash(m, cfg.llm.backend, model)
-    out = StageOutput(rd, "mine", stage_fingerprint(upstream), identity, {m.prompt: prompt.sha}, force=force)
+    out, upstream, prompt, model = lc.open_stage(cfg, "mine", "generate", m, force)
     with out:
-        done = out.completed()
+        done = out.start()
         if done:
             return skipped("mine", done)
-        out.prepare()
         client = lc.make_client(cfg)
         params = lc.params_for(model, temperature=m.temperature, max_tokens=m.max_tokens)
         stats = {"rows": 0, "poisoned": 0, "failed": 0, "skipped (no instruction)": 0, "mined negatives": 0}

@@ -124,10 +124,9 @@ def run_source(cfg, force: bool = False) -> StageResult:
     fingerprint = file_fingerprint(inputs) if inputs else identity_hash(s_eff)
     out = StageOutput(rd, "source", fingerprint, identity_hash(s_eff), force=force)
     with out:
-        done = out.completed()
+        done = out.start()
         if done:
             return skipped("source", done)
-        out.prepare()
         summary = _build(cfg, s, reader, q, out)
         out.write_shard("quarantine.parquet", q.table())
         success = out.finish(summary)

@@ -18,7 +18,7 @@ from pipeline.stages import llm_common as lc
 from pipeline.stages.common import StageResult, run_dir, skipped
 from pipeline.stages.mine import SCHEMA as MINE_SCHEMA
 from pipeline.stages.sharded import run_chunks
-from pipeline.store import StageOutput, identity_hash, require_stage, shard_name, stage_fingerprint
+from pipeline.store import shard_name
 
 VERDICT_TYPE = pa.struct([("check", pa.string()), ("passed", pa.bool_()), ("reason", pa.string())])
 SCHEMA = pa.schema(
@@ -92,16 +92,11 @@ def verify_rows(rows: list[dict], client, prompt, model: str, params: dict, v) -
 def run_verify(cfg, force: bool = False) -> StageResult:
     v = cfg.verify
     rd = run_dir(cfg)
-    upstream = require_stage(rd, "mine")
-    prompt = lc.prompt(cfg, v.prompt)
-    model = lc.effective_model(cfg, v.model)
-    identity = identity_hash(v, cfg.llm.backend, model)
-    out = StageOutput(rd, "verify", stage_fingerprint(upstream), identity, {v.prompt: prompt.sha}, force=force)
+    out, upstream, prompt, model = lc.open_stage(cfg, "verify", "mine", v, force)
     with out:
-        done = out.completed()
+        done = out.start()
         if done:
             return skipped("verify", done)
-        out.prepare()
         client = lc.make_client(cfg)
         params = lc.params_for(model, max_tokens=v.max_completion_tokens, reasoning_effort=v.reasoning_effort)
         tally: Counter = Counter()

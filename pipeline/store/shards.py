@@ -146,6 +146,13 @@ class StageOutput:
             "rerun with --force to redo it, or use another --run"
         )
 
+    def start(self) -> dict | None:
+        """The success record if this stage already finished (nothing to do), else get ready to write."""
+        done = self.completed()
+        if done is None:
+            self.prepare()
+        return done
+
     def prepare(self) -> None:
         """Start or resume: check the state of an interrupted attempt, clear it on --force."""
         self.dir.mkdir(parents=True, exist_ok=True)
