@@ -98,9 +98,12 @@ BackendOpt = typer.Option(None, "--backend", help="LLM backend: offline (default
 ModelOpt = typer.Option(None, "--model", help="Model for this stage (overrides the config).")
 MaxCostOpt = typer.Option(None, "--max-cost-usd", help="Stop cleanly (resumable) once this much is spent.")
 ConcurrencyOpt = typer.Option(None, "--concurrency", help="LLM requests in flight at once.")
+DryRunOpt = typer.Option(
+    False, "--dry-run", help="Estimate calls, tokens and cost (online and batch prices); send nothing."
+)
 
 
-def _llm_stage(stage: str, config, run, set_, backend, model, max_cost, concurrency, force) -> None:
+def _llm_stage(stage: str, config, run, set_, backend, model, max_cost, concurrency, force, dry_run) -> None:
     from pipeline.stages.common import save_effective_config
     from pipeline.stages.registry import STAGES
 
@@ -115,6 +118,11 @@ def _llm_stage(stage: str, config, run, set_, backend, model, max_cost, concurre
             "llm.concurrency": concurrency,
         },
     )
+    if dry_run:
+        from pipeline.stages.estimate import dry_run as estimate
+
+        estimate(cfg, [stage])
+        return
     save_effective_config(cfg)
     STAGES[stage](cfg, force=force)
 
@@ -131,8 +139,9 @@ def _register_llm_stage(stage: str, doc: str) -> None:
         concurrency: Optional[int] = ConcurrencyOpt,
         set_: Optional[list[str]] = SetOpt,
         force: bool = ForceOpt,
+        dry_run: bool = DryRunOpt,
     ) -> None:
-        _llm_stage(stage, config, run, set_, backend, model, max_cost_usd, concurrency, force)
+        _llm_stage(stage, config, run, set_, backend, model, max_cost_usd, concurrency, force, dry_run)
 
     command.__doc__ = doc
     app.command(stage)(command)
@@ -286,6 +295,10 @@ def build(
     until: Optional[str] = typer.Option(None, "--until", help="Stop after this stage (e.g. verify)."),
     set_: Optional[list[str]] = SetOpt,
     force: bool = ForceOpt,
+    dry_run: bool = typer.Option(
+        False, "--dry-run",
+        help="Run only `source` (no LLM), then estimate the LLM stages' calls, tokens and cost; send nothing.",
+    ),
 ) -> None:
     """Run every stage in order (source, generate, mine, verify, write, train); finished ones are skipped."""
     from pipeline.stages.common import save_effective_config
@@ -297,10 +310,15 @@ def build(
         config, run, set_, **{"llm.backend": backend, "llm.max_cost_usd": max_cost_usd, "llm.concurrency": concurrency}
     )
     save_effective_config(cfg)
-    for stage in ORDER:
+    stages = ORDER[: ORDER.index(until) + 1] if until else ORDER
+    if dry_run:
+        from pipeline.stages.estimate import dry_run as estimate
+
+        STAGES["source"](cfg, force=force)  # free, and the estimate needs its rows
+        estimate(cfg, stages)
+        return
+    for stage in stages:
         STAGES[stage](cfg, force=force)
-        if stage == until:
-            break
 
 
 @app.command()

@@ -26,6 +26,29 @@ SCHEMA = pa.schema(
 )
 
 
+def build_tasks(cfg, rows: list[dict], prompt, model: str, params: dict) -> list:
+    """One request per row (the dry run prices exactly these)."""
+    g = cfg.generate
+    # The same near misses `mine` shows its prompt, so the instruction is aimed at the passages
+    # its negatives will come from.
+    misses = near_misses(cfg, rows, g.near_misses) if (g.use_near_misses and g.near_misses) else {}
+    return [
+        lc.task(
+            r["id"],
+            prompt,
+            {
+                "query": r["query_positive"],
+                "passage": r["document_positive"],
+                "near_misses": [n.text for n in misses.get(r["id"], [])],
+            },
+            GeneratedInstruction,
+            model,
+            params,
+        )
+        for r in rows
+    ]
+
+
 def run_generate(cfg, force: bool = False) -> StageResult:
     g = cfg.generate
     rd = run_dir(cfg)
@@ -36,28 +59,11 @@ def run_generate(cfg, force: bool = False) -> StageResult:
         if done:
             return skipped("generate", done)
         client = lc.make_client(cfg)
-        params = lc.params_for(model, temperature=g.temperature, max_tokens=g.max_tokens)
+        params = lc.stage_params(cfg, "generate", model)
         stats = {"ok": 0, "failed": 0}
 
         def process(rows: list[dict]) -> list[dict]:
-            # The same near misses `mine` shows its prompt, so the instruction is aimed at the
-            # passages its negatives will come from.
-            misses = near_misses(cfg, rows, g.near_misses) if (g.use_near_misses and g.near_misses) else {}
-            tasks = [
-                lc.task(
-                    r["id"],
-                    prompt,
-                    {
-                        "query": r["query_positive"],
-                        "passage": r["document_positive"],
-                        "near_misses": [n.text for n in misses.get(r["id"], [])],
-                    },
-                    GeneratedInstruction,
-                    model,
-                    params,
-                )
-                for r in rows
-            ]
+            tasks = build_tasks(cfg, rows, prompt, model, params)
             results = client.run(tasks)
             out_rows = []
             for r, res in zip(rows, results):

@@ -47,6 +47,15 @@ def params_for(model: str, *, temperature: float | None = None, max_tokens: int 
     return default_params(model, **kw)
 
 
+def stage_params(cfg, stage: str, model: str) -> dict:
+    """Request parameters of an LLM stage: reasoning models get reasoning_effort and
+    max_completion_tokens, others temperature and max_tokens (default_params decides)."""
+    s = getattr(cfg, stage)
+    if stage == "verify":
+        return params_for(model, max_tokens=s.max_completion_tokens, reasoning_effort=s.reasoning_effort)
+    return params_for(model, temperature=s.temperature, max_tokens=s.max_tokens)
+
+
 def prompt(cfg, name: str) -> Prompt:
     return load_prompt(name, cfg.run.prompts_dir)
 

@@ -31,6 +31,32 @@ SCHEMA = pa.schema(
 )
 
 
+def build_tasks(cfg, rows: list[dict], prompt, model: str, params: dict) -> tuple[list, dict]:
+    """One poison request per row that has an instruction, and the near misses shown to it."""
+    m = cfg.mine
+    # Near misses, not margin-filtered negatives: HN1 must answer Q+, which is exactly what the
+    # false-negative margin removes from passage negatives.
+    close = near_misses(cfg, rows, m.candidates) if m.candidates else {}
+    tasks = [
+        lc.task(
+            r["id"],
+            prompt,
+            {
+                "query": r["query_positive"],
+                "instruction": r["instruction_positive"],
+                "passage": r["document_positive"],
+                "candidates": [n.text for n in close.get(r["id"], [])],
+            },
+            PoisonedPair,
+            model,
+            params,
+        )
+        for r in rows
+        if r["instruction_positive"]
+    ]
+    return tasks, close
+
+
 def run_mine(cfg, force: bool = False) -> StageResult:
     m = cfg.mine
     rd = run_dir(cfg)
@@ -40,31 +66,12 @@ def run_mine(cfg, force: bool = False) -> StageResult:
         if done:
             return skipped("mine", done)
         client = lc.make_client(cfg)
-        params = lc.params_for(model, temperature=m.temperature, max_tokens=m.max_tokens)
+        params = lc.stage_params(cfg, "mine", model)
         stats = {"rows": 0, "poisoned": 0, "failed": 0, "skipped (no instruction)": 0, "mined negatives": 0}
 
         def process(rows: list[dict]) -> list[dict]:
             negatives = mined_negatives(cfg, rows)
-            # Near misses, not margin-filtered negatives: HN1 must answer Q+, which is exactly
-            # what the false-negative margin removes from passage negatives.
-            close = near_misses(cfg, rows, m.candidates) if m.candidates else {}
-            todo = [r for r in rows if r["instruction_positive"]]
-            tasks = [
-                lc.task(
-                    r["id"],
-                    prompt,
-                    {
-                        "query": r["query_positive"],
-                        "instruction": r["instruction_positive"],
-                        "passage": r["document_positive"],
-                        "candidates": [n.text for n in close.get(r["id"], [])],
-                    },
-                    PoisonedPair,
-                    model,
-                    params,
-                )
-                for r in todo
-            ]
+            tasks, close = build_tasks(cfg, rows, prompt, model, params)
             results = {res.key_id: res for res in client.run(tasks)}
             out_rows = []
             for r in rows:

@@ -56,11 +56,16 @@ def judge_variables(row: dict) -> dict:
     }
 
 
-def verify_rows(rows: list[dict], client, prompt, model: str, params: dict, v) -> list[dict]:
-    """Pre-filter, judge what is left in one batch of calls, decide every row."""
+def build_tasks(rows: list[dict], prompt, model: str, params: dict, v) -> tuple[list, dict]:
+    """A judge request for every row the pre-filters let through, and each row's failed pre-filters."""
     pre = {r["id"]: ([] if (r["mine_error"] or not r["instruction_positive"]) else prefilter(r, v)) for r in rows}
     todo = [r for r in rows if not r["mine_error"] and r["instruction_positive"] and not pre[r["id"]]]
-    tasks = [lc.task(r["id"], prompt, judge_variables(r), JudgeVerdicts, model, params) for r in todo]
+    return [lc.task(r["id"], prompt, judge_variables(r), JudgeVerdicts, model, params) for r in todo], pre
+
+
+def verify_rows(rows: list[dict], client, prompt, model: str, params: dict, v) -> list[dict]:
+    """Pre-filter, judge what is left in one batch of calls, decide every row."""
+    tasks, pre = build_tasks(rows, prompt, model, params, v)
     results = {res.key_id: res for res in client.run(tasks)}
     out_rows = []
     for r in rows:
@@ -98,7 +103,7 @@ def run_verify(cfg, force: bool = False) -> StageResult:
         if done:
             return skipped("verify", done)
         client = lc.make_client(cfg)
-        params = lc.params_for(model, max_tokens=v.max_completion_tokens, reasoning_effort=v.reasoning_effort)
+        params = lc.stage_params(cfg, "verify", model)
         tally: Counter = Counter()
         index = {"k": 0}
 
