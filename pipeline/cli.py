@@ -98,12 +98,15 @@ BackendOpt = typer.Option(None, "--backend", help="LLM backend: offline (default
 ModelOpt = typer.Option(None, "--model", help="Model for this stage (overrides the config).")
 MaxCostOpt = typer.Option(None, "--max-cost-usd", help="Stop cleanly (resumable) once this much is spent.")
 ConcurrencyOpt = typer.Option(None, "--concurrency", help="LLM requests in flight at once.")
+ModeOpt = typer.Option(
+    None, "--mode", help="online (default) or batch: through the Batch API at batch prices, resumable (needs --backend openai)."
+)
 DryRunOpt = typer.Option(
     False, "--dry-run", help="Estimate calls, tokens and cost (online and batch prices); send nothing."
 )
 
 
-def _llm_stage(stage: str, config, run, set_, backend, model, max_cost, concurrency, force, dry_run) -> None:
+def _llm_stage(stage: str, config, run, set_, backend, model, max_cost, concurrency, force, dry_run, mode) -> None:
     from pipeline.stages.common import save_effective_config
     from pipeline.stages.registry import STAGES
 
@@ -116,6 +119,7 @@ def _llm_stage(stage: str, config, run, set_, backend, model, max_cost, concurre
             f"{stage}.model": model,
             "llm.max_cost_usd": max_cost,
             "llm.concurrency": concurrency,
+            "llm.mode": mode,
         },
     )
     if dry_run:
@@ -140,8 +144,9 @@ def _register_llm_stage(stage: str, doc: str) -> None:
         set_: Optional[list[str]] = SetOpt,
         force: bool = ForceOpt,
         dry_run: bool = DryRunOpt,
+        mode: Optional[str] = ModeOpt,
     ) -> None:
-        _llm_stage(stage, config, run, set_, backend, model, max_cost_usd, concurrency, force, dry_run)
+        _llm_stage(stage, config, run, set_, backend, model, max_cost_usd, concurrency, force, dry_run, mode)
 
     command.__doc__ = doc
     app.command(stage)(command)
@@ -292,6 +297,7 @@ def build(
     backend: Optional[str] = BackendOpt,
     max_cost_usd: Optional[float] = MaxCostOpt,
     concurrency: Optional[int] = ConcurrencyOpt,
+    mode: Optional[str] = ModeOpt,
     until: Optional[str] = typer.Option(None, "--until", help="Stop after this stage (e.g. verify)."),
     set_: Optional[list[str]] = SetOpt,
     force: bool = ForceOpt,
@@ -307,7 +313,8 @@ def build(
     if until is not None and until not in ORDER:
         raise InfirError(f"--until {until!r}: expected one of {', '.join(ORDER)}")
     cfg = _config(
-        config, run, set_, **{"llm.backend": backend, "llm.max_cost_usd": max_cost_usd, "llm.concurrency": concurrency}
+        config, run, set_,
+        **{"llm.backend": backend, "llm.max_cost_usd": max_cost_usd, "llm.concurrency": concurrency, "llm.mode": mode},
     )
     save_effective_config(cfg)
     stages = ORDER[: ORDER.index(until) + 1] if until else ORDER

@@ -35,6 +35,12 @@ class LLMSettings(BaseModel):
     backoff_max_s: float = Field(60.0, ge=0, description="cap of one backoff sleep")
     repair: bool = Field(True, description="one repair request after an invalid answer")
 
+    # "batch": the LLM stages send their requests through the Batch API (half price, results within
+    # 24 h) into the cache, then complete from it exactly as online mode would.
+    mode: Literal["online", "batch"] = "online"
+    batch_poll_interval_s: float = Field(30.0, gt=0, description="seconds between batch status polls")
+    batch_max_rounds: int = Field(3, ge=1, description="submissions per stage run: the first + resubmits of failures")
+
     max_cost_usd: float | None = Field(None, ge=0, description="stop sending requests once spent")
     # None disables the persistent cache (not recommended: a rerun pays again).
     cache_path: Path | None = Path(".cache/llm.sqlite3")

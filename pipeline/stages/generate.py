@@ -60,6 +60,7 @@ def run_generate(cfg, force: bool = False) -> StageResult:
             return skipped("generate", done)
         client = lc.make_client(cfg)
         params = lc.stage_params(cfg, "generate", model)
+        batch = lc.prefetch_batch(cfg, "generate", client, rd / "source", g.shard_rows, lambda rows: build_tasks(cfg, rows, prompt, model, params))
         stats = {"ok": 0, "failed": 0}
 
         def process(rows: list[dict]) -> list[dict]:
@@ -91,7 +92,7 @@ def run_generate(cfg, force: bool = False) -> StageResult:
             out, rd / "source", upstream["rows"], g.shard_rows, SCHEMA, process, "generate", client, count
         )
         summary = {"rows": stats["ok"] + stats["failed"], "instructions": stats["ok"], "failed": stats["failed"],
-                   **shards, "llm": lc.llm_summary(client)}
+                   **shards, "llm": lc.llm_summary(client, batch)}
         success = out.finish(summary)
     print_summary("generate", [(k, v) for k, v in summary.items() if k != "llm"] + list(summary["llm"].items()))
     return StageResult("generate", False, success)

@@ -60,9 +60,10 @@ def prompt(cfg, name: str) -> Prompt:
     return load_prompt(name, cfg.run.prompts_dir)
 
 
-def llm_summary(client: LLMClient) -> dict:
+def llm_summary(client: LLMClient, batch: dict | None = None) -> dict:
     t = client.totals
-    return {
+    out = {
+        "mode": "batch" if batch is not None else "online",
         "requests": t.requests,
         "http_calls": t.http_calls,
         "cache_hits": t.cache_hits,
@@ -71,11 +72,17 @@ def llm_summary(client: LLMClient) -> dict:
         "failures": t.failures,
         "prompt_tokens": t.prompt_tokens,
         "completion_tokens": t.completion_tokens,
-        "cost_usd": round(t.cost_usd, 6),
+        # Spent by this run: online calls, plus the batch answers it collected (at batch prices).
+        "cost_usd": round(t.cost_usd + (batch["cost_usd"] if batch else 0.0), 6),
         # What every response used cost when it was made, cache hits included: the corpus's price.
         "corpus_cost_usd": round(t.cost_usd + t.saved_cost_usd, 6),
         "backend": client.backend.name if hasattr(client.backend, "name") else type(client.backend).__name__,
     }
+    if batch is not None:
+        out.update({f"batch_{k}": v for k, v in batch.items() if k != "cost_usd"})
+        out["prompt_tokens"] += batch["prompt_tokens"]
+        out["completion_tokens"] += batch["completion_tokens"]
+    return out
 
 
 USAGE_TYPE = pa.struct(
@@ -89,7 +96,7 @@ def usage_record(client: LLMClient, model: str, res) -> dict | None:
     if res is None:
         return None
     u = res.usage
-    cost = client.prices.cost(model, u.prompt_tokens, u.completion_tokens, u.cached_tokens)
+    cost = client.prices.cost(model, u.prompt_tokens, u.completion_tokens, u.cached_tokens, batch=res.batch)
     return {"prompt_tokens": u.prompt_tokens, "completion_tokens": u.completion_tokens, "cost_usd": cost}
 
 
@@ -102,6 +109,32 @@ def sum_usage(table, column: str) -> dict:
             total["cost_usd"] += u["cost_usd"]
             total["calls"] += 1
     return total
+
+
+def prefetch_batch(cfg, stage: str, client: LLMClient, input_dir: Path, shard_rows: int, tasks_of) -> dict | None:
+    """Batch mode: every request of the stage goes through the Batch API into the cache first
+    (requests already cached are not sent; a rerun polls the batches it recorded instead of
+    submitting again), then the client is switched to a backend that sends nothing, so the
+    stage's normal pass is served from the cache with the same keys, parser and repairs as online."""
+    if cfg.llm.mode != "batch":
+        return None
+    from pipeline.errors import InfirError
+    from pipeline.llm.batch import BatchRunner
+    from pipeline.stages.sharded import iter_chunks
+
+    if cfg.llm.backend != "openai":
+        raise InfirError("llm.mode = 'batch' needs llm.backend = 'openai' (the Batch API of an OpenAI-compatible server)")
+    # All chunks, finished shards included: their requests are cache hits, and a shard redone
+    # after failed rows needs its requests here too.
+    tasks = [t for rows in iter_chunks(input_dir, shard_rows) for t in tasks_of(rows)]
+    runner = BatchRunner(
+        client, run_dir(cfg) / "_batches" / stage, poll_interval_s=cfg.llm.batch_poll_interval_s,
+        max_rounds=cfg.llm.batch_max_rounds, label=f"{stage} (batch)",
+    )
+    report = runner.prefetch(tasks).as_dict()
+    client.backend = runner.backend()
+    report.pop("failures")  # each failed row keeps its own reason
+    return report
 
 
 def open_stage(cfg, stage: str, upstream_stage: str, section, force: bool, *identity_extra):

@@ -67,6 +67,7 @@ def run_mine(cfg, force: bool = False) -> StageResult:
             return skipped("mine", done)
         client = lc.make_client(cfg)
         params = lc.stage_params(cfg, "mine", model)
+        batch = lc.prefetch_batch(cfg, "mine", client, rd / "generate", m.shard_rows, lambda rows: build_tasks(cfg, rows, prompt, model, params)[0])
         stats = {"rows": 0, "poisoned": 0, "failed": 0, "skipped (no instruction)": 0, "mined negatives": 0}
 
         def process(rows: list[dict]) -> list[dict]:
@@ -112,7 +113,7 @@ def run_mine(cfg, force: bool = False) -> StageResult:
             stats["mined negatives"] += sum(len(x) for x in table.column("mined_negatives").to_pylist())
 
         shards = run_chunks(out, rd / "generate", upstream["rows"], m.shard_rows, SCHEMA, process, "mine", client, count)
-        summary = {**stats, **shards, "llm": lc.llm_summary(client)}
+        summary = {**stats, **shards, "llm": lc.llm_summary(client, batch)}
         success = out.finish(summary)
     print_summary("mine", [(k, v) for k, v in summary.items() if k != "llm"] + list(summary["llm"].items()))
     return StageResult("mine", False, success)

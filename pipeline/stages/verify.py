@@ -104,6 +104,7 @@ def run_verify(cfg, force: bool = False) -> StageResult:
             return skipped("verify", done)
         client = lc.make_client(cfg)
         params = lc.stage_params(cfg, "verify", model)
+        batch = lc.prefetch_batch(cfg, "verify", client, rd / "mine", v.shard_rows, lambda rows: build_tasks(rows, prompt, model, params, v)[0])
         tally: Counter = Counter()
         index = {"k": 0}
 
@@ -131,7 +132,7 @@ def run_verify(cfg, force: bool = False) -> StageResult:
                     tally[f"passed:{vd['check']}"] += vd["passed"]
 
         shards = run_chunks(out, rd / "mine", upstream["rows"], v.shard_rows, SCHEMA, process, "verify", client, split)
-        summary = _summary(tally, shards, lc.llm_summary(client))
+        summary = _summary(tally, shards, lc.llm_summary(client, batch))
         success = out.finish(summary)
     _print(summary)
     return StageResult("verify", False, success)
