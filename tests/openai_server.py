@@ -20,8 +20,26 @@ Features
   careless server), "drop" (socket closed, no response), "timeout" (sleeps `timeout_sleep` s),
   "malformed" (content not JSON), "schema" (JSON violating the schema), "length" (truncated,
   finish_reason "length"), "refusal", "empty" (no choices).
-- routes are a dict {(method, path): handler(server, request) -> Reply}: add /v1/files or
-  /v1/batches by registering handlers.
+- routes are a dict {(method, path): handler(server, request) -> Reply}; a path segment in braces
+  ("/v1/files/{id}") matches any segment and lands in `request.params`. A POST handler with
+  `accepts_raw = True` gets non-JSON bodies (multipart uploads) in `request.raw`.
+- Files and Batch API (registered in `routes`): POST /v1/files (multipart upload), GET
+  /v1/files/{id}, GET /v1/files/{id}/content; POST /v1/batches, GET /v1/batches (list), GET
+  /v1/batches/{id}, POST /v1/batches/{id}/cancel. A batch goes validating -> in_progress ->
+  completed after `batch_polls` retrieves and `batch_seconds` seconds, and stays in_progress while
+  `hold_batches()` is in force (until `release_batches()`). Its lines are answered by the SAME code
+  as the chat endpoint (`answer`: responder, usage, content faults), so a batch run and an online run
+  get identical answers. Per-line faults come from `batch_fault_fn(batch_index, custom_id, body)`,
+  else a seeded RNG (`batch_fault_rate`, `batch_fault_kinds`; the draw depends on (seed, batch
+  index, custom_id), so a resubmitted line draws again): a chat fault kind ("500", "429", "400",
+  "schema", "malformed", ...) answers the line as the chat endpoint would ("drop"/"timeout" as 500),
+  non-200 lines going to the error file (or to the output file with `batch_errors_in_output`);
+  "expire" leaves the line unanswered and the batch ends "expired" with a `batch_expired` entry in
+  the error file. `batch_fail_fn(batch_index) -> message | None` fails a whole batch at validation.
+  Validation also fails a batch over `batch_max_requests` lines, with mixed models, duplicate
+  custom_ids or a url other than its endpoint; an upload over `batch_max_bytes` is refused (400).
+  Counters: `file_uploads`, `batch_creations`, `batch_cancels`; `batch_inputs()` gives every
+  created batch's input lines in creation order.
 - `server="thread"` (ThreadingHTTPServer, default) or `server="asyncio"` (one event loop thread,
   cheaper per request; used by the benchmark so it measures clients, not the server).
 """
@@ -30,6 +48,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import email.parser
+import email.policy
 import hashlib
 import json
 import random
@@ -47,6 +67,9 @@ CONTENT_FAULTS = ("malformed", "schema", "length")
 ALL_FAULTS = RETRYABLE_FAULTS + CONTENT_FAULTS + ("400", "401", "refusal", "empty")
 
 CHAT_PATHS = ("/v1/chat/completions", "/chat/completions")
+BATCH_ONLY_FAULTS = ("expire",)
+BATCH_ENDPOINTS = ("/v1/chat/completions",)
+BATCH_TERMINAL = ("completed", "failed", "expired", "cancelled")
 
 
 @dataclass
@@ -61,6 +84,8 @@ class Recorded:
     finished: float | None = None  # after the reply was written
     status: int | None = None
     fault: str | None = None
+    raw: bytes | None = None  # the body when it is not JSON (multipart uploads)
+    params: dict[str, str] = field(default_factory=dict)  # {name} segments of the matched route
 
 
 @dataclass
@@ -70,6 +95,11 @@ class Reply:
     headers: dict[str, str] = field(default_factory=dict)
     drop: bool = False  # close the socket without answering
     sleep: float = 0.0  # extra delay before answering (timeouts)
+    raw: bytes | None = None  # sent as is instead of JSON (file downloads)
+    content_type: str = "application/json"
+
+    def payload(self) -> bytes:
+        return self.raw if self.raw is not None else json.dumps(self.body).encode("utf-8")
 
 
 # -- deterministic fake answers ----------------------------------------------------------------
@@ -195,8 +225,19 @@ class FakeOpenAIServer:
         port: int = 0,
         server: str = "thread",
         record: bool = True,
+        batch_polls: int = 2,
+        batch_seconds: float = 0.0,
+        hold_batches: bool = False,
+        batch_fault_fn: Callable[[int, str, dict[str, Any]], str | None] | None = None,
+        batch_fault_rate: float = 0.0,
+        batch_fault_kinds: tuple[str, ...] = ("500", "expire"),
+        batch_errors_in_output: bool = False,
+        batch_fail_fn: Callable[[int], str | None] | None = None,
+        batch_max_requests: int = 50_000,
+        batch_max_bytes: int = 200 * 1024 * 1024,
     ):
         unknown = set(fault_kinds) - set(ALL_FAULTS)
+        unknown |= set(batch_fault_kinds) - set(ALL_FAULTS + BATCH_ONLY_FAULTS)
         if unknown:
             raise ValueError(f"unknown fault kinds {sorted(unknown)}")
         self.responder = responder
@@ -216,6 +257,27 @@ class FakeOpenAIServer:
         self.routes: dict[tuple[str, str], Callable[[FakeOpenAIServer, Recorded], Reply]] = {
             ("POST", p): FakeOpenAIServer.chat_completions for p in CHAT_PATHS
         }
+        self.routes.update(BATCH_ROUTES)
+        self.batch_polls = batch_polls
+        self.batch_seconds = batch_seconds
+        self.batch_fault_fn = batch_fault_fn
+        self.batch_fault_rate = batch_fault_rate
+        self.batch_fault_kinds = tuple(batch_fault_kinds)
+        self.batch_errors_in_output = batch_errors_in_output
+        self.batch_fail_fn = batch_fail_fn
+        self.batch_max_requests = batch_max_requests
+        self.batch_max_bytes = batch_max_bytes
+        self.files: dict[str, dict[str, Any]] = {}  # id -> file object + "_content" bytes
+        self.batches: dict[str, dict[str, Any]] = {}  # id -> batch object + private "_" fields
+        self.file_uploads = 0
+        self.batch_creations = 0
+        self.batch_cancels = 0
+        self._held = threading.Event()
+        if hold_batches:
+            self._held.set()
+        self._batch_lock = threading.RLock()
+        self._ids = 0
+        self._batch_lines = 0
         self.requests: list[Recorded] = []
         self.count = 0
         self.counts: dict[str, int] = {}
@@ -269,6 +331,7 @@ class FakeOpenAIServer:
         self.stop()
 
     def reset(self) -> None:
+        """Forget recorded requests and counts (files and batches are kept)."""
         with self._lock:
             self.requests.clear()
             self.count = 0
@@ -290,22 +353,46 @@ class FakeOpenAIServer:
     def _register(self, method: str, path: str, raw: bytes, headers: dict[str, str]) -> Recorded:
         try:
             body = json.loads(raw) if raw else None
+            kept = None
         except ValueError:
-            body = None
+            body, kept = None, raw
         with self._lock:
             n = self.count
             self.count += 1
             self.counts[path] = self.counts.get(path, 0) + 1
-            rec = Recorded(n, method, path, body, headers, time.monotonic())
+            rec = Recorded(n, method, path, body, headers, time.monotonic(), raw=kept)
             if self.record:
                 self.requests.append(rec)
         return rec
 
+    def _route(self, rec: Recorded) -> Callable[[FakeOpenAIServer, Recorded], Reply] | None:
+        path = rec.path.split("?", 1)[0]
+        route = self.routes.get((rec.method, path))
+        if route is not None:
+            return route
+        parts = path.split("/")
+        for (method, pattern), handler in self.routes.items():
+            if method != rec.method or "{" not in pattern:
+                continue
+            pparts = pattern.split("/")
+            if len(pparts) != len(parts):
+                continue
+            params = {}
+            for want, got in zip(pparts, parts):
+                if want.startswith("{") and want.endswith("}"):
+                    params[want[1:-1]] = got
+                elif want != got:
+                    break
+            else:
+                rec.params = params
+                return handler
+        return None
+
     def handle(self, rec: Recorded) -> Reply:
-        route = self.routes.get((rec.method, rec.path.split("?", 1)[0]))
+        route = self._route(rec)
         if route is None:
             return _error(404, f"no route {rec.method} {rec.path}", "not_found")
-        if not isinstance(rec.body, dict) and rec.method == "POST":
+        if not isinstance(rec.body, dict) and rec.method == "POST" and not getattr(route, "accepts_raw", False):
             return _error(400, "body is not a JSON object", "invalid_json")
         return route(self, rec)
 
@@ -321,9 +408,12 @@ class FakeOpenAIServer:
         return None
 
     def chat_completions(self, rec: Recorded) -> Reply:
-        body = rec.body
-        fault = self.pick_fault(rec.n, body)
+        fault = self.pick_fault(rec.n, rec.body)
         rec.fault = fault
+        return self.answer(rec.body, rec.n, fault, rec.headers)
+
+    def answer(self, body: dict[str, Any], n: int, fault: str | None, request_headers: dict[str, str]) -> Reply:
+        """The chat endpoint's reply to `body` with `fault` injected (also answers batch lines)."""
         if fault == "429":
             headers = {"retry-after": self.retry_after} if self.retry_after is not None else {}
             headers.update({"x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": "20ms"})
@@ -333,11 +423,10 @@ class FakeOpenAIServer:
         if fault == "400":
             return _error(400, "Invalid parameter: messages", "invalid_value")
         if fault == "401":
-            auth = rec.headers.get("authorization", "")
+            auth = request_headers.get("authorization", "")
             return _error(401, f"Incorrect API key provided: {auth.removeprefix('Bearer ')}.", "invalid_api_key")
         if fault == "drop":
             return Reply(drop=True)
-        n = rec.n
         if fault == "empty":
             resp = completion(body, n, "", usage=self.usage)
             resp["choices"] = []
@@ -364,6 +453,218 @@ class FakeOpenAIServer:
             if out is not None:
                 return str(out), "stop", None
         return default_content(body), "stop", None
+
+    # -- Files and Batch API
+    def hold_batches(self) -> None:
+        """Batches stay in_progress (however often they are polled) until `release_batches()`."""
+        self._held.set()
+
+    def release_batches(self) -> None:
+        self._held.clear()
+
+    def batch_inputs(self) -> list[list[dict[str, Any]]]:
+        """The input lines of every batch created, in creation order."""
+        with self._batch_lock:
+            ordered = sorted(self.batches.values(), key=lambda b: b["_index"])
+            return [list(b["_lines"]) for b in ordered]
+
+    def pick_batch_fault(self, index: int, custom_id: str, body: dict[str, Any]) -> str | None:
+        if self.batch_fault_fn is not None:
+            return self.batch_fault_fn(index, custom_id, body)
+        if self.batch_fault_rate > 0:
+            rng = random.Random(f"{self.seed}:batch{index}:{custom_id}")
+            if rng.random() < self.batch_fault_rate:
+                return rng.choice(self.batch_fault_kinds)
+        return None
+
+    def _new_id(self, prefix: str) -> str:
+        with self._batch_lock:
+            self._ids += 1
+            return f"{prefix}-test{self._ids:06d}"
+
+    def _store_file(self, content: bytes, filename: str, purpose: str) -> dict[str, Any]:
+        f = {"id": self._new_id("file"), "object": "file", "bytes": len(content), "created_at": int(time.time()),
+             "filename": filename, "purpose": purpose, "status": "processed", "_content": content}
+        self.files[f["id"]] = f
+        return f
+
+    def files_create(self, rec: Recorded) -> Reply:
+        ctype = rec.headers.get("content-type", "")
+        if not ctype.startswith("multipart/form-data") or rec.raw is None:
+            return _error(400, "expected a multipart/form-data upload", "invalid_request")
+        fields = parse_multipart(rec.raw, ctype)
+        if "file" not in fields or "purpose" not in fields:
+            return _error(400, "missing 'file' or 'purpose'", "invalid_request")
+        filename, content = fields["file"]
+        purpose = fields["purpose"][1].decode("utf-8")
+        if purpose == "batch" and len(content) > self.batch_max_bytes:
+            return _error(400, f"File is too large: {len(content)} bytes (limit {self.batch_max_bytes})", "file_too_large")
+        with self._batch_lock:
+            f = self._store_file(content, filename or "upload", purpose)
+            self.file_uploads += 1
+        return Reply(200, _public(f))
+
+    files_create.accepts_raw = True  # type: ignore[attr-defined]
+
+    def files_retrieve(self, rec: Recorded) -> Reply:
+        f = self.files.get(rec.params["id"])
+        if f is None:
+            return _error(404, f"No such File object: {rec.params['id']}", "not_found")
+        return Reply(200, _public(f))
+
+    def files_content(self, rec: Recorded) -> Reply:
+        f = self.files.get(rec.params["id"])
+        if f is None:
+            return _error(404, f"No such File object: {rec.params['id']}", "not_found")
+        return Reply(200, raw=f["_content"], content_type="application/octet-stream")
+
+    def _validate_batch_input(self, content: bytes, endpoint: str) -> tuple[list[dict[str, Any]], dict[str, str] | None]:
+        lines: list[dict[str, Any]] = []
+        seen: set[str] = set()
+        models: set[str] = set()
+        for i, raw in enumerate(content.decode("utf-8", errors="replace").splitlines(), 1):
+            if not raw.strip():
+                continue
+            try:
+                line = json.loads(raw)
+            except ValueError:
+                return lines, {"code": "invalid_json_line", "message": f"line {i} is not JSON"}
+            if not isinstance(line, dict) or not isinstance(line.get("body"), dict):
+                return lines, {"code": "invalid_request", "message": f"line {i}: no body object"}
+            cid = line.get("custom_id")
+            if not isinstance(cid, str) or cid in seen:
+                return lines, {"code": "duplicate_custom_id", "message": f"line {i}: missing or duplicate custom_id"}
+            if line.get("method") != "POST" or line.get("url") != endpoint:
+                return lines, {"code": "mismatched_endpoint", "message": f"line {i}: url must be {endpoint}"}
+            seen.add(cid)
+            models.add(str(line["body"].get("model")))
+            lines.append(line)
+        if len(models) > 1:
+            return lines, {"code": "mismatched_model", "message": f"one model per batch file, got {sorted(models)}"}
+        if len(lines) > self.batch_max_requests:
+            return lines, {"code": "too_many_requests",
+                           "message": f"{len(lines)} requests in one batch (limit {self.batch_max_requests})"}
+        if not lines:
+            return lines, {"code": "empty_file", "message": "the input file has no requests"}
+        return lines, None
+
+    def batches_create(self, rec: Recorded) -> Reply:
+        body = rec.body
+        f = self.files.get(str(body.get("input_file_id")))
+        if f is None:
+            return _error(400, f"Invalid input_file_id {body.get('input_file_id')!r}", "invalid_request")
+        if body.get("endpoint") not in BATCH_ENDPOINTS:
+            return _error(400, f"Unsupported endpoint {body.get('endpoint')!r}", "invalid_request")
+        if body.get("completion_window") != "24h":
+            return _error(400, "completion_window must be '24h'", "invalid_request")
+        if f["purpose"] != "batch":
+            return _error(400, "the input file's purpose is not 'batch'", "invalid_request")
+        lines, invalid = self._validate_batch_input(f["_content"], body["endpoint"])
+        now = int(time.time())
+        with self._batch_lock:
+            index = self.batch_creations
+            self.batch_creations += 1
+            if invalid is None and self.batch_fail_fn is not None:
+                msg = self.batch_fail_fn(index)
+                if msg:
+                    invalid = {"code": "batch_failed", "message": msg}
+            b = {
+                "id": self._new_id("batch"), "object": "batch", "endpoint": body["endpoint"], "errors": None,
+                "input_file_id": f["id"], "completion_window": "24h", "status": "validating",
+                "output_file_id": None, "error_file_id": None, "created_at": now, "in_progress_at": None,
+                "expires_at": now + 86400, "finalizing_at": None, "completed_at": None, "failed_at": None,
+                "expired_at": None, "cancelling_at": None, "cancelled_at": None,
+                "request_counts": {"total": 0, "completed": 0, "failed": 0}, "metadata": body.get("metadata"),
+                "_index": index, "_lines": lines, "_invalid": invalid, "_polls": 0, "_t0": time.monotonic(),
+            }
+            self.batches[b["id"]] = b
+            return Reply(200, _public(b))
+
+    def batches_retrieve(self, rec: Recorded) -> Reply:
+        b = self.batches.get(rec.params["id"])
+        if b is None:
+            return _error(404, f"No such Batch object: {rec.params['id']}", "not_found")
+        with self._batch_lock:
+            self._advance(b)
+            return Reply(200, _public(b))
+
+    def batches_list(self, rec: Recorded) -> Reply:
+        with self._batch_lock:
+            data = [_public(b) for b in sorted(self.batches.values(), key=lambda b: -b["_index"])]
+        return Reply(200, {"object": "list", "data": data, "first_id": data[0]["id"] if data else None,
+                           "last_id": data[-1]["id"] if data else None, "has_more": False})
+
+    def batches_cancel(self, rec: Recorded) -> Reply:
+        b = self.batches.get(rec.params["id"])
+        if b is None:
+            return _error(404, f"No such Batch object: {rec.params['id']}", "not_found")
+        with self._batch_lock:
+            self.batch_cancels += 1
+            if b["status"] in ("validating", "in_progress"):
+                b["status"], b["cancelling_at"] = "cancelling", int(time.time())
+            return Reply(200, _public(b))
+
+    batches_cancel.accepts_raw = True  # type: ignore[attr-defined]  # the SDK posts no body
+
+    def _advance(self, b: dict[str, Any]) -> None:
+        """One poll of batch `b` (under the batch lock): move it along its life cycle."""
+        if b["status"] in BATCH_TERMINAL:
+            return
+        b["_polls"] += 1
+        now = int(time.time())
+        if b["status"] == "cancelling":
+            self._finish(b, cancelled=True)
+            return
+        if b["_invalid"] is not None:
+            b["status"], b["failed_at"] = "failed", now
+            b["errors"] = {"object": "list", "data": [{**b["_invalid"], "param": None, "line": None}]}
+            return
+        total = len(b["_lines"])
+        if b["status"] == "validating":
+            b["status"], b["in_progress_at"] = "in_progress", now
+            b["request_counts"]["total"] = total
+        due = b["_polls"] >= self.batch_polls and time.monotonic() - b["_t0"] >= self.batch_seconds
+        if due and not self._held.is_set():
+            self._finish(b)
+        else:  # something for a progress bar to show
+            b["request_counts"]["completed"] = min(total - 1, total * b["_polls"] // max(2, self.batch_polls + 1))
+
+    def _finish(self, b: dict[str, Any], cancelled: bool = False) -> None:
+        out: list[dict[str, Any]] = []
+        err: list[dict[str, Any]] = []
+        expired = False
+        for line in b["_lines"]:
+            cid, body = line["custom_id"], line["body"]
+            if cancelled:
+                err.append(_batch_error_line(cid, "batch_cancelled", "The batch was cancelled before this request ran."))
+                continue
+            fault = self.pick_batch_fault(b["_index"], cid, body)
+            if fault == "expire":
+                expired = True
+                err.append(_batch_error_line(
+                    cid, "batch_expired", "This request could not be executed before the completion window expired."))
+                continue
+            if fault in ("drop", "timeout"):
+                fault = "500"
+            n = 1_000_000 + self._batch_lines  # own numbering: `count` counts HTTP requests only
+            self._batch_lines += 1
+            reply = self.answer(body, n, fault, {})
+            entry = {"id": f"batch_req_{n}", "custom_id": cid, "error": None,
+                     "response": {"status_code": reply.status, "request_id": f"req_{n}", "body": reply.body}}
+            (out if reply.status == 200 or self.batch_errors_in_output else err).append(entry)
+        now = int(time.time())
+        ok = sum(1 for e in out if e["response"]["status_code"] == 200)
+        b["request_counts"] = {"total": len(b["_lines"]), "completed": ok, "failed": len(b["_lines"]) - ok}
+        for key, entries in (("output_file_id", out), ("error_file_id", err)):
+            if entries:
+                data = "".join(json.dumps(e) + "\n" for e in entries).encode("utf-8")
+                b[key] = self._store_file(data, f"{b['id']}_{key[:-8]}.jsonl", "batch_output")["id"]
+        if cancelled:
+            b["status"], b["cancelled_at"] = "cancelled", now
+        elif expired:
+            b["status"], b["expired_at"] = "expired", now
+        else:
+            b["status"], b["finalizing_at"], b["completed_at"] = "completed", now, now
 
     # -- ThreadingHTTPServer
     def _start_threading(self) -> None:
@@ -393,9 +694,9 @@ class FakeOpenAIServer:
                         except OSError:
                             pass
                         return
-                    data = json.dumps(reply.body).encode("utf-8")
+                    data = reply.payload()
                     self.send_response(reply.status)
-                    self.send_header("content-type", "application/json")
+                    self.send_header("content-type", reply.content_type)
                     self.send_header("content-length", str(len(data)))
                     for k, v in reply.headers.items():
                         self.send_header(k, v)
@@ -487,8 +788,8 @@ class FakeOpenAIServer:
                     rec.finished = time.monotonic()
                     writer.transport.abort()
                     return
-                data = json.dumps(reply.body).encode("utf-8")
-                out = [f"HTTP/1.1 {reply.status} X", "content-type: application/json",
+                data = reply.payload()
+                out = [f"HTTP/1.1 {reply.status} X", f"content-type: {reply.content_type}",
                        f"content-length: {len(data)}"]
                 out += [f"{k}: {v}" for k, v in reply.headers.items()]
                 writer.write(("\r\n".join(out) + "\r\n\r\n").encode("latin-1") + data)
@@ -503,6 +804,39 @@ class FakeOpenAIServer:
                 writer.close()
             except Exception:  # noqa: BLE001
                 pass
+
+
+def _public(obj: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in obj.items() if not k.startswith("_")}
+
+
+def _batch_error_line(custom_id: str, code: str, message: str) -> dict[str, Any]:
+    return {"id": f"batch_req_{custom_id[-12:]}", "custom_id": custom_id, "response": None,
+            "error": {"code": code, "message": message}}
+
+
+def parse_multipart(raw: bytes, content_type: str) -> dict[str, tuple[str | None, bytes]]:
+    """{field name: (filename, bytes)} of a multipart/form-data body."""
+    msg = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(
+        b"Content-Type: " + content_type.encode("latin-1") + b"\r\n\r\n" + raw
+    )
+    fields: dict[str, tuple[str | None, bytes]] = {}
+    for part in msg.iter_parts():  # type: ignore[attr-defined]
+        name = part.get_param("name", header="content-disposition")
+        if name:
+            fields[str(name)] = (part.get_filename(), part.get_payload(decode=True) or b"")
+    return fields
+
+
+BATCH_ROUTES: dict[tuple[str, str], Callable[[FakeOpenAIServer, Recorded], Reply]] = {
+    ("POST", "/v1/files"): FakeOpenAIServer.files_create,
+    ("GET", "/v1/files/{id}"): FakeOpenAIServer.files_retrieve,
+    ("GET", "/v1/files/{id}/content"): FakeOpenAIServer.files_content,
+    ("POST", "/v1/batches"): FakeOpenAIServer.batches_create,
+    ("GET", "/v1/batches"): FakeOpenAIServer.batches_list,
+    ("GET", "/v1/batches/{id}"): FakeOpenAIServer.batches_retrieve,
+    ("POST", "/v1/batches/{id}/cancel"): FakeOpenAIServer.batches_cancel,
+}
 
 
 def main(argv: list[str] | None = None) -> None:
