@@ -86,6 +86,17 @@ class Cache:
                 found.update(k for (k,) in self._conn.execute(q, chunk))
         return found
 
+    def peek_many(self, keys: Iterable[str]) -> dict[str, dict[str, Any]]:
+        """{key: response} of the keys present. Counts no hit: for planning (the batch runner), not use."""
+        keys = list(keys)
+        found: dict[str, dict[str, Any]] = {}
+        with self._lock:
+            for i in range(0, len(keys), 500):
+                chunk = keys[i : i + 500]
+                q = f"SELECT key, response FROM responses WHERE key IN ({','.join('?' * len(chunk))})"
+                found.update((k, json.loads(r)) for k, r in self._conn.execute(q, chunk))
+        return found
+
     def hits(self, key: str) -> int:
         """How many times `key` was served from the cache (all runs)."""
         with self._lock:
@@ -95,28 +106,29 @@ class Cache:
 
     # -- writes ------------------------------------------------------------------------------
     def put(self, key: str, response: dict[str, Any], model: str | None = None) -> None:
-        usage = response.get("usage") or {}
-        blob = json.dumps(response, ensure_ascii=False, separators=(",", ":"))
+        self.put_many([(key, response, model)])
+
+    def put_many(self, items: Iterable[tuple[str, dict[str, Any], str | None]]) -> int:
+        """Store (key, response, model) rows in ONE transaction (a downloaded batch result file:
+        thousands of rows, one commit). Returns the number of rows written."""
+        now = time.time()
+        rows = [_row(key, response, model, now) for key, response, model in items]
+        if not rows:
+            return 0
         with self._lock:
             self._conn.execute("BEGIN IMMEDIATE")
             try:
-                self._conn.execute(
+                self._conn.executemany(
                     "INSERT OR REPLACE INTO responses(key, model, response, prompt_tokens, completion_tokens,"
                     " created_at, hits) VALUES (?, ?, ?, ?, ?, ?, 0)",
-                    (
-                        key,
-                        model or response.get("model"),
-                        blob,
-                        int(usage.get("prompt_tokens") or 0),
-                        int(usage.get("completion_tokens") or 0),
-                        time.time(),
-                    ),
+                    rows,
                 )
                 self._write_hits()
                 self._conn.execute("COMMIT")
             except BaseException:
                 self._conn.execute("ROLLBACK")
                 raise
+        return len(rows)
 
     def _write_hits(self) -> None:
         if self._pending_hits:
@@ -178,3 +190,15 @@ class Cache:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _row(key: str, response: dict[str, Any], model: str | None, now: float) -> tuple[Any, ...]:
+    usage = response.get("usage") or {}
+    return (
+        key,
+        model or response.get("model"),
+        json.dumps(response, ensure_ascii=False, separators=(",", ":")),
+        int(usage.get("prompt_tokens") or 0),
+        int(usage.get("completion_tokens") or 0),
+        now,
+    )

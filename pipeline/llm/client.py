@@ -38,6 +38,9 @@ log = logging.getLogger(__name__)
 
 CACHE_KEY_VERSION = "v1"
 PARSER_VERSION = 1
+# Top-level field of a cached response that came from the Batch API (value: the batch id), so that
+# every later use of it, cache hits included, is priced at the batch discount (pipeline/llm/batch.py).
+BATCH_FIELD = "_infir_batch"
 
 
 # ------------------------------------------------------------------------------------------------
@@ -91,6 +94,7 @@ class LLMResult:
     cache_key: str  # key of the task's first request
     raw_text: str | None = None  # text of the last answer
     repaired: bool = False
+    batch: bool = False  # every response used came from the Batch API (priced at its discount)
 
 
 @dataclass
@@ -557,14 +561,16 @@ class LLMClient:
     def estimate(self, tasks: Iterable[LLMTask]) -> dict[str, Any]:
         """Dry run: calls, tokens and cost of the tasks not in the cache (cached ones are free).
         Prompt tokens: tiktoken if installed, else chars/4. Completion tokens: the prompt's
-        `expected_output_tokens` hint, else half the max-tokens parameter (256 if unset)."""
+        `expected_output_tokens` hint, else half the max-tokens parameter (256 if unset).
+        `batch_cost_usd`: the same calls through the Batch API (the models' `batch_discount`)."""
         rows = []
         for t in tasks:
             body = build_body(t)
             rows.append((t, body, cache_key(body)))
         cached_keys = self.cache.contains_many(k for _, _, k in rows) if self.cache is not None else set()
         seen: set[str] = set()
-        out = {"calls": 0, "prompt_tokens": 0, "completion_tokens": 0, "cost_usd": 0.0, "cached": 0}
+        out = {"calls": 0, "prompt_tokens": 0, "completion_tokens": 0, "cost_usd": 0.0, "batch_cost_usd": 0.0,
+               "cached": 0}
         for t, body, key in rows:
             if key in cached_keys or key in seen:
                 out["cached"] += 1
@@ -576,6 +582,7 @@ class LLMClient:
             out["prompt_tokens"] += pt
             out["completion_tokens"] += ct
             out["cost_usd"] += self.prices.cost(t.model, pt, ct)
+            out["batch_cost_usd"] += self.prices.cost(t.model, pt, ct, batch=True)
         return out
 
     async def aclose_backend(self) -> None:
@@ -619,6 +626,7 @@ class LLMClient:
         except _RequestFailed as e:
             return self._fail(task, key, e.reason, acc, Usage())
         usage = Usage.of(response)
+        batch = bool(response.get(BATCH_FIELD))
         outcome = parse_response(response, task.output_model)
         repaired = False
         if outcome.error is not None and self.settings.repair:
@@ -637,17 +645,20 @@ class LLMClient:
                     acc, usage, second.text,
                 )
             outcome, cached, repaired = second, cached and rcached, True
+            batch = batch and bool(rresponse.get(BATCH_FIELD))
         if outcome.error is not None:
             return self._fail(task, key, outcome.error, acc, usage, outcome.text)
         return LLMResult(
             key_id=task.key_id, ok=True, value=outcome.value, error=None, usage=usage, cost_usd=acc.cost,
             cached=cached, http_calls=acc.calls, cache_key=key, raw_text=outcome.text, repaired=repaired,
+            batch=batch,
         )
 
     def _price(self, body: dict[str, Any], response: dict[str, Any]) -> float:
         u = Usage.of(response)
         return self.prices.cost(
-            body["model"], u.prompt_tokens, u.completion_tokens, u.cached_tokens, response_model=response.get("model")
+            body["model"], u.prompt_tokens, u.completion_tokens, u.cached_tokens,
+            batch=bool(response.get(BATCH_FIELD)), response_model=response.get("model"),
         )
 
     async def _fetch(self, body: dict[str, Any], key: str, task: LLMTask, acc: _Acc) -> tuple[dict[str, Any], bool]:
@@ -818,6 +829,7 @@ def make_client(
 
 
 __all__ = [
+    "BATCH_FIELD",
     "BUDGET_EXHAUSTED",
     "Backend",
     "BackendError",
