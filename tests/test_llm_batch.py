@@ -206,13 +206,19 @@ def test_ctrl_c_while_polling_leaves_resumable_state(tmp_path, api_key, cancel):
         srv.release_batches()
         c = make_client(settings_for(srv, tmp_path))
         runner = runner_for(c, tmp_path)
-        report = runner.prefetch(tasks)
-        assert report.resumed == 1 and report.failed == 0
         if cancel:  # the cancelled batch answered nothing: its requests go in a new batch
+            report = runner.prefetch(tasks)
+            assert report.resumed == 1 and report.failed == 0
             assert srv.batch_creations == 2 and report.submitted == 8
             assert srv.batches[sub["batch_id"]]["status"] == "cancelled"
         else:
-            assert srv.batch_creations == 1 and report.submitted == 0
+            # A call for other requests still collects the interrupted batch's answers (paid for).
+            others = make_tasks(prompt, 3, start=100)
+            report = runner.prefetch(others)
+            assert report.submitted == 3 and report.answered == 8 + 3 and report.resumed == 0
+            report = runner.prefetch(tasks)
+            assert (report.cached_before, report.submitted, report.answered) == (8, 0, 0)
+            assert srv.batch_creations == 2
         assert all(r.ok for r in second_pass(c, runner, tasks))
         c.close()
 

@@ -204,6 +204,11 @@ class BatchRunner:
             seen: set[str] = set()
             resolved: set[str] = set()
             await self._recover()
+            # Batches of earlier calls that hold none of these requests: collect what has finished
+            # (it is paid for), leave the rest running for the call that needs them.
+            others = [sid for sid in self._unfinished() if not set(self._sub_keys(sid)) & plan.keys()]
+            if others:
+                await self._wait(others, report, failures, once=True)
             while True:
                 wanted = self._wanted(plan, seen, resolved, report)
                 inflight = {sid: set(self._sub_keys(sid)) for sid in self._unfinished()}
@@ -301,10 +306,11 @@ class BatchRunner:
             pt = estimate_prompt_tokens(body["messages"])
             ct = max_output_tokens(body) // 2 or 256
             est += self.client.prices.cost(body["model"], pt, ct, batch=True)
-        if report.cost_usd + est > cap:
+        spent = self.client.totals.cost_usd + report.cost_usd
+        if spent + est > cap:
             raise InfirError(
                 f"batch round {report.rounds}: {len(todo)} requests, estimated ${est:.4f} at batch prices, would "
-                f"exceed llm.max_cost_usd ${cap:.4f} (${report.cost_usd:.4f} spent); nothing was submitted"
+                f"exceed llm.max_cost_usd ${cap:.4f} (${spent:.4f} spent); nothing was submitted"
             )
 
     # -- submission ----------------------------------------------------------------------------
@@ -425,7 +431,10 @@ class BatchRunner:
         self._keys.pop(sid, None)
 
     # -- polling and results -------------------------------------------------------------------
-    async def _wait(self, sids: list[str], report: BatchReport, failures: dict[str, _Failure]) -> None:
+    async def _wait(
+        self, sids: list[str], report: BatchReport, failures: dict[str, _Failure], once: bool = False
+    ) -> None:
+        """Poll until every batch of `sids` has finished and is ingested (`once`: one poll each)."""
         from pipeline.progress import progress_bar
 
         sdk = self._client()
@@ -458,6 +467,8 @@ class BatchRunner:
                 states = [self._sub(s)["status"] for s in pending]
                 info = f"{len(pending)} batch(es) running ({', '.join(sorted(set(states))) or 'done'})"
                 bar.update(task_id, completed=progressed if pending else finished, info=info)
+                if once:
+                    return
                 if pending:
                     await asyncio.sleep(self.poll_interval_s)
 
