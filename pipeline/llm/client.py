@@ -615,14 +615,14 @@ class LLMClient:
             cached=False, http_calls=acc.calls, cache_key=key, raw_text=raw_text,
         )
 
-    async def _process(self, task: LLMTask, acc: _Acc) -> LLMResult:
+    async def _process(self, task: LLMTask, acc: _Acc, fresh: bool = False) -> LLMResult:
         try:
             body = build_body(task)
             key = cache_key(body)
         except InfirError as e:
             return self._fail(task, "", str(e), acc, Usage())
         try:
-            response, cached = await self._fetch(body, key, task, acc)
+            response, cached = await self._fetch(body, key, task, acc, fresh)
         except _RequestFailed as e:
             return self._fail(task, key, e.reason, acc, Usage())
         usage = Usage.of(response)
@@ -633,13 +633,15 @@ class LLMClient:
             self.totals.repairs += 1
             rbody = repair_body(body, outcome, task.output_model)
             try:
-                rresponse, rcached = await self._fetch(rbody, cache_key(rbody), task, acc)
+                rresponse, rcached = await self._fetch(rbody, cache_key(rbody), task, acc, fresh)
             except _RequestFailed as e:
                 reason = e.reason if e.reason == BUDGET_EXHAUSTED else f"{outcome.error}; repair request failed: {e.reason}"
                 return self._fail(task, key, reason, acc, usage, outcome.text)
             usage = usage + Usage.of(rresponse)
             second = parse_response(rresponse, task.output_model)
             if second.error is not None:
+                if cached and rcached and self._can_ask_again(fresh):
+                    return await self._process(task, acc, fresh=True)
                 return self._fail(
                     task, key, f"invalid after one repair: {second.error} (first answer: {outcome.error})",
                     acc, usage, second.text,
@@ -647,12 +649,20 @@ class LLMClient:
             outcome, cached, repaired = second, cached and rcached, True
             batch = batch and bool(rresponse.get(BATCH_FIELD))
         if outcome.error is not None:
+            if cached and self._can_ask_again(fresh):
+                return await self._process(task, acc, fresh=True)
             return self._fail(task, key, outcome.error, acc, usage, outcome.text)
         return LLMResult(
             key_id=task.key_id, ok=True, value=outcome.value, error=None, usage=usage, cost_usd=acc.cost,
             cached=cached, http_calls=acc.calls, cache_key=key, raw_text=outcome.text, repaired=repaired,
             batch=batch,
         )
+
+    def _can_ask_again(self, fresh: bool) -> bool:
+        """A task whose answers, all from the cache, still fail to parse is asked once more past the
+        cache: replaying an earlier run's bad answer would make its failure permanent, and a rerun
+        is how failed rows are retried. Answers that parse (with today's parser) are never re-asked."""
+        return not fresh and getattr(self.backend, "can_resend", True)
 
     def _price(self, body: dict[str, Any], response: dict[str, Any]) -> float:
         u = Usage.of(response)
@@ -661,9 +671,12 @@ class LLMClient:
             batch=bool(response.get(BATCH_FIELD)), response_model=response.get("model"),
         )
 
-    async def _fetch(self, body: dict[str, Any], key: str, task: LLMTask, acc: _Acc) -> tuple[dict[str, Any], bool]:
-        """(response, from_cache): cache, then an identical request already in flight, then HTTP."""
-        if self.cache is not None:
+    async def _fetch(
+        self, body: dict[str, Any], key: str, task: LLMTask, acc: _Acc, fresh: bool = False
+    ) -> tuple[dict[str, Any], bool]:
+        """(response, from_cache): cache, then an identical request already in flight, then HTTP.
+        `fresh`: skip the cache lookup (the new response replaces the cached one)."""
+        if self.cache is not None and not fresh:
             hit = self.cache.get(key)
             if hit is not None:
                 self.totals.cache_hits += 1

@@ -1,22 +1,27 @@
 """The small runner the LLM stages share: stream input rows in fixed-size chunks, turn each
 chunk into an output shard, skip shards an interrupted attempt already finished.
 
-Chunk k always holds input rows [k*S, (k+1)*S) in input order, and the stage's identity
-(input fingerprint, config, prompts) is checked before resuming, so a kept shard is exactly the
-shard this attempt would write. Responses already paid for come back from the LLM cache.
+Chunk k always holds input rows [k*S, (k+1)*S) in input order, the stage's identity (input
+fingerprint, config, prompts) is checked before resuming, and a shard is kept only if the hash of
+the rows it was made from matches this chunk's, so a kept shard is exactly the shard this attempt
+would write. A rerun after failed rows redoes the shards holding them (their other rows, and every
+response already paid for, come back from the LLM cache), and a downstream stage redoes only the
+shards whose input rows changed.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections import Counter
 from pathlib import Path
 from typing import Callable, Iterator
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from pipeline.errors import InfirError
 from pipeline.progress import llm_info, progress_bar
-from pipeline.store import StageOutput, iter_tables, shard_name
+from pipeline.store import StageOutput, canonical_json, iter_tables, shard_name
 
 
 def iter_chunks(stage_dir: Path, size: int) -> Iterator[list[dict]]:
@@ -41,25 +46,53 @@ def run_chunks(
     label: str,
     client=None,
     on_table: Callable[[pa.Table], None] | None = None,
+    error_column: str | None = None,
 ) -> Counter:
-    """Process every chunk (or adopt its finished shard); returns counts of kept/new shards."""
+    """Process every chunk (or adopt its finished shard); returns counts of kept/new shards.
+
+    `error_column`: the column in which this stage records a row's failure. Rows failed here
+    (not upstream) are counted per shard, so that a rerun redoes exactly the shards holding them."""
     counts: Counter = Counter()
+
+    def count_failed(table: pa.Table) -> int:
+        return own_failures(table, error_column)
+
     with progress_bar(label, total_rows) as (bar, task):
         for k, rows in enumerate(iter_chunks(input_dir, shard_rows)):
             name = shard_name(k)
-            if out.has_shard(name):
-                table = out.adopt_shard(name)
+            digest = rows_hash(rows)
+            table = out.adopt_shard(name, input_hash=digest, count_failed=count_failed) if out.can_adopt(name, digest) else None
+            if table is not None:
                 counts["shards resumed"] += 1
             else:
                 processed = process(rows)
                 _stop_if_client_stopped(client, out)
                 table = pa.Table.from_pylist(processed, schema=schema)
-                out.write_shard(name, table)
+                out.write_shard(name, table, failed=count_failed(table), input_hash=digest)
                 counts["shards written"] += 1
             if on_table is not None:
                 on_table(table)
             bar.update(task, advance=len(rows), info=llm_info(client.totals) if client else "")
+    if error_column is not None:
+        counts["failed rows retried"] = out.retrying
     return counts
+
+
+def rows_hash(rows: list[dict]) -> str:
+    """What a shard is made from: its input rows, in order, by content."""
+    return hashlib.sha256(canonical_json(rows).encode("utf-8")).hexdigest()[:24]
+
+
+def own_failures(table: pa.Table, error_column: str | None) -> int:
+    """Rows whose `error_column` is set while every upstream `*_error` column is empty: a row that
+    failed upstream fails here too, and retrying it here would change nothing."""
+    if error_column is None or error_column not in table.column_names:
+        return 0
+    mask = pc.is_valid(table.column(error_column))
+    for c in table.column_names:
+        if c.endswith("_error") and c != error_column:
+            mask = pc.and_(mask, pc.is_null(table.column(c)))
+    return int(pc.sum(mask).as_py() or 0)
 
 
 def _stop_if_client_stopped(client, out: StageOutput) -> None:

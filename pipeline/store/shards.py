@@ -13,7 +13,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -101,7 +101,13 @@ def read_stage_table(stage_dir: Path, prefix: str = "part") -> pa.Table:
 
 @dataclass
 class StageOutput:
-    """The output directory of one stage of one run, with its lock, resume and skip rules."""
+    """The output directory of one stage of one run, with its lock, resume, retry and skip rules.
+
+    Every shard made from input rows records a hash of those rows (`input`) and how many of its
+    rows failed in this stage (`failed`). A finished stage is skipped on rerun unless it has failed
+    rows, or its input was changed by such a retry upstream: then it is redone, keeping each shard
+    whose input is unchanged and which has no failed rows (see `sharded.run_chunks`).
+    """
 
     run_dir: Path
     stage: str
@@ -115,6 +121,12 @@ class StageOutput:
         self.dir = Path(self.run_dir) / self.stage
         self._lock = StageLock(self.dir)
         self._started = time.time()
+        # shard name -> hash of the input rows it was made from; None: a state written before
+        # shards recorded their input (any finished shard is then adopted, as before).
+        self._inputs: dict[str, str] | None = {}
+        self._redo_from: dict | None = None
+        self.lineage: list[str] = []  # fingerprints of the earlier outputs this one replaces
+        self.retrying = 0  # failed rows of the earlier output that this attempt sends again
 
     # Identity of what this stage is producing; a mismatch means mixing old and new output.
     @property
@@ -133,13 +145,18 @@ class StageOutput:
         self._lock.__exit__(*exc)
 
     def completed(self) -> dict | None:
-        """The success record if this exact stage already finished; refuses on a changed identity."""
+        """The success record if this exact stage already finished with nothing left to retry;
+        None if it must run (again); refuses on a changed config, prompt or input."""
         success = read_success(self.dir)
-        if success is None:
+        if success is None or self.force:
             return None
         if self._same_identity(success):
-            return success
-        if self.force:
+            if failed_rows(success) == 0:
+                return success
+            self._redo_from = success  # rows failed last time: send them again
+            return None
+        if self._input_replaced_by_retry(success):
+            self._redo_from = success
             return None
         raise InfirError(
             f"{self.dir}: finished earlier with other {self._diff(success)}; "
@@ -154,21 +171,67 @@ class StageOutput:
         return done
 
     def prepare(self) -> None:
-        """Start or resume: check the state of an interrupted attempt, clear it on --force."""
+        """Start, resume or redo: check the state of an interrupted attempt, clear it on --force."""
         self.dir.mkdir(parents=True, exist_ok=True)
         state_path = self.dir / STATE
+        state: dict = {"inputs": {}}
         if self.force:
             self._clear()
+        elif self._redo_from is not None:
+            state = self._redo_state(self._redo_from)
         elif state_path.is_file():
-            state = json.loads(state_path.read_text())
+            state = _read_state(state_path)
             if not self._same_identity(state):
                 raise InfirError(
                     f"{self.dir}: an interrupted attempt used other {self._diff(state)}; "
                     "rerun with --force to discard it"
                 )
-        elif any(self.dir.glob("*.parquet")) or any(p.is_dir() for p in self.dir.iterdir()):
+        elif any(self.dir.rglob("*.parquet")) or any(p.is_dir() for p in self.dir.iterdir()):
             raise InfirError(f"{self.dir}: holds output of unknown origin; rerun with --force")
-        write_json_atomic(self.identity, state_path)
+        self._remove_temp_files()
+        self._inputs = dict(state["inputs"]) if isinstance(state.get("inputs"), dict) else None
+        self.lineage = list(state.get("lineage", []))
+        self.retrying = int(state.get("retrying", 0))
+        self._save_state()
+        if self._redo_from is not None:
+            # Only now: a kill before this line finds the old success and starts the redo again.
+            (self.dir / SUCCESS).unlink(missing_ok=True)
+
+    def _redo_state(self, success: dict) -> dict:
+        keep = {
+            s["name"]: s["input"] for s in success.get("shards", []) if s.get("input") and not s.get("failed")
+        }
+        return {
+            "inputs": keep,
+            "lineage": list(success.get("lineage", [])) + [stage_fingerprint(success)],
+            "retrying": failed_rows(success),
+        }
+
+    def _input_replaced_by_retry(self, success: dict) -> bool:
+        """True if only the input changed, and it changed because the upstream stage retried its
+        failed rows (the upstream's lineage holds the input this output was made from)."""
+        if success.get("config_hash") != self.config_hash or success.get("prompt_hashes") != self.identity["prompt_hashes"]:
+            return False
+        old = success.get("input_fingerprint")
+        for d in sorted(p for p in Path(self.run_dir).iterdir() if p.is_dir() and p != self.dir):
+            try:
+                up = read_success(d)
+            except InfirError:
+                continue
+            if up and old in up.get("lineage", []) and stage_fingerprint(up) == self.input_fingerprint:
+                return True
+        return False
+
+    def _save_state(self) -> None:
+        state = {**self.identity, "lineage": self.lineage, "retrying": self.retrying}
+        if self._inputs is not None:
+            state["inputs"] = self._inputs
+        write_json_atomic(state, self.dir / STATE)
+
+    def _remove_temp_files(self) -> None:
+        # Left by a killed writer (we hold the lock, so no live writer owns them).
+        for p in self.dir.rglob(".*.tmp-*"):
+            p.unlink(missing_ok=True)
 
     def _clear(self) -> None:
         for p in self.dir.iterdir():
@@ -190,22 +253,43 @@ class StageOutput:
     def has_shard(self, name: str) -> bool:
         return (self.dir / name).is_file()
 
-    def write_shard(self, name: str, table: pa.Table) -> None:
-        sha = write_parquet_atomic(table, self.dir / name)
-        self._record(name, table.num_rows, sha)
+    def can_adopt(self, name: str, input_hash: str | None = None) -> bool:
+        """A finished shard this attempt would write identically: made from these input rows and,
+        after a finished run, free of failed rows."""
+        if not self.has_shard(name):
+            return False
+        return self._inputs is None or input_hash is None or self._inputs.get(name) == input_hash
 
-    def adopt_shard(self, name: str) -> pa.Table:
-        """Register a shard finished by an earlier, interrupted attempt."""
+    def write_shard(self, name: str, table: pa.Table, *, failed: int = 0, input_hash: str | None = None) -> None:
+        sha = write_parquet_atomic(table, self.dir / name)
+        self._record(name, table.num_rows, sha, failed, input_hash)
+        if input_hash is not None and self._inputs is not None:
+            self._inputs[name] = input_hash
+            self._save_state()
+
+    def adopt_shard(self, name: str, *, input_hash: str | None = None,
+                    count_failed: Callable[[pa.Table], int] | None = None) -> pa.Table | None:
+        """Register a shard finished by an earlier attempt; None if it cannot be read (redo it)."""
         path = self.dir / name
-        table = pq.read_table(path)
-        self._record(name, table.num_rows, sha256_file(path))
+        try:
+            table = pq.read_table(path)
+        except (pa.ArrowInvalid, OSError):
+            return None
+        failed = count_failed(table) if count_failed else 0
+        self._record(name, table.num_rows, sha256_file(path), failed, input_hash)
         return table
 
-    def _record(self, name: str, rows: int, sha: str) -> None:
+    def _record(self, name: str, rows: int, sha: str, failed: int = 0, input_hash: str | None = None) -> None:
         self.shards = [s for s in self.shards if s["name"] != name]
-        self.shards.append({"name": name, "rows": rows, "sha256": sha})
+        rec: dict = {"name": name, "rows": rows, "sha256": sha}
+        if failed:
+            rec["failed"] = failed
+        if input_hash is not None:
+            rec["input"] = input_hash
+        self.shards.append(rec)
 
     def finish(self, summary: dict) -> dict:
+        self._remove_unlisted_shards()
         success = {
             "stage": self.stage,
             **self.identity,
@@ -215,6 +299,31 @@ class StageOutput:
             "summary": summary,
             "seconds": round(time.time() - self._started, 3),
         }
+        if self.lineage:
+            success["lineage"] = self.lineage
         write_json_atomic(success, self.dir / SUCCESS)
         (self.dir / STATE).unlink(missing_ok=True)
         return success
+
+    def _remove_unlisted_shards(self) -> None:
+        # Readers glob the folder: a shard of an earlier attempt that this one did not write
+        # (fewer input rows now) must not be read as part of this output.
+        listed = {s["name"] for s in self.shards}
+        for p in self.dir.rglob("*.parquet"):
+            if p.relative_to(self.dir).as_posix() not in listed:
+                p.unlink()
+
+
+def failed_rows(success: dict) -> int:
+    """Rows of a finished stage that failed in that stage (a rerun sends them again)."""
+    return sum(int(s.get("failed", 0)) for s in success.get("shards", []))
+
+
+def _read_state(path: Path) -> dict:
+    try:
+        state = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise InfirError(f"{path}: corrupt state file; rerun the stage with --force") from None
+    if not isinstance(state, dict):
+        raise InfirError(f"{path}: corrupt state file; rerun the stage with --force")
+    return state

@@ -1,0 +1,117 @@
+"""Fault injection end to end: 30% mixed faults from the local OpenAI-compatible server over a
+300-row run on the MS MARCO sample, then a rerun once the faults stop."""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+
+import pyarrow.parquet as pq
+import pytest
+
+from conftest import make_config
+from openai_server import CONTENT_FAULTS, RETRYABLE_FAULTS, FakeOpenAIServer
+from pipeline.release import verify_release
+from pipeline.stages.generate import run_generate
+from pipeline.stages.mine import run_mine
+from pipeline.stages.source import run_source
+from pipeline.stages.verify import run_verify
+from pipeline.stages.write import run_write
+from pipeline.store import read_stage_table
+from reliability_helpers import KEY_ENV, query_of, responder, stage_of
+
+ROWS = 300
+LLM = (run_generate, run_mine, run_verify)
+
+
+def _cfg(server, msmarco):
+    return make_config(**{
+        "source.path": str(msmarco),
+        "source.sample_queries": ROWS,
+        "llm.backend": "openai",
+        "llm.base_url": server.base_url,
+        "llm.api_key_env": KEY_ENV,
+        "llm.concurrency": 16,
+        "llm.request_timeout_s": 0.3,
+        "llm.deadline_s": 10.0,
+        "llm.max_attempts": 2,
+        "llm.backoff_base_s": 0.01,
+        "llm.backoff_max_s": 0.05,
+        "generate.shard_rows": 10,
+        "mine.shard_rows": 10,
+        "verify.shard_rows": 10,
+    })
+
+
+def _rows(stage: str) -> dict[str, dict]:
+    return {r["query_positive"]: r for r in read_stage_table(f"runs/sample/{stage}").to_pylist()}
+
+
+def _requests(server) -> dict[str, Counter]:
+    out: dict[str, Counter] = defaultdict(Counter)
+    for r in server.chat_requests():
+        out[stage_of(r.body)][query_of(r.body)] += 1
+    return out
+
+
+@pytest.mark.slow
+def test_mixed_faults_then_rerun_retries_only_failed_rows(tmp_path, msmarco, monkeypatch):
+    monkeypatch.setenv(KEY_ENV, "sk-test-faults")
+    with FakeOpenAIServer(responder=responder, fault_rate=0.3, seed=5, fault_kinds=RETRYABLE_FAULTS + CONTENT_FAULTS,
+                          retry_after="0.05", timeout_sleep=1.0) as srv:
+        cfg = _cfg(srv, msmarco)
+        run_source(cfg)
+        first = [f(cfg) for f in LLM]
+        faults = Counter(r.fault for r in srv.chat_requests())
+        sent = srv.count
+
+        # The run completes; every row ends accepted, rejected with its checks, or failed with a reason.
+        assert set(faults) - {None} == set(RETRYABLE_FAULTS + CONTENT_FAULTS), faults
+        assert 0.2 < (sent - faults[None]) / sent < 0.4
+        gen, mine, ver = _rows("generate"), _rows("mine"), _rows("verify")
+        assert len(gen) == len(mine) == len(ver) == ROWS
+        s = first[2].success["summary"]
+        assert s["accepted"] + s["rejected"] + s["failed"] == s["candidates"] == ROWS
+        for r in ver.values():
+            if r["accepted"]:
+                assert not r["failed_checks"] and not r["verify_error"]
+            elif r["verify_error"]:
+                assert len(r["verify_error"]) > 10
+            else:
+                assert r["failed_checks"], r
+        failed = {
+            "generate": {q for q, r in gen.items() if r["generate_error"]},
+            "mine": {q for q, r in mine.items() if r["mine_error"] and not r["generate_error"]},
+            "verify": {q for q, r in ver.items() if r["verify_error"] and not r["mine_error"]},
+        }
+        # The seeded faults leave failures in every stage (retries exhausted, two bad answers).
+        assert all(failed.values()), {k: len(v) for k, v in failed.items()}
+        assert s["failed"] == sum(len(v) for v in failed.values())
+        release = run_write(cfg).success["release"]
+        assert verify_release(release).rows == s["accepted"]
+
+        # The faults stop; a plain rerun sends exactly one request per row that failed, nothing else.
+        srv.fault_rate = 0.0
+        srv.reset()
+        second = [f(cfg) for f in LLM]
+        reqs = _requests(srv)
+        assert set(reqs["generate"]) == failed["generate"]
+        assert set(reqs["mine"]) == failed["mine"] | failed["generate"]
+        assert set(reqs["verify"]) == failed["verify"] | failed["mine"] | failed["generate"]
+        assert all(n == 1 for c in reqs.values() for n in c.values()), reqs
+        for res, stage in zip(second, ("generate", "mine", "verify")):
+            summary = res.success["summary"]
+            assert not res.skipped and summary["failed rows retried"] == len(failed[stage])
+            assert summary["failed"] == 0
+            # Only shards holding a changed or failed row were redone.
+            assert summary["shards resumed"] > 0
+        ver2 = _rows("verify")
+        assert sum(r["accepted"] for r in ver2.values()) + sum(bool(r["failed_checks"]) for r in ver2.values()) == ROWS
+        # Rows that had succeeded are untouched.
+        gen2 = _rows("generate")
+        assert all(gen2[q] == r for q, r in gen.items() if q not in failed["generate"])
+
+        # Nothing left to retry: every stage is skipped and nothing is sent.
+        srv.reset()
+        assert all(f(cfg).skipped for f in LLM) and srv.count == 0
+        newer = run_write(cfg, bump="patch").success
+        assert newer["version"] == "1.0.1" and verify_release(newer["release"]).rows == second[2].success["summary"]["accepted"]
