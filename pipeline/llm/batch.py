@@ -117,6 +117,7 @@ class _CacheOnlyBackend:
     """Serves nothing: after `prefetch`, every answer is in the cache or has failed for a reason."""
 
     name = "batch"
+    can_resend = False  # the client must not ask it again past the cache
 
     def __init__(self, runner: BatchRunner):
         self._runner = runner

@@ -89,7 +89,8 @@ def run_generate(cfg, force: bool = False) -> StageResult:
             stats["failed"] += table.num_rows - ok
 
         shards = run_chunks(
-            out, rd / "source", upstream["rows"], g.shard_rows, SCHEMA, process, "generate", client, count
+            out, rd / "source", upstream["rows"], g.shard_rows, SCHEMA, process, "generate", client, count,
+            error_column="generate_error",
         )
         summary = {"rows": stats["ok"] + stats["failed"], "instructions": stats["ok"], "failed": stats["failed"],
                    **shards, "llm": lc.llm_summary(client, batch)}

@@ -112,7 +112,8 @@ def run_mine(cfg, force: bool = False) -> StageResult:
             stats["failed"] += table.num_rows - ok - no_instr
             stats["mined negatives"] += sum(len(x) for x in table.column("mined_negatives").to_pylist())
 
-        shards = run_chunks(out, rd / "generate", upstream["rows"], m.shard_rows, SCHEMA, process, "mine", client, count)
+        shards = run_chunks(out, rd / "generate", upstream["rows"], m.shard_rows, SCHEMA, process, "mine", client, count,
+                            error_column="mine_error")
         summary = {**stats, **shards, "llm": lc.llm_summary(client, batch)}
         success = out.finish(summary)
     print_summary("mine", [(k, v) for k, v in summary.items() if k != "llm"] + list(summary["llm"].items()))

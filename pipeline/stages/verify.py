@@ -131,7 +131,8 @@ def run_verify(cfg, force: bool = False) -> StageResult:
                     tally[f"judged:{vd['check']}"] += 1
                     tally[f"passed:{vd['check']}"] += vd["passed"]
 
-        shards = run_chunks(out, rd / "mine", upstream["rows"], v.shard_rows, SCHEMA, process, "verify", client, split)
+        shards = run_chunks(out, rd / "mine", upstream["rows"], v.shard_rows, SCHEMA, process, "verify", client, split,
+                            error_column="verify_error")
         summary = _summary(tally, shards, lc.llm_summary(client, batch))
         success = out.finish(summary)
     _print(summary)
