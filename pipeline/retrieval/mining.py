@@ -98,11 +98,52 @@ class _Indexes:
     store: EmbeddingStore | None = None
 
 
+# Lexical indexes opened in this process, by directory and meta.json identity: the LLM stages call
+# the retrieval once per chunk of 500 rows, and opening a 1M-passage index (doc store, vocabulary,
+# id lookups) costs ~0.5 s each time. A finished index directory is immutable, and a rebuilt one has
+# a new meta.json, so the stamp tells a stale entry apart.
+_OPENED: dict[tuple, _Indexes] = {}
+_OPENED_MAX = 2
+
+
+def _stamp(*dirs: Path) -> tuple | None:
+    out = []
+    for d in dirs:
+        try:
+            st = (d / "meta.json").stat()
+        except FileNotFoundError:
+            return None
+        out.append((str(d.resolve()), st.st_ino, st.st_mtime_ns, st.st_size))
+    return tuple(out)
+
+
 def _open_indexes(paths: list[Path], fp: str, index_dir: Path, settings: MiningSettings, need_bm25: bool,
                   need_dense: bool, progress: Progress, stats: dict) -> _Indexes:
     index_dir.mkdir(parents=True, exist_ok=True)
     docs_dir = index_dir / f"docs-{fp[:16]}"
     bm25_dir = index_dir / bm25_key(fp, settings.bm25_k1, settings.bm25_b, settings.bm25_stopwords)
+    key = None
+    if not need_dense:  # dense indexes hold a model and an embedding store: always opened afresh
+        stamp = _stamp(docs_dir, bm25_dir) if need_bm25 else _stamp(docs_dir)
+        key = (need_bm25, stamp) if stamp is not None else None
+        if key in _OPENED:
+            if need_bm25:
+                stats["bm25_index"] = "loaded"
+            return _OPENED[key]
+    idx = _open_indexes_uncached(paths, fp, docs_dir, bm25_dir, index_dir, settings, need_bm25, need_dense,
+                                 progress, stats)
+    if not need_dense:
+        stamp = _stamp(docs_dir, bm25_dir) if need_bm25 else _stamp(docs_dir)
+        if stamp is not None:
+            while len(_OPENED) >= _OPENED_MAX:
+                _OPENED.pop(next(iter(_OPENED)))
+            _OPENED[(need_bm25, stamp)] = idx
+    return idx
+
+
+def _open_indexes_uncached(paths: list[Path], fp: str, docs_dir: Path, bm25_dir: Path, index_dir: Path,
+                           settings: MiningSettings, need_bm25: bool, need_dense: bool, progress: Progress,
+                           stats: dict) -> _Indexes:
     consumers: dict[str, object] = {}
     if not DocStore.is_complete(docs_dir):
         consumers["docs"] = DocStoreWriter(docs_dir)
