@@ -63,6 +63,9 @@ def run_chunks(
             digest = rows_hash(rows)
             table = out.adopt_shard(name, input_hash=digest, count_failed=count_failed) if out.can_adopt(name, digest) else None
             if table is not None:
+                # As written, not as read back (Parquet names list items "element"): what on_table
+                # derives from it must be byte-identical to an uninterrupted run's.
+                table = table.cast(schema)
                 counts["shards resumed"] += 1
             else:
                 processed = process(rows)
