@@ -160,6 +160,7 @@ class DocStore:
         self.num_rows = self.table.num_rows
         self._ids = self.table.column("passage_id")
         self._text = self.table.column("text")
+        self._offsets: dict[int, np.ndarray] = {}  # per column: the first row of each chunk
 
     @staticmethod
     def is_complete(path: Path) -> bool:
@@ -181,7 +182,36 @@ class DocStore:
         return out
 
     def ids(self, rows: np.ndarray) -> list[str]:
-        return self._ids.take(pa.array(np.asarray(rows, dtype=np.int64))).to_pylist()
+        return self._take(self._ids, rows)
 
     def texts(self, rows: np.ndarray) -> list[str]:
-        return self._text.take(pa.array(np.asarray(rows, dtype=np.int64))).to_pylist()
+        return self._take(self._text, rows)
+
+    def _take(self, col: pa.ChunkedArray, rows: np.ndarray) -> list:
+        """Values at ``rows``, in the order given, chunk by chunk.
+
+        ``ChunkedArray.take`` concatenates the column first (pyarrow 26): on a 1M-passage store that
+        copied ~550 MiB of text per call and took 2 s for 8,000 rows; per chunk it is 0.15 s and no copy.
+        """
+        rows = np.asarray(rows, dtype=np.int64)
+        if len(rows) == 0:
+            return []
+        if col.num_chunks == 1:
+            return col.chunk(0).take(pa.array(rows)).to_pylist()
+        offsets = self._offsets.get(id(col))
+        if offsets is None:
+            offsets = self._offsets[id(col)] = np.cumsum([0] + [len(c) for c in col.chunks], dtype=np.int64)
+        if rows.min() < 0 or rows.max() >= self.num_rows:
+            raise IndexError(f"{self.path}: row out of range [0, {self.num_rows})")
+        order = np.argsort(rows, kind="stable")
+        srt = rows[order]
+        chunk = np.searchsorted(offsets, srt, side="right") - 1
+        bounds = np.flatnonzero(np.diff(chunk)) + 1
+        values: list = []
+        for part in np.split(np.arange(len(srt)), bounds):
+            c = int(chunk[part[0]])
+            values.extend(col.chunk(c).take(pa.array(srt[part] - offsets[c])).to_pylist())
+        out: list = [None] * len(rows)
+        for i, v in zip(order.tolist(), values):
+            out[i] = v
+        return out
