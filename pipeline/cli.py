@@ -353,7 +353,23 @@ def cache_stats(
     print_summary("LLM cache", [(k, v) for k, v in stats.items()])
 
 
+def _click_exceptions(name: str) -> tuple[type[BaseException], ...]:
+    """typer 0.2x raises from its own copy of click (typer._click): catch both copies."""
+    found = [getattr(click.exceptions, name)]
+    try:
+        from typer._click import exceptions as vendored
+
+        found.append(getattr(vendored, name))
+    except (ImportError, AttributeError):
+        pass
+    return tuple(found)
+
+
+_ABORT, _USAGE, _EXIT = (_click_exceptions(n) for n in ("Abort", "ClickException", "Exit"))
+
+
 def main(argv: list[str] | None = None) -> int:
+    debug = "--debug" in (argv if argv is not None else sys.argv)
     try:
         app(args=argv, standalone_mode=False)
     except InfirError as e:
@@ -361,19 +377,22 @@ def main(argv: list[str] | None = None) -> int:
             raise
         typer.secho(f"error: {e}", err=True, fg="red")
         return 2
-    except click.exceptions.Abort:
+    except (*_ABORT, KeyboardInterrupt):
         typer.secho("interrupted; rerun the same command to resume", err=True, fg="yellow")
         return 130
-    except KeyboardInterrupt:
-        typer.secho("interrupted; rerun the same command to resume", err=True, fg="yellow")
-        return 130
-    except click.ClickException as e:
+    except _USAGE as e:
         e.show()
         return e.exit_code
-    except click.exceptions.Exit as e:
+    except _EXIT as e:
         return e.exit_code
+    except OSError as e:  # the machine's answer (permissions, a full disk, a missing folder): the user's to fix
+        if _state["debug"] or debug:
+            raise
+        where = f"{e.filename}: " if getattr(e, "filename", None) else ""
+        typer.secho(f"error: {where}{e.strerror or e}", err=True, fg="red")
+        return 2
     except Exception as e:  # a bug: one line for the user, the traceback behind --debug
-        if _state["debug"] or "--debug" in (argv or sys.argv):
+        if _state["debug"] or debug:
             raise
         typer.secho(f"internal error: {type(e).__name__}: {e} (rerun with --debug for details)", err=True, fg="red")
         return 1

@@ -6,8 +6,10 @@ goes to the quarantine with its reason. A missing file or a missing column is fa
 
 from __future__ import annotations
 
+import codecs
 import gzip
 import json
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -44,12 +46,27 @@ def _require(path: Path, what: str) -> Path:
     return path
 
 
+_WIDE_BOMS = {
+    codecs.BOM_UTF32_LE: "UTF-32",
+    codecs.BOM_UTF32_BE: "UTF-32",
+    codecs.BOM_UTF16_LE: "UTF-16",
+    codecs.BOM_UTF16_BE: "UTF-16",
+}
+
+
 def _open_text_lines(path: Path, q: Quarantine) -> Iterator[tuple[int, str]]:
     """Lines of a (possibly gzipped) text file, decoded one by one so a bad byte costs one line."""
     opener = gzip.open if path.suffix == ".gz" else open
     try:
         with opener(path, "rb") as f:
             for n, raw in enumerate(f, 1):
+                if n == 1:
+                    # A byte order mark: UTF-8's is dropped (editors on Windows add it); a UTF-16/32
+                    # file would otherwise be quarantined line by line as garbage.
+                    for bom, name in _WIDE_BOMS.items():
+                        if raw.startswith(bom):
+                            raise InfirError(f"{path}: encoded as {name} (byte order mark); convert it to UTF-8")
+                    raw = raw.removeprefix(codecs.BOM_UTF8)
                 try:
                     line = raw.decode("utf-8")
                 except UnicodeDecodeError as e:
@@ -58,7 +75,7 @@ def _open_text_lines(path: Path, q: Quarantine) -> Iterator[tuple[int, str]]:
                 line = line.rstrip("\r\n")
                 if line.strip():
                     yield n, line
-    except (OSError, EOFError) as e:
+    except (OSError, EOFError, zlib.error) as e:
         raise InfirError(f"{path}: cannot read: {e}") from None
 
 

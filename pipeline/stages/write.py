@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from pipeline import __version__
+from pipeline.errors import InfirError
 from pipeline.progress import console, print_summary
 from pipeline.stages import llm_common as lc
 from pipeline.stages.common import StageResult, run_dir
@@ -58,7 +59,12 @@ def run_write(cfg, force: bool = False, version: str | None = None, bump: str | 
 
     w = cfg.write
     rd = run_dir(cfg)
-    require_stage(rd, "verify")
+    verify = require_stage(rd, "verify")["summary"]
+    if not verify.get("accepted"):
+        raise InfirError(
+            f"{rd / 'verify'}: no accepted rows ({verify.get('candidates', 0)} candidate(s)); nothing to release. "
+            "Why rows were dropped: verify/rejected/, failed rows' verify_error, source/quarantine.parquet"
+        )
     accepted = read_stage_table(rd / "verify" / "accepted")
     stats = release_stats(cfg, rd)
     result = write_release(

@@ -147,8 +147,10 @@ class StageOutput:
     def completed(self) -> dict | None:
         """The success record if this exact stage already finished with nothing left to retry;
         None if it must run (again); refuses on a changed config, prompt or input."""
+        if self.force:  # before reading: --force is also the way out of a corrupt marker
+            return None
         success = read_success(self.dir)
-        if success is None or self.force:
+        if success is None:
             return None
         if self._same_identity(success):
             if failed_rows(success) == 0:
@@ -181,7 +183,9 @@ class StageOutput:
             state = self._redo_state(self._redo_from)
         elif state_path.is_file():
             state = _read_state(state_path)
-            if not self._same_identity(state):
+            if not self._same_identity(state) and not any(self.dir.rglob("*.parquet")):
+                state = {"inputs": {}}  # the attempt kept nothing: nothing to mix, start afresh
+            elif not self._same_identity(state):
                 raise InfirError(
                     f"{self.dir}: an interrupted attempt used other {self._diff(state)}; "
                     "rerun with --force to discard it"

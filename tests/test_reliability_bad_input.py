@@ -1,0 +1,393 @@
+"""Bad input across the stages, through the real CLI: each case ends in one clear error line (exit
+2, never an internal error or a traceback) or in a quarantine row naming file, line and reason;
+and whatever a failed command leaves behind never looks like a complete stage or release."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import resource
+import shutil
+import signal
+import subprocess
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from conftest import SAMPLE
+from pipeline.cli import main
+from pipeline.release import verify_release
+from pipeline.store.ids import sha256_file
+from reliability_helpers import child_env, infir_cmd
+
+SMALL = ("--set", "source.sample_queries=10")
+
+
+def cli(capsys, *args: str) -> tuple[int, str]:
+    rc = main(list(args))
+    cap = capsys.readouterr()
+    return rc, cap.out + cap.err
+
+
+def assert_clean_error(rc: int, output: str, pattern: str) -> None:
+    import re
+
+    assert rc == 2, output[-2000:]
+    assert "Traceback" not in output and "internal error" not in output, output[-2000:]
+    assert re.search(pattern, output), output[-2000:]
+
+
+def assert_nothing_looks_complete(root: Path = Path(".")) -> None:
+    """A success marker lists exactly the shards beside it, each with its recorded sha256; a release
+    version folder verifies; temp files are hidden names that no reader globs."""
+    for success in root.glob("runs/*/*/_SUCCESS.json"):
+        d = success.parent
+        record = json.loads(success.read_text())
+        if "shards" not in record:
+            continue
+        listed = {s["name"]: s["sha256"] for s in record["shards"]}
+        assert listed == {p.relative_to(d).as_posix(): sha256_file(p) for p in d.rglob("*.parquet")}, d
+    for version in root.glob("releases/*/[0-9]*"):
+        verify_release(version)
+    for p in root.rglob("*"):
+        if ".tmp" in p.name:
+            assert p.name.startswith("."), p
+
+
+def sample_copy(dst: Path = Path("in")) -> Path:
+    shutil.copytree(SAMPLE, dst)
+    return dst
+
+
+def lines(path: Path) -> list[str]:
+    return path.read_text(encoding="utf-8").splitlines()
+
+
+def quarantined(reason: str) -> list[dict]:
+    rows = pq.read_table("runs/sample/source/quarantine.parquet").to_pylist()
+    return [r for r in rows if reason in r["reason"]]
+
+
+# -- source inputs that end in a quarantine row (file, line, reason) ----------------------------------
+
+
+def _corpus_truncated_json(d):
+    ls = lines(d / "corpus.jsonl")
+    ls[4] = ls[4][: len(ls[4]) // 2]
+    (d / "corpus.jsonl").write_text("\n".join(ls) + "\n")
+    return "corpus.jsonl", 5, "malformed JSON"
+
+
+def _query_is_an_array(d):
+    with open(d / "queries.jsonl", "a") as f:
+        f.write('["x-q99", "a query in a list"]\n')
+    return "queries.jsonl", 148, "malformed JSON: not an object"
+
+
+def _null_and_bool_ids(d):
+    with open(d / "corpus.jsonl", "a") as f:
+        f.write('{"_id": null, "text": "no id here"}\n{"_id": true, "text": "a boolean id"}\n')
+    return "corpus.jsonl", 463, "missing id"
+
+
+def _non_utf8_query(d):
+    raw = (d / "queries.jsonl").read_bytes().split(b"\n")
+    raw[2] = raw[2].replace(b"steak", b"st\xe9ak")
+    (d / "queries.jsonl").write_bytes(b"\n".join(raw))
+    return "queries.jsonl", 3, "not UTF-8"
+
+
+def _empty_query_text(d):
+    ls = lines(d / "queries.jsonl")
+    obj = json.loads(ls[0])
+    obj["text"] = "   "
+    ls[0] = json.dumps(obj)
+    (d / "queries.jsonl").write_text("\n".join(ls) + "\n")
+    return "queries.jsonl", 1, "empty text"
+
+
+def _huge_query(d):
+    ls = lines(d / "queries.jsonl")
+    obj = json.loads(ls[0])
+    obj["text"] = "bread " * 50_000
+    ls[0] = json.dumps(obj)
+    (d / "queries.jsonl").write_text("\n".join(ls) + "\n")
+    return "queries.jsonl", 1, "query length"
+
+
+def _huge_passage(d):
+    ls = lines(d / "corpus.jsonl")
+    obj = json.loads(ls[0])
+    obj["text"] = "yeast " * 200_000  # 1.2 MB in one field
+    ls[0] = json.dumps(obj)
+    (d / "corpus.jsonl").write_text("\n".join(ls) + "\n")
+    return "qrels/test.tsv", 2, "passage length"
+
+
+def _duplicate_passage_id(d):
+    first = lines(d / "corpus.jsonl")[0]
+    with open(d / "corpus.jsonl", "a") as f:
+        f.write(first.replace("Why Didn", "Why Did") + "\n")
+    return "corpus.jsonl", 463, "duplicate id: passage"
+
+
+def _duplicate_query_id(d):
+    with open(d / "queries.jsonl", "a") as f:
+        f.write('{"_id": "cook-q01", "text": "another text under a taken id"}\n')
+    return "queries.jsonl", 148, "duplicate id: query"
+
+
+def _dangling_qrels(d):
+    with open(d / "qrels/test.tsv", "a") as f:
+        f.write("nobody-q1\tcook-p01\t1\ncook-q01\tnowhere-p1\t1\n")
+    return "qrels/test.tsv", 150, "dangling qrel: passage 'nowhere-p1'"
+
+
+def _bad_relevance_score(d):
+    with open(d / "qrels/test.tsv", "a") as f:
+        f.write("cook-q01\tcook-p02\thigh\n")
+    return "qrels/test.tsv", 149, "bad relevance score"
+
+
+def _qrels_wrong_column_count(d):
+    with open(d / "qrels/test.tsv", "a") as f:
+        f.write("cook-q01\tcook-p02\t1\tQ0\textra\n")
+    return "qrels/test.tsv", 149, "wrong column count"
+
+
+QUARANTINE_CASES = [
+    _corpus_truncated_json, _query_is_an_array, _null_and_bool_ids, _non_utf8_query, _empty_query_text,
+    _huge_query, _huge_passage, _duplicate_passage_id, _duplicate_query_id, _dangling_qrels,
+    _bad_relevance_score, _qrels_wrong_column_count,
+]
+
+
+@pytest.mark.parametrize("case", QUARANTINE_CASES, ids=lambda f: f.__name__.strip("_"))
+def test_bad_source_rows_are_quarantined_with_file_line_and_reason(capsys, case):
+    d = sample_copy()
+    file, line, reason = case(d)
+    rc, output = cli(capsys, "source", "--input", str(d))
+    assert rc == 0, output[-2000:]
+    hits = quarantined(reason)
+    assert any(h["file"] == file and h["line"] == line for h in hits), (file, line, hits[:3])
+    assert_nothing_looks_complete()
+
+
+def test_msmarco_tsv_line_with_three_columns_is_quarantined(capsys):
+    d = Path("in")
+    d.mkdir()
+    (d / "collection.tsv").write_text("p1\tA passage about bread and yeast that is long enough.\np2\tbad\textra\n")
+    (d / "queries.tsv").write_text("q1\tbread yeast\n")
+    (d / "qrels.tsv").write_text("q1 0 p1 1\n")
+    rc, output = cli(capsys, "source", "--input", str(d), "--format", "msmarco", "--set", "source.min_passage_words=1")
+    assert rc == 0, output
+    assert [(h["file"], h["line"]) for h in quarantined("wrong column count")] == [("collection.tsv", 2)]
+
+
+def test_utf8_byte_order_mark_is_not_a_bad_line(capsys):
+    d = sample_copy()
+    (d / "corpus.jsonl").write_bytes(b"\xef\xbb\xbf" + (d / "corpus.jsonl").read_bytes())
+    rc, output = cli(capsys, "source", "--input", str(d))
+    assert rc == 0, output
+    assert not quarantined("malformed JSON") and not quarantined("dangling qrel")
+
+
+def test_parquet_text_column_of_the_wrong_type_is_quarantined(capsys):
+    d = Path("in")
+    d.mkdir()
+    pq.write_table(pa.table({"_id": ["p1", "p2"], "text": ["A passage about bread, yeast and proofing dough.", None]}),
+                   d / "corpus.parquet")
+    pq.write_table(pa.table({"_id": ["q1"], "text": ["bread yeast"]}), d / "queries.parquet")
+    pq.write_table(pa.table({"query-id": ["q1"], "corpus-id": ["p1"], "score": [1]}), d / "qrels.parquet")
+    rc, output = cli(capsys, "source", "--input", str(d), "--format", "parquet", "--set", "source.min_passage_words=1")
+    assert rc == 0, output
+    assert [(h["file"], h["line"]) for h in quarantined("missing text")] == [("corpus.parquet", 2)]
+
+
+# -- inputs that end in one clear error line --------------------------------------------------------
+
+
+def _utf16_corpus(d):
+    text = (d / "corpus.jsonl").read_text(encoding="utf-8")
+    (d / "corpus.jsonl").write_bytes(text.encode("utf-16"))
+    return ["source", "--input", str(d)], r"corpus.jsonl: encoded as UTF-16 .*convert it to UTF-8"
+
+
+def _truncated_gzip(d):
+    data = gzip.compress((d / "corpus.jsonl").read_bytes())
+    (d / "corpus.jsonl.gz").write_bytes(data[: len(data) // 2])
+    return ["source", "--input", str(d), "--set", 'source.corpus_file="corpus.jsonl.gz"'], r"corpus.jsonl.gz: cannot read"
+
+
+def _corrupt_parquet(d):
+    pq.write_table(pa.table({"_id": ["q1"], "text": ["bread"]}), d / "queries.parquet")
+    pq.write_table(pa.table({"query-id": ["q1"], "corpus-id": ["p1"]}), d / "qrels.parquet")
+    (d / "corpus.parquet").write_bytes(b"PAR1" + os.urandom(300))
+    return ["source", "--input", str(d), "--format", "parquet"], r"corpus.parquet: not a readable Parquet file"
+
+
+def _missing_qrels(d):
+    (d / "qrels/test.tsv").unlink()
+    return ["source", "--input", str(d)], r"qrels/test.tsv: qrels file not found"
+
+
+def _missing_input_dir(d):
+    return ["source", "--input", "no/such/dir"], r"no/such/dir: source directory not found"
+
+
+def _unknown_config_key(d):
+    Path("run.toml").write_text('[source]\npath = "in"\nsampel_queries = 3\n')
+    return ["source", "--config", "run.toml"], r"run.toml: invalid config: unknown key 'source.sampel_queries'"
+
+
+def _wrong_type_override(d):
+    return ["source", "--input", str(d), "--set", "source.shard_rows=many"], r"'source.shard_rows': Input should be a valid integer"
+
+
+def _config_not_utf8(d):
+    Path("run.toml").write_bytes(b'[source]\npath = "caf\xe9"\n')
+    return ["source", "--config", "run.toml"], r"run.toml: not UTF-8 text"
+
+
+def _unknown_cli_option(d):
+    return ["source", "--inptu", str(d)], r"No such option: --inptu"
+
+
+def _unwritable_runs_dir(d):
+    Path("blocker").write_text("a file where the runs folder should be")
+    return ["source", "--input", str(d), "--set", 'run.runs_dir="blocker/runs"'], r"blocker/runs/sample: Not a directory"
+
+
+ERROR_CASES = [
+    _utf16_corpus, _truncated_gzip, _corrupt_parquet, _missing_qrels, _missing_input_dir, _unknown_config_key,
+    _wrong_type_override, _config_not_utf8, _unknown_cli_option, _unwritable_runs_dir,
+]
+
+
+@pytest.mark.parametrize("case", ERROR_CASES, ids=lambda f: f.__name__.strip("_"))
+def test_bad_input_is_one_clear_error_line(capsys, case):
+    d = sample_copy()
+    args, pattern = case(d)
+    rc, output = cli(capsys, *args)
+    assert_clean_error(rc, output, pattern)
+    assert not Path("runs/sample/source/_SUCCESS.json").exists()
+    assert_nothing_looks_complete()
+
+
+# -- bad state and bad output places in later stages ----------------------------------------------------
+
+
+@pytest.fixture
+def sourced(capsys):
+    d = sample_copy()
+    rc, output = cli(capsys, "source", "--input", str(d), *SMALL)
+    assert rc == 0, output
+    return d
+
+
+def test_corrupt_upstream_shard_is_named(capsys, sourced):
+    Path("runs/sample/source/part-00000.parquet").write_bytes(b"PAR1 not really parquet PAR1")
+    rc, output = cli(capsys, "generate", "--set", f'source.path="{sourced}"', *SMALL)
+    assert_clean_error(rc, output, r"runs/sample/source/part-00000.parquet: unreadable Parquet shard")
+    assert not Path("runs/sample/generate/_SUCCESS.json").exists()
+
+
+def test_corrupt_success_marker_and_state_file(capsys, sourced):
+    Path("runs/sample/source/_SUCCESS.json").write_text('{"stage": "sou')
+    rc, output = cli(capsys, "source", "--input", str(sourced), *SMALL)
+    assert_clean_error(rc, output, r"_SUCCESS.json: corrupt success marker; rerun the stage with --force")
+    rc, output = cli(capsys, "source", "--input", str(sourced), *SMALL, "--force")
+    assert rc == 0, output
+    gen = Path("runs/sample/generate")
+    gen.mkdir()
+    (gen / "_STATE.json").write_bytes(b"\x00\x01garbage")
+    rc, output = cli(capsys, "generate", "--set", f'source.path="{sourced}"', *SMALL)
+    assert_clean_error(rc, output, r"generate/_STATE.json: corrupt state file")
+
+
+def test_unreadable_llm_cache_and_missing_prompts(capsys, sourced):
+    Path("junk.sqlite3").write_bytes(os.urandom(4096))
+    rc, output = cli(capsys, "generate", "--set", f'source.path="{sourced}"', *SMALL, "--set", 'llm.cache_path="junk.sqlite3"')
+    assert_clean_error(rc, output, r"LLM cache junk.sqlite3: cannot open: file is not a database")
+    # The attempt kept nothing, so fixing the setting is enough (no --force needed).
+    rc, output = cli(capsys, "generate", "--set", f'source.path="{sourced}"', *SMALL, "--set", 'run.prompts_dir="nowhere"')
+    assert_clean_error(rc, output, r"prompt nowhere/generate_instruction.md: file not found")
+    assert not Path("runs/sample/generate/_SUCCESS.json").exists()
+
+
+def test_disk_full_mid_stage_leaves_no_shard_or_marker_and_resumes(capsys, sourced, monkeypatch):
+    real = pq.write_table
+    calls = {"n": 0}
+
+    def write_until_full(table, where, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == 2:  # the second shard: the first one is complete and kept
+            with open(where, "wb") as f:
+                f.write(b"PAR1 half a shard")
+            raise OSError(28, "No space left on device")
+        return real(table, where, *a, **k)
+
+    monkeypatch.setattr(pq, "write_table", write_until_full)
+    over = ("--set", f'source.path="{sourced}"', *SMALL, "--set", "generate.shard_rows=4")
+    rc, output = cli(capsys, "generate", *over)
+    assert_clean_error(rc, output, r"generate/part-00001.parquet: cannot write shard: No space left on device")
+    gen = Path("runs/sample/generate")
+    assert not (gen / "_SUCCESS.json").exists()
+    assert [p.name for p in gen.glob("*.parquet")] == ["part-00000.parquet"]
+    assert not [p for p in gen.iterdir() if ".tmp" in p.name]
+    assert_nothing_looks_complete()
+    monkeypatch.setattr(pq, "write_table", real)  # space freed: a plain rerun finishes
+    rc, output = cli(capsys, "generate", *over)
+    assert rc == 0, output
+    assert json.loads((gen / "_SUCCESS.json").read_text())["summary"]["shards resumed"] == 1
+
+
+def test_nothing_accepted_and_unwritable_releases_dir(capsys, sourced):
+    over = ("--set", f'source.path="{sourced}"', *SMALL)
+    for stage in ("generate", "mine", "verify"):
+        rc, output = cli(capsys, stage, *over)
+        assert rc == 0, output
+    Path("blocker").write_text("")
+    rc, output = cli(capsys, "write", *over, "--set", 'write.releases_dir="blocker/releases"')
+    assert_clean_error(rc, output, r"blocker/releases/inf-ir-sample: Not a directory")
+    assert not Path("runs/sample/write/_SUCCESS.json").exists()
+    # Every row rejected: a clear refusal, not an empty release.
+    success = Path("runs/sample/verify/_SUCCESS.json")
+    record = json.loads(success.read_text())
+    record["summary"]["accepted"] = 0
+    success.write_text(json.dumps(record))
+    rc, output = cli(capsys, "write", *over)
+    assert_clean_error(rc, output, r"no accepted rows \(\d+ candidate\(s\)\); nothing to release")
+    assert not Path("releases").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("limit_kib,where", [(64, "source"), (200, "retrieval index"), (500, "LLM cache")])
+def test_tiny_disk_build_fails_cleanly_then_resumes(limit_kib, where):
+    """A real out-of-space condition: the process may write no file larger than the limit
+    (RLIMIT_FSIZE, as on a nearly full filesystem). The sample build then runs out of room in
+    `where`; it fails with one error line and a clean store, and a rerun with room finishes."""
+    d = sample_copy()
+    cmd = infir_cmd("build", "--set", f'source.path="{d}"', "--until", "verify")
+
+    def tiny_disk():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG instead of death
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit_kib * 1024, limit_kib * 1024))
+
+    env = child_env()
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, preexec_fn=tiny_disk, timeout=300)
+    output = proc.stdout + proc.stderr
+    expected = {
+        "source": r"source/collection/part-00000.parquet: cannot write shard: .*File too large",
+        "retrieval index": r"runs/sample/index: cannot write or read the retrieval index: .*File too large",
+        "LLM cache": r"runs/sample/generate: stopped: cache write failed: (disk I/O error|database or disk is full)",
+    }[where]
+    assert_clean_error(proc.returncode, output, expected)
+    assert not Path("runs/sample/verify/_SUCCESS.json").exists()
+    assert_nothing_looks_complete()
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert_nothing_looks_complete()
