@@ -126,9 +126,15 @@ class Cache:
                 self._write_hits()
                 self._conn.execute("COMMIT")
             except BaseException:
-                self._conn.execute("ROLLBACK")
+                self._rollback()
                 raise
         return len(rows)
+
+    def _rollback(self) -> None:
+        # SQLite has already rolled back after some errors (SQLITE_FULL): a second ROLLBACK would
+        # raise "no transaction is active" and hide the real error.
+        if self._conn.in_transaction:
+            self._conn.execute("ROLLBACK")
 
     def _write_hits(self) -> None:
         if self._pending_hits:
@@ -145,7 +151,7 @@ class Cache:
                 self._write_hits()
                 self._conn.execute("COMMIT")
             except BaseException:
-                self._conn.execute("ROLLBACK")
+                self._rollback()
                 raise
 
     def flush(self) -> None:

@@ -6,8 +6,11 @@ Indexes live in `runs/<run>/index/`, keyed by the collection's content fingerpri
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import pyarrow as pa
 
+from pipeline.errors import InfirError
 from pipeline.stages.common import run_dir
 from pipeline.stages.source import read_collection
 from pipeline.store import require_stage
@@ -34,6 +37,15 @@ def _collection(cfg):
     return read_collection(rd), fingerprint, rd / "index"
 
 
+@contextmanager
+def _index_io(index_dir):
+    # Index writers do not always name their file (Arrow: "Error writing bytes to file"): name the folder.
+    try:
+        yield
+    except OSError as e:
+        raise InfirError(f"{index_dir}: cannot write or read the retrieval index: {e.strerror or e}") from None
+
+
 def _queries(rows: list[dict]):
     from pipeline.retrieval import MiningQuery
 
@@ -53,7 +65,8 @@ def near_misses(cfg, rows: list[dict], k: int) -> dict:
     from pipeline.retrieval import neighbours
 
     paths, fingerprint, index_dir = _collection(cfg)
-    return neighbours(_queries(rows), paths, index_dir=index_dir, k=k, fingerprint=fingerprint)
+    with _index_io(index_dir):
+        return neighbours(_queries(rows), paths, index_dir=index_dir, k=k, fingerprint=fingerprint)
 
 
 def mined_negatives(cfg, rows: list[dict]) -> dict[str, list[dict]]:
@@ -61,5 +74,6 @@ def mined_negatives(cfg, rows: list[dict]) -> dict[str, list[dict]]:
     from pipeline.retrieval import mine_hard_negatives
 
     paths, fingerprint, index_dir = _collection(cfg)
-    mined = mine_hard_negatives(_queries(rows), paths, cfg.mine.retrieval, index_dir, fingerprint=fingerprint)
+    with _index_io(index_dir):
+        mined = mine_hard_negatives(_queries(rows), paths, cfg.mine.retrieval, index_dir, fingerprint=fingerprint)
     return {r["id"]: [n.to_dict() for n in mined.get(r["id"], [])] for r in rows}
