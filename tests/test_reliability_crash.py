@@ -172,8 +172,9 @@ def test_train_killed_then_rerun_gives_the_uninterrupted_metrics(runs):
     for _ in range(2):
         proc = subprocess.Popen(infir_cmd(*args("train"), *extra), cwd=b, env=env,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        # Training has begun once its folder exists; kill somewhere inside it.
-        while proc.poll() is None and not (b / "runs/sample/train").is_dir():
+        # Training has begun once it writes into its folder (the lock file aside); kill inside it.
+        train_dir = b / "runs/sample/train"
+        while proc.poll() is None and not (train_dir.is_dir() and any(p.name != ".lock" for p in train_dir.iterdir())):
             time.sleep(0.01)
         time.sleep(rng.uniform(0.2, 3.0))
         kills += kill9(proc)

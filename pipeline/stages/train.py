@@ -11,6 +11,7 @@ from pipeline.progress import console, progress_bar
 from pipeline.stages.common import StageResult, run_dir
 from pipeline.store import identity_hash, read_success, write_json_atomic
 from pipeline.store.ids import sha256_file
+from pipeline.store.lock import StageLock
 
 
 def release_of_run(rd: Path) -> Path:
@@ -24,6 +25,12 @@ def release_of_run(rd: Path) -> Path:
 
 
 def run_train(cfg, force: bool = False, release: Path | None = None) -> StageResult:
+    # Two trainings into one folder would mix their models: one process at a time per run.
+    with StageLock(run_dir(cfg) / "train"):
+        return _run_train(cfg, force, release)
+
+
+def _run_train(cfg, force: bool, release: Path | None) -> StageResult:
     from pipeline.train import compare, train
 
     rd = run_dir(cfg)
@@ -39,8 +46,9 @@ def run_train(cfg, force: bool = False, release: Path | None = None) -> StageRes
         console.print(f"[green]train[/]: already complete for this release and settings (--force redoes it)")
         console.print(done["summary"]["markdown"])
         return StageResult("train", True, done)
-    if out.exists():
-        shutil.rmtree(out)  # training is not resumable mid-way; a partial model is never kept
+    for p in out.iterdir():  # training is not resumable mid-way; a partial model is never kept
+        if p.name != ".lock":  # the lock held above
+            shutil.rmtree(p) if p.is_dir() else p.unlink()
     with progress_bar("train", None) as (bar, task):
 
         def on_step(info: dict) -> None:
