@@ -41,6 +41,7 @@ CONCURRENCY = 4
 KILLS = 5
 STAGES = ("source", "generate", "mine", "verify", "write")
 RELEASE = Path("releases/inf-ir-sample/1.0.0")
+SECRETS = ("sk-test-crash-5f0c1d2e3b4a", "hf_testcrash9a8b7c6d5e")
 
 
 def _new_files(root: Path, since_ns: int) -> int:
@@ -107,7 +108,7 @@ def runs(tmp_path_factory):
     if not (MSMARCO / "corpus.jsonl").is_file():
         pytest.skip(f"{MSMARCO} not present")
     a, b = tmp_path_factory.mktemp("uninterrupted"), tmp_path_factory.mktemp("killed")
-    env = child_env(**{KEY_ENV: "sk-test-crash", "SOURCE_DATE_EPOCH": "1700000000"})
+    env = child_env(**{KEY_ENV: SECRETS[0], "HF_TOKEN": SECRETS[1], "SOURCE_DATE_EPOCH": "1700000000"})
     rng = random.Random(20240601)
     with FakeOpenAIServer(responder=responder, latency=0.01) as server:
         def args(stage):
@@ -184,3 +185,8 @@ def test_train_killed_then_rerun_gives_the_uninterrupted_metrics(runs):
     assert done.returncode == 0, done.stderr[-2000:]
     metrics = [json.loads((d / "runs/sample/train/_SUCCESS.json").read_text())["summary"]["metrics"] for d in (a, b)]
     assert metrics[0] == metrics[1]
+    # The saved model and its logs (written with a key and an HF token in the environment) hold neither.
+    for p in (b / "runs/sample/train").rglob("*"):
+        if p.is_file():
+            data = p.read_bytes()
+            assert not any(s.encode() in data for s in SECRETS), p

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 
-import pyarrow.parquet as pq
 import pytest
 
 from conftest import make_config
