@@ -88,12 +88,14 @@ def rows_hash(rows: list[dict]) -> str:
 
 def own_failures(table: pa.Table, error_column: str | None) -> int:
     """Rows whose `error_column` is set while every upstream `*_error` column is empty: a row that
-    failed upstream fails here too, and retrying it here would change nothing."""
+    failed upstream fails here too, and retrying it here would change nothing. A stage's schema
+    extends its upstream's, so the upstream columns are the ones before `error_column`."""
     if error_column is None or error_column not in table.column_names:
         return 0
+    names = table.column_names
     mask = pc.is_valid(table.column(error_column))
-    for c in table.column_names:
-        if c.endswith("_error") and c != error_column:
+    for c in names[: names.index(error_column)]:
+        if c.endswith("_error"):
             mask = pc.and_(mask, pc.is_null(table.column(c)))
     return int(pc.sum(mask).as_py() or 0)
 

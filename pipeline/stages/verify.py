@@ -158,6 +158,7 @@ def _summary(t: Counter, shards: Counter, llm: dict) -> dict:
 
 def _print(summary: dict) -> None:
     rows = [(k, summary[k]) for k in ("candidates", "accepted", "rejected", "failed", "acceptance_rate")]
+    rows += [(k, summary[k]) for k in ("failed rows retried",) if summary.get(k)]
     rows += [(f"pass rate: {c}", f"{r:.1%}") for c, r in summary["pass_rate_per_check"].items()]
     rows += [(f"failed: {c}", n) for c, n in summary["failed_checks"].items()]
     rows += list(summary["llm"].items())
