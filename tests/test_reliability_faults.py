@@ -97,12 +97,17 @@ def test_mixed_faults_then_rerun_retries_only_failed_rows(tmp_path, msmarco, mon
         assert set(reqs["mine"]) == failed["mine"] | failed["generate"]
         assert set(reqs["verify"]) == failed["verify"] | failed["mine"] | failed["generate"]
         assert all(n == 1 for c in reqs.values() for n in c.values()), reqs
+        order = list(gen)  # every stage keeps its input's row order
+        affected = {"generate": failed["generate"]}
+        affected["mine"] = affected["generate"] | failed["mine"]
+        affected["verify"] = affected["mine"] | failed["verify"]
         for res, stage in zip(second, ("generate", "mine", "verify")):
             summary = res.success["summary"]
             assert not res.skipped and summary["failed rows retried"] == len(failed[stage])
             assert summary["failed"] == 0
-            # Only shards holding a changed or failed row were redone.
-            assert summary["shards resumed"] > 0
+            # Only the shards (10 rows each) holding a failed row or a row changed upstream were redone.
+            redo = {i // 10 for i, q in enumerate(order) if q in affected[stage]}
+            assert (summary["shards written"], summary["shards resumed"]) == (len(redo), ROWS // 10 - len(redo))
         ver2 = _rows("verify")
         assert sum(r["accepted"] for r in ver2.values()) + sum(bool(r["failed_checks"]) for r in ver2.values()) == ROWS
         # Rows that had succeeded are untouched.
