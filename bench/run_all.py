@@ -1,6 +1,8 @@
 """`make bench`: run every benchmark in one command and rewrite BENCHMARKS.md.
 
-Each benchmark compares against a baseline measured in the same run (ratios, not absolute times).
+Each benchmark compares against a baseline or limit measured in the same run (ratios, not absolute
+times). Sections of the existing BENCHMARKS.md that no benchmark here produces (training, the
+before/after record of speed fixes) are carried over unchanged, after the generated ones.
 """
 
 from __future__ import annotations
@@ -9,38 +11,97 @@ import argparse
 import datetime as dt
 import os
 import platform
+import re
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
 
 
-def run(script: str, *args: str) -> str:
+def run(script: str, *args: str) -> tuple[str, float]:
     with tempfile.TemporaryDirectory() as d:
         out = Path(d) / "out.md"
+        t0 = time.perf_counter()
         subprocess.run([sys.executable, str(BENCH / script), *args, "--out", str(out)], check=True,
-                       env={**os.environ, "HF_HUB_OFFLINE": "1"})
-        return out.read_text() if out.exists() else ""
+                       env={**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"})
+        return (out.read_text() if out.exists() else ""), time.perf_counter() - t0
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+        mem = next(int(x.split()[1]) for x in Path("/proc/meminfo").read_text().splitlines() if x.startswith("MemTotal"))
+        mem_s = f", {mem / 2**20:.0f} GiB RAM"
+    except (OSError, StopIteration, ValueError):
+        mem_s = ""
+    return f"{cpu}, {os.cpu_count()} cores{mem_s}, {platform.system()} {platform.release()}, Python {platform.python_version()}"
+
+
+# Older hand-written titles of what these benchmarks now produce: never carried over next to them.
+REPLACED = {"client": ("LLM client",), "mining": ("BM25 mining", "Dense mining", "Hard-negative mining"),
+            "pipeline": ("End-to-end",), "memory": ("Memory",)}
+
+
+def kept_sections(path: Path, produced: set[str], replaced: tuple[str, ...] = ()) -> list[str]:
+    """`## ` sections of the old file whose titles are not produced by this run."""
+    if not path.exists():
+        return []
+    parts = re.split(r"(?m)^(?=## )", path.read_text())
+    out = []
+    for p in parts[1:]:
+        title = p.splitlines()[0][3:].strip()
+        if title not in produced and not title.startswith(replaced):
+            out.append(p.rstrip() + "\n")
+    return out
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", type=Path, default=Path("BENCHMARKS.md"))
     ap.add_argument("--sizes", default="100000,1000000", help="BM25 collection sizes")
+    ap.add_argument("--memory-sizes", default="10000,100000", help="rows for the memory benchmark")
+    ap.add_argument("--mining-rounds", default="1", help="dense mining: alternating rounds ours/theirs")
+    ap.add_argument("--skip", default="", help="comma-separated: pipeline,memory,client,mining")
     args = ap.parse_args()
+    skip = {s for s in args.skip.split(",") if s}
+    t0 = time.perf_counter()
+    sections: list[tuple[str, str, str]] = []  # (title, command, body)
+    plan = [
+        ("pipeline", "End-to-end throughput, pipeline overhead, rerun and cost", "bench_pipeline.py", ()),
+        ("memory", "Memory: peak RSS at 10k and 100k rows over 1M passages", "bench_memory.py",
+         ("--sizes", args.memory_sizes)),
+        ("client", "LLM client vs bare AsyncOpenAI (local server, 100 ms latency, concurrency 32)",
+         "bench_llm_client.py", ()),
+        ("mining", "Hard-negative mining", "bench_mining.py", ("--sizes", args.sizes, "--rounds", args.mining_rounds)),
+    ]
+    for key, title, script, extra in plan:
+        if key in skip:
+            continue
+        body, secs = run(script, *extra)
+        cmd = " ".join(["python", f"bench/{script}", *extra])
+        sections.append((title, cmd, body.rstrip() + f"\n\n_`{cmd}`: {secs:.0f} s._\n"))
+        print(f"[bench] {script}: {secs:.0f} s", flush=True)
+    total = time.perf_counter() - t0
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     parts = [
         "# Benchmarks\n",
-        f"Machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}. "
-        f"Date: {dt.date.today().isoformat()}. Command: `make bench`.\n",
-        "## LLM client vs bare AsyncOpenAI (local server, 100 ms latency, concurrency 32)\n",
-        run("bench_llm_client.py"),
-        "## Hard-negative mining\n",
-        run("bench_mining.py", "--sizes", args.sizes),
+        f"Machine: {machine()}. Date: {dt.date.today().isoformat()}. Command: `make bench` "
+        f"(bench/run_all.py, {total / 60:.1f} min; load average at the end {load:.1f}: the machine is shared, "
+        f"so absolute times are noisy and every comparison's baseline runs in the same command).\n",
     ]
+    parts += [f"## {title}\n\n{body}" for title, _, body in sections]
+    ran = {key for key, *_ in plan if key not in skip}
+    replaced = tuple(x for key in ran for x in REPLACED[key])
+    parts += kept_sections(args.out, {t for t, _, _ in sections}, replaced)
     args.out.write_text("\n".join(parts))
-    print(f"wrote {args.out}")
+    print(f"wrote {args.out} in {total:.0f} s")
 
 
 if __name__ == "__main__":

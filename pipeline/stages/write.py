@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
+
 from pipeline import __version__
 from pipeline.errors import InfirError
 from pipeline.progress import console, print_summary
@@ -15,10 +18,18 @@ from pipeline.store import read_stage_table, require_stage, write_json_atomic
 
 def corpus_usage(rd: Path) -> dict:
     """Tokens, cost and calls of every candidate row, summed from the per-row usage columns."""
-    table = read_stage_table(rd / "verify")
-    out = {}
-    for stage in ("generate", "mine", "verify"):
-        out[stage] = lc.sum_usage(table, f"usage_{stage}")
+    # Only the usage columns, shard by shard: the whole verify table (every candidate with its mined
+    # negatives) made the write stage's memory grow with the candidates (1.6 GiB at 100k).
+    out = {stage: {"prompt_tokens": 0, "completion_tokens": 0, "cost_usd": 0.0, "calls": 0}
+           for stage in ("generate", "mine", "verify")}
+    for path in sorted((rd / "verify").glob("part-*.parquet")):
+        try:
+            table = pq.read_table(path, columns=[f"usage_{stage}" for stage in out])
+        except (pa.ArrowInvalid, OSError) as e:
+            raise InfirError(f"{path}: unreadable Parquet shard ({e}); rerun verify with --force") from None
+        for stage, total in out.items():
+            for k, v in lc.sum_usage(table, f"usage_{stage}").items():
+                total[k] += v
     out["total"] = {k: sum(out[s][k] for s in ("generate", "mine", "verify")) for k in out["generate"]}
     return out
 
