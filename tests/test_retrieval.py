@@ -127,6 +127,27 @@ def test_bm25_scores_match_bm25s(tmp_path, monkeypatch):
         np.testing.assert_allclose(sc, np.sort(ref.get_scores(toks))[::-1][: len(sc)], rtol=1e-5)
 
 
+def test_repeated_search_is_a_slice_of_the_deeper_one(tmp_path):
+    """mine searches each query deep (with its positives scored), then shallower for near misses:
+    the second answer comes from the first and equals a fresh search, ties included."""
+    rng = np.random.default_rng(1)
+    words = [f"w{i}" for i in range(20)]  # few words: many tied scores
+    rows = [(f"d{i}", "", " ".join(rng.choice(words, size=rng.integers(3, 8)))) for i in range(400)]
+    path = _write(tmp_path / "c.parquet", rows)
+    neighbours([MiningQuery("q", "w1", [], [])], [path], tmp_path / "idx", k=3)
+    (idx_dir,) = list((tmp_path / "idx").glob("bm25-*"))
+    warm, fresh = BM25Index(idx_dir), BM25Index(idx_dir)
+    for q in ["w1 w2", "w3", "w4 w5 w6", "w7 w7"]:
+        qt = warm.query_tokens([q])[0]
+        deep = warm.search(qt, 60, np.array([0, 5]))
+        for k in (60, 17, 1):
+            got, want = warm.search(qt, k), fresh._search(qt, k, np.zeros(0, np.int64))
+            np.testing.assert_array_equal(got[0], want[0])
+            np.testing.assert_array_equal(got[1], want[1])
+        assert len(fresh.search(qt, 60, np.array([0, 5]))[2]) == 2 == len(deep[2])
+    assert len(warm._recent) == 4
+
+
 def test_positives_never_returned(small, tmp_path):
     s = MiningSettings(margin_type="none", near_duplicate_threshold=None, range_max=40, num_negatives=10)
     res = mine_hard_negatives(_queries(), small, s, tmp_path / "idx")

@@ -20,7 +20,7 @@ import os
 import re
 import shutil
 import time
-from collections import Counter
+from collections import Counter, OrderedDict
 from pathlib import Path
 
 import numpy as np
@@ -140,6 +140,9 @@ class BM25Builder:
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 
+_RECENT_QUERIES = 4096  # > two chunks of queries: enough for mine's second search of each
+
+
 class BM25Index:
     """A built index, memory-mapped."""
 
@@ -162,6 +165,9 @@ class BM25Index:
         self.tok.load_stopwords(path)
         self._stop = set(self.tok.stopwords or ())
         self._split = re.compile(SPLITTER).findall
+        # The mine stage searches each query twice (negatives, then near misses, less deep): the
+        # second is a slice of the first's ranking (ties are ordered by row, so slicing is exact).
+        self._recent: OrderedDict[bytes, tuple[int, np.ndarray, np.ndarray]] = OrderedDict()
 
     @staticmethod
     def is_complete(path: Path) -> bool:
@@ -199,6 +205,19 @@ class BM25Index:
         extra = np.zeros(0, np.int64) if extra_rows is None else np.asarray(extra_rows, np.int64)
         if len(qtok) == 0:
             return np.zeros(0, np.int64), np.zeros(0, np.float64), np.zeros(len(extra))
+        key = qtok.tobytes()
+        seen = self._recent.get(key)
+        if seen is not None and not len(extra) and (seen[0] >= k or len(seen[1]) < seen[0]):
+            # a deeper (or exhaustive: fewer hits than asked) ranking of the same query
+            return seen[1][:k].copy(), seen[2][:k].copy(), np.zeros(0)
+        rows, sc, ex = self._search(qtok, k, extra)
+        self._recent[key] = (k, rows, sc)
+        self._recent.move_to_end(key)
+        if len(self._recent) > _RECENT_QUERIES:
+            self._recent.popitem(last=False)
+        return rows, sc, ex
+
+    def _search(self, qtok: np.ndarray, k: int, extra: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         starts, ends = self.indptr[qtok], self.indptr[qtok + 1]
         total = int((ends - starts).sum())
         if total > self.num_docs // 8:

@@ -25,13 +25,16 @@ from pipeline.store import StageOutput, canonical_json, iter_tables, shard_name
 
 
 def iter_chunks(stage_dir: Path, size: int) -> Iterator[list[dict]]:
+    # Rows become Python dicts one chunk at a time: a 50,000-row upstream shard never exists as
+    # 50,000 dicts at once, so memory does not grow with the upstream shard size.
     buf: list[dict] = []
     for _, table in iter_tables(stage_dir):
-        for row in table.to_pylist():
-            buf.append(row)
-            if len(buf) >= size:
-                yield buf
-                buf = []
+        for batch in table.to_batches(max_chunksize=size):
+            for row in batch.to_pylist():
+                buf.append(row)
+                if len(buf) >= size:
+                    yield buf
+                    buf = []
     if buf:
         yield buf
 
