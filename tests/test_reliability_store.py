@@ -77,6 +77,25 @@ def test_downstream_redoes_changed_shards_after_an_upstream_retry_only(tmp_path)
     assert seen == [100, 1, 2, 33, 4, 5]
 
 
+def test_an_attempt_interrupted_before_an_upstream_retry_resumes(tmp_path):
+    rows = [{"x": i, "up_error": None, "demo_error": None} for i in range(6)]
+    up = _upstream(tmp_path, rows)
+    out = StageOutput(tmp_path, "demo", stage_fingerprint(up), "cfg")
+    with out:
+        out.prepare()
+        for k in range(2):
+            chunk = rows[2 * k : 2 * k + 2]
+            out.write_shard(f"part-{k:05d}.parquet", pa.Table.from_pylist(chunk, schema=SCHEMA), input_hash=rows_hash(chunk))
+        # killed here; then the upstream retries a row of the second chunk
+    rows[3]["x"] = 33
+    _upstream(tmp_path, rows)
+    record = json.loads((tmp_path / "up/_SUCCESS.json").read_text())
+    record["lineage"] = [stage_fingerprint(up)]
+    (tmp_path / "up/_SUCCESS.json").write_text(json.dumps(record))
+    _, seen = _demo(tmp_path, record)
+    assert seen == [2, 33, 4, 5]  # the first shard is kept, the changed and the missing ones made
+
+
 def test_a_shard_is_kept_only_if_made_from_the_same_rows(tmp_path):
     out = StageOutput(tmp_path, "demo", "in", "cfg")
     with out:

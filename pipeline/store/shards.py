@@ -183,13 +183,18 @@ class StageOutput:
             state = self._redo_state(self._redo_from)
         elif state_path.is_file():
             state = _read_state(state_path)
-            if not self._same_identity(state) and not any(self.dir.rglob("*.parquet")):
-                state = {"inputs": {}}  # the attempt kept nothing: nothing to mix, start afresh
-            elif not self._same_identity(state):
-                raise InfirError(
-                    f"{self.dir}: an interrupted attempt used other {self._diff(state)}; "
-                    "rerun with --force to discard it"
-                )
+            if not self._same_identity(state):
+                if not any(self.dir.rglob("*.parquet")):
+                    state = {"inputs": {}}  # the attempt kept nothing: nothing to mix, start afresh
+                elif self._input_replaced_by_retry(state):
+                    # Interrupted before an upstream retry: its shards are kept only where their
+                    # input rows are unchanged (a state without input hashes keeps none).
+                    state = {**state, "inputs": state.get("inputs") or {}}
+                else:
+                    raise InfirError(
+                        f"{self.dir}: an interrupted attempt used other {self._diff(state)}; "
+                        "rerun with --force to discard it"
+                    )
         elif any(self.dir.rglob("*.parquet")) or any(p.is_dir() for p in self.dir.iterdir()):
             raise InfirError(f"{self.dir}: holds output of unknown origin; rerun with --force")
         self._remove_temp_files()
@@ -211,12 +216,12 @@ class StageOutput:
             "retrying": failed_rows(success),
         }
 
-    def _input_replaced_by_retry(self, success: dict) -> bool:
-        """True if only the input changed, and it changed because the upstream stage retried its
-        failed rows (the upstream's lineage holds the input this output was made from)."""
-        if success.get("config_hash") != self.config_hash or success.get("prompt_hashes") != self.identity["prompt_hashes"]:
+    def _input_replaced_by_retry(self, record: dict) -> bool:
+        """True if only the input changed since `record` (a success or a state), and it changed
+        because the upstream stage retried failed rows (its lineage holds the old input)."""
+        if record.get("config_hash") != self.config_hash or record.get("prompt_hashes") != self.identity["prompt_hashes"]:
             return False
-        old = success.get("input_fingerprint")
+        old = record.get("input_fingerprint")
         for d in sorted(p for p in Path(self.run_dir).iterdir() if p.is_dir() and p != self.dir):
             try:
                 up = read_success(d)
