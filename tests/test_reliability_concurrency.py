@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import sqlite3
 import subprocess
+import threading
 
 import pyarrow.parquet as pq
 import pytest
@@ -30,12 +31,15 @@ def _args(stage, server, msmarco, run_name="sample"):
 
 def test_second_process_on_the_same_stage_refuses_and_the_first_is_intact(tmp_path, server, msmarco):
     env = child_env(**{KEY_ENV: "sk-test-concurrency"})
-    server.latency = 0.2  # the first process must still be running when the others start
     assert run(_args("source", server, msmarco), tmp_path, env).returncode == 0
+    # The server holds its answers until the other commands have had their turn, so the first
+    # process is surely mid-stage (holding the lock, requests in flight) while they run.
+    gate = threading.Event()
+    server.responder = lambda body: (gate.wait(120), responder(body))[1]
     first = subprocess.Popen(infir_cmd(*_args("generate", server, msmarco)), cwd=tmp_path, env=env,
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
-        assert server.wait_for_count(4, timeout=120), "the first process never started sending"
+        assert server.wait_for_count(2, timeout=120), "the first process never started sending"  # 2 = concurrency
         second = run(_args("generate", server, msmarco), tmp_path, env)
         assert first.poll() is None, "the first process ended before the second one started"
         assert second.returncode == 2, second.stderr
@@ -46,6 +50,7 @@ def test_second_process_on_the_same_stage_refuses_and_the_first_is_intact(tmp_pa
         assert build.returncode == 2 and "stage is being written by pid" in build.stderr, build.stderr
         assert first.poll() is None
     finally:
+        gate.set()
         first.wait(timeout=300)
         err = first.stderr.read()
         first.stderr.close()
