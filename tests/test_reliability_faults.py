@@ -22,7 +22,7 @@ ROWS = 300
 LLM = (run_generate, run_mine, run_verify)
 
 
-def _cfg(server, msmarco):
+def _cfg(server, msmarco, request_timeout_s=0.3):
     return make_config(**{
         "source.path": str(msmarco),
         "source.sample_queries": ROWS,
@@ -30,7 +30,7 @@ def _cfg(server, msmarco):
         "llm.base_url": server.base_url,
         "llm.api_key_env": KEY_ENV,
         "llm.concurrency": 16,
-        "llm.request_timeout_s": 0.3,
+        "llm.request_timeout_s": request_timeout_s,
         "llm.deadline_s": 10.0,
         "llm.max_attempts": 2,
         "llm.backoff_base_s": 0.01,
@@ -91,6 +91,9 @@ def test_mixed_faults_then_rerun_retries_only_failed_rows(tmp_path, msmarco, mon
         # The faults stop; a plain rerun sends exactly one request per row that failed, nothing else.
         srv.fault_rate = 0.0
         srv.reset()
+        # Client settings are not part of a stage's identity; a roomy timeout keeps a slow machine
+        # from turning a healthy answer into one more failure.
+        cfg = _cfg(srv, msmarco, request_timeout_s=30.0)
         second = [f(cfg) for f in LLM]
         reqs = _requests(srv)
         assert set(reqs["generate"]) == failed["generate"]
