@@ -132,7 +132,9 @@ def test_timeouts_retried_then_deadline(tmp_path, api_key):
         c = make_client(settings_for(srv, tmp_path, request_timeout_s=0.2, deadline_s=0.7, max_attempts=50))
         r = c.run(make_tasks(prompt, 1))[0]
     assert not r.ok and "deadline of 0.7s exceeded" in r.error
-    assert 2 <= srv.count <= 4 and r.http_calls == srv.count
+    # The deadline can cut the last attempt before its request reaches the server: the client
+    # counts it, the server does not.
+    assert 2 <= srv.count <= 4 and srv.count <= r.http_calls <= srv.count + 1
 
 
 def test_dropped_connection_retried(tmp_path, api_key):
