@@ -90,8 +90,8 @@ def source(
             "source.decontaminate": [str(p) for p in decontaminate] if decontaminate else None,
         },
     )
-    save_effective_config(cfg)
     run_source(cfg, force=force)
+    save_effective_config(cfg)  # after the stage: a process refused by the stage lock must not overwrite it
 
 
 BackendOpt = typer.Option(None, "--backend", help="LLM backend: offline (default, no key) or openai.")
@@ -127,8 +127,8 @@ def _llm_stage(stage: str, config, run, set_, backend, model, max_cost, concurre
 
         estimate(cfg, [stage])
         return
-    save_effective_config(cfg)
     STAGES[stage](cfg, force=force)
+    save_effective_config(cfg)
 
 
 def _register_llm_stage(stage: str, doc: str) -> None:
@@ -208,8 +208,8 @@ def write(
     from pipeline.stages.write import run_write
 
     cfg = _config(config, run, set_, **{"write.st_export": st_export})
-    save_effective_config(cfg)
     run_write(cfg, version=version, bump=bump)
+    save_effective_config(cfg)
 
 
 @app.command()
@@ -316,7 +316,6 @@ def build(
         config, run, set_,
         **{"llm.backend": backend, "llm.max_cost_usd": max_cost_usd, "llm.concurrency": concurrency, "llm.mode": mode},
     )
-    save_effective_config(cfg)
     stages = ORDER[: ORDER.index(until) + 1] if until else ORDER
     if dry_run:
         from pipeline.stages.estimate import dry_run as estimate
@@ -326,6 +325,7 @@ def build(
         return
     for stage in stages:
         STAGES[stage](cfg, force=force)
+        save_effective_config(cfg)  # after each stage: a process refused by a stage lock writes nothing
 
 
 @app.command()

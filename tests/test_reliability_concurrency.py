@@ -40,8 +40,11 @@ def test_second_process_on_the_same_stage_refuses_and_the_first_is_intact(tmp_pa
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         assert server.wait_for_count(2, timeout=120), "the first process never started sending"  # 2 = concurrency
-        second = run(_args("generate", server, msmarco), tmp_path, env)
+        saved = (tmp_path / "runs/sample/config.toml").read_text()
+        second = run(_args("generate", server, msmarco) + ["--set", "generate.temperature=0.9"], tmp_path, env)
         assert first.poll() is None, "the first process ended before the second one started"
+        # The refused process, with other settings, left the run's saved config alone.
+        assert (tmp_path / "runs/sample/config.toml").read_text() == saved
         assert second.returncode == 2, second.stderr
         assert f"runs/sample/generate: stage is being written by pid {first.pid}; wait for it or stop it" in second.stderr
         assert "Traceback" not in second.stderr
