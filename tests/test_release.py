@@ -16,6 +16,7 @@ from pipeline.errors import InfirError
 from pipeline.release import (
     INFIR_COLUMNS,
     RELEASE_SCHEMA,
+    ST_SCHEMA,
     assign_splits,
     bump_version,
     verify_release,
@@ -309,3 +310,68 @@ def test_crash_leaves_no_partial_release(table, tmp_path, monkeypatch):
     with pytest.raises(RuntimeError):
         _write(table, tmp_path / "r")
     assert list((tmp_path / "r" / NAME).iterdir()) == []
+
+
+def _shard_input(table: pa.Table, d: Path, sizes: list[int]) -> list[Path]:
+    """`table` cut into Parquet shards of the given sizes (the last takes the rest), as verify writes them."""
+    d.mkdir(parents=True)
+    paths, start = [], 0
+    for i, n in enumerate(sizes + [table.num_rows]):
+        part = table.slice(start, n)
+        if not part.num_rows:
+            break
+        paths.append(d / f"part-{i:05d}.parquet")
+        pq.write_table(part, paths[-1], row_group_size=17)
+        start += part.num_rows
+    return paths
+
+
+def test_sharded_input_gives_byte_identical_release(tmp_path, monkeypatch):
+    """The writer streams its input (keys first, then rows bucketed per output row group): how the
+    accepted rows are cut into shards, batches and spill pieces must not change a single byte."""
+    from pipeline.release import rows as rows_mod
+    from pipeline.release import stream
+
+    # Small row groups, batches and spill pieces, so 1,500 rows cross every boundary many times.
+    monkeypatch.setattr(stream, "ROW_GROUP_SIZE", 64)
+    monkeypatch.setattr(stream, "SPILL_BYTES", 50_000)
+    monkeypatch.setattr(rows_mod, "BATCH_ROWS", 45)
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")  # created_at, the manifest's only clock
+    table = synthetic_accepted_table(rows=1500, queries=600, seed=3)
+    single = _shard_input(table, tmp_path / "one", [])
+    many = _shard_input(table, tmp_path / "many", [1, 90, 7, 33, 2] * 9)
+    assert len(single) == 1 and len(many) > 40
+    kw = dict(max_rows_per_shard=150, st_export=True)
+    releases = {
+        "table": _write(table, tmp_path / "t", **kw).path,
+        "one": write_release(single, synthetic_stats(1500), tmp_path / "o", NAME, **kw).path,
+        "many": write_release(many, synthetic_stats(1500), tmp_path / "m", NAME, **kw).path,
+    }
+    files = {k: _release_files(p) for k, p in releases.items()}
+    assert files["many"] == files["one"] == files["table"]
+    data = sorted(f for f in files["one"] if f.startswith(("data/", "st/")))
+    assert len([f for f in data if f.startswith("data/train-")]) > 5 and "st/test.parquet" in data
+
+    # Each file equals one pq.write_table of its whole content (the pre-streaming writer's output),
+    # so the row groups are cut as before: 64-row groups within 150-row shards.
+    from pipeline.release import writer
+
+    for rel in data:
+        # (read back, list items are named "element"; the release schema names them "item")
+        whole = pq.read_table(releases["one"] / rel).cast(RELEASE_SCHEMA if rel.startswith("data/") else ST_SCHEMA)
+        again = tmp_path / "again.parquet"
+        pq.write_table(whole, again, row_group_size=64, **writer._PARQUET_OPTIONS)
+        assert again.read_bytes() == files["one"][rel], rel
+    md = pq.ParquetFile(releases["one"] / "data" / "train-00000-of-00009.parquet").metadata
+    assert [md.row_group(i).num_rows for i in range(md.num_row_groups)] == [64, 64, 22]
+    ids = [i for f in data if f.startswith("data/train-") for i in pq.read_table(releases["one"] / f)["id"].to_pylist()]
+    assert ids == sorted(ids) and len(ids) == _manifest(releases["one"])["splits"]["train"]["rows"]
+    assert not list((tmp_path / "o" / NAME).glob(".*")), "spill and temp dirs are removed"
+
+
+def test_unreadable_input_shard_is_named(table, tmp_path):
+    paths = _shard_input(table, tmp_path / "in", [10, 10])
+    paths[1].write_bytes(b"PAR1 not parquet")
+    with pytest.raises(InfirError, match=r"part-00001\.parquet: unreadable Parquet shard"):
+        write_release(paths, synthetic_stats(40), tmp_path / "r", NAME)
+    assert not (tmp_path / "r" / NAME).exists()

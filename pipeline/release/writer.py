@@ -2,24 +2,24 @@
 
 from __future__ import annotations
 
-import math
 import os
 import re
 import shutil
 import statistics
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline.errors import InfirError
 from pipeline.release import card as card_mod
 from pipeline.release import plots as plots_mod
+from pipeline.release import stream
 from pipeline.release.manifest import (
     MANIFEST_FORMAT,
     MANIFEST_NAME,
@@ -32,19 +32,18 @@ from pipeline.release.manifest import (
 )
 from pipeline.release.schema import (
     INFIR_COLUMNS,
-    INPUT_COLUMNS,
     RELEASE_SCHEMA,
-    REQUIRED_NON_EMPTY,
     SPLITS,
     ST_SCHEMA,
     schema_fields,
     schema_fingerprint,
 )
-from pipeline.release.splits import assign_splits, normalize_ratios
+from pipeline.release.rows import AcceptedRows
+from pipeline.release.splits import normalize_ratios
+from pipeline.release.stream import Scan
 
 PARQUET_COMPRESSION = "zstd"
 PARQUET_COMPRESSION_LEVEL = 9
-ROW_GROUP_SIZE = 10_000
 DEFAULT_ST_TEMPLATE = "{query} {instruction}"
 SPLIT_METHOD = "sha256(f'{seed}:{query_id}')[:8] / 2**64 vs cumulative ratios"
 
@@ -88,42 +87,7 @@ def bump_version(version: str, bump: str) -> str:
     raise InfirError(f"invalid bump {bump!r}: expected patch, minor or major")
 
 
-# --- input preparation --------------------------------------------------------------------------
-
-
-def _prepare_table(table: pa.Table, seed: int, ratios: tuple[float, float, float]) -> pa.Table:
-    missing = [c for c in INPUT_COLUMNS if c not in table.column_names]
-    if missing:
-        raise InfirError(f"accepted table lacks release column(s): {', '.join(missing)}")
-    t = table.select(list(INPUT_COLUMNS)).combine_chunks()
-    for c in REQUIRED_NON_EMPTY:
-        col = t.column(c)
-        bad = pc.or_kleene(pc.is_null(col), pc.equal(pc.utf8_length(pc.cast(col, pa.string())), 0))
-        bad = pc.fill_null(bad, True)
-        if pc.any(bad).as_py():
-            idx = pc.index(bad, True).as_py()
-            rid = t.column("id")[idx].as_py()
-            raise InfirError(f"accepted row {idx} (id {rid!r}) has an empty {c!r}; every release row needs it")
-    ids = t.column("id")
-    if pc.count_distinct(ids).as_py() != t.num_rows:
-        counts = pc.value_counts(ids)
-        dup = next(v["values"] for v in counts.to_pylist() if v["counts"] > 1)
-        raise InfirError(f"duplicate row id {dup!r} in accepted rows; ids must be unique")
-    splits = assign_splits(t.column("query_id").to_pylist(), seed, ratios)
-    t = t.append_column("split", pa.array(splits, pa.string()))
-    try:
-        t = t.cast(RELEASE_SCHEMA)
-    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as e:
-        raise InfirError(f"accepted rows do not fit the release schema: {e}") from e
-    return t.sort_by([("id", "ascending")])
-
-
 # --- stats --------------------------------------------------------------------------------------
-
-
-def _word_lengths(t: pa.Table, col: str) -> list[int]:
-    words = pc.utf8_split_whitespace(pc.utf8_trim_whitespace(t.column(col)))
-    return [int(x) for x in pc.list_value_length(words).to_pylist()]
 
 
 def _length_summary(values: list[int]) -> dict[str, Any]:
@@ -136,17 +100,6 @@ def _length_summary(values: list[int]) -> dict[str, Any]:
         "mean": round(sum(values) / len(values), 2),
         "max": max(values),
     }
-
-
-def _unique_strings(t: pa.Table, col: str) -> list[str]:
-    return sorted(v for v in pc.unique(t.column(col)).to_pylist() if v)
-
-
-def _verdict_checks(t: pa.Table) -> list[str]:
-    flat = pc.list_flatten(t.column("verdicts"))
-    if len(flat) == 0:
-        return []
-    return sorted(v for v in pc.unique(pc.struct_field(flat, "check")).to_pylist() if v)
 
 
 def _int(x: Any, default: int = 0) -> int:
@@ -178,18 +131,12 @@ def _build_counts(stats: dict[str, Any], accepted_rows: int, checks: list[str]) 
 # --- writing ------------------------------------------------------------------------------------
 
 
-def _write_parquet_atomic(table: pa.Table, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    pq.write_table(
-        table,
-        tmp,
-        compression=PARQUET_COMPRESSION,
-        compression_level=PARQUET_COMPRESSION_LEVEL,
-        row_group_size=ROW_GROUP_SIZE,
-        use_dictionary=True,
-        write_statistics=True,
-    )
-    os.replace(tmp, path)
+_PARQUET_OPTIONS = dict(
+    compression=PARQUET_COMPRESSION,
+    compression_level=PARQUET_COMPRESSION_LEVEL,
+    use_dictionary=True,
+    write_statistics=True,
+)
 
 
 def _write_text_atomic(path: Path, text: str) -> None:
@@ -198,35 +145,40 @@ def _write_text_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def _write_shards(t: pa.Table, root: Path, max_rows: int) -> tuple[list[dict], dict[str, dict]]:
-    data_dir = root / "data"
-    data_dir.mkdir(parents=True)
-    shards: list[dict] = []
-    splits: dict[str, dict] = {}
-    split_col = t.column("split")
-    for s in SPLITS:
-        sub = t.filter(pc.equal(split_col, s))
-        n = sub.num_rows
-        nshards = math.ceil(n / max_rows) if n else 0
-        splits[s] = {
-            "rows": n,
-            "queries": pc.count_distinct(sub.column("query_id")).as_py() if n else 0,
-            "shards": nshards,
-        }
-        for i in range(nshards):
-            part = sub.slice(i * max_rows, max_rows)
-            rel = f"data/{s}-{i:05d}-of-{nshards:05d}.parquet"
-            _write_parquet_atomic(part, root / rel)
-            shards.append(
-                {
-                    "path": rel,
-                    "split": s,
-                    "rows": part.num_rows,
-                    "bytes": (root / rel).stat().st_size,
-                    "sha256": sha256_file(root / rel),
-                }
-            )
-    return shards, splits
+class _ParquetOut:
+    """One Parquet file written piece by piece, byte-identical to `pq.write_table(whole,
+    row_group_size=ROW_GROUP_SIZE)`: each row group is cut from one contiguous table, since
+    Parquet page boundaries depend on how the arrays are chunked."""
+
+    def __init__(self, path: Path, schema: pa.Schema):
+        self.path = path
+        self.rows = 0
+        self._tmp = path.with_name(f".{path.name}.tmp")
+        self._writer = pq.ParquetWriter(self._tmp, schema, **_PARQUET_OPTIONS)
+        self._pending: list[pa.Table] = []
+        self._pending_rows = 0
+
+    def write(self, table: pa.Table) -> None:
+        self._pending.append(table)
+        self._pending_rows += table.num_rows
+        self.rows += table.num_rows
+        group = stream.ROW_GROUP_SIZE
+        if self._pending_rows >= group:
+            self._flush(self._pending_rows - self._pending_rows % group)
+
+    def _flush(self, n: int) -> None:
+        whole = pa.concat_tables(self._pending).combine_chunks()
+        self._writer.write_table(whole.slice(0, n), row_group_size=stream.ROW_GROUP_SIZE)
+        rest = whole.slice(n)
+        self._pending = [rest] if rest.num_rows else []
+        self._pending_rows = rest.num_rows
+
+    def close(self) -> dict:
+        if self._pending_rows:
+            self._flush(self._pending_rows)
+        self._writer.close()
+        os.replace(self._tmp, self.path)
+        return {"bytes": self.path.stat().st_size, "sha256": sha256_file(self.path)}
 
 
 def st_triplets(t: pa.Table, template: str) -> pa.Table:
@@ -247,24 +199,71 @@ def st_triplets(t: pa.Table, template: str) -> pa.Table:
     return pa.table({"anchor": anchors, "positive": positives, "negative": negatives}, schema=ST_SCHEMA)
 
 
-def _write_st(t: pa.Table, root: Path, template: str) -> list[dict]:
+def _check_template(template: str) -> None:
     try:
         template.format(query="q", instruction="i")
     except (KeyError, IndexError, ValueError) as e:
         raise InfirError(
             f"invalid sentence-transformers template {template!r}: only {{query}} and {{instruction}} are allowed ({e})"
         ) from e
-    (root / "st").mkdir()
-    out = []
+
+
+def _write_data(
+    rows: AcceptedRows, sc: Scan, root: Path, max_rows: int, st_template: str | None
+) -> tuple[list[dict], dict[str, dict], list[dict], list[dict]]:
+    """Data shards (and the sentence-transformers files), one output row group in memory at a time.
+
+    Returns the shard entries, the per-split counts, the st files and the card's example rows."""
+    if st_template is not None:
+        _check_template(st_template)
+        (root / "st").mkdir()
+    (root / "data").mkdir(parents=True)
+    shards: list[dict] = []
+    st_files: list[dict] = []
+    examples: list[dict] = []
+    shard: _ParquetOut | None = None
+    st: _ParquetOut | None = None
+    spill_dir = root.with_name(root.name + "-spill")
+
+    def close_shard() -> None:
+        shards.append({"path": f"data/{shard.path.name}", "split": split, "rows": shard.rows, **shard.close()})
+
+    def close_st() -> None:
+        st.close()
+        st_files.append({"path": f"st/{st.path.name}", "split": st_split, "rows": st.rows})
+
+    split = st_split = None
+    try:
+        for bk, t in stream.buckets_in_order(rows, sc, max_rows, spill_dir):
+            if not examples:
+                examples = t.slice(0, 3).select(["id", "split", *INFIR_COLUMNS]).to_pylist()
+            name = f"{bk.split}-{bk.shard:05d}-of-{bk.nshards:05d}.parquet"
+            if shard is None or shard.path.name != name:
+                if shard is not None:
+                    close_shard()
+                split = bk.split
+                shard = _ParquetOut(root / "data" / name, RELEASE_SCHEMA)
+            shard.write(t)
+            if st_template is not None:
+                if st is None or st_split != bk.split:
+                    if st is not None:
+                        close_st()
+                    st_split = bk.split
+                    st = _ParquetOut(root / "st" / f"{bk.split}.parquet", ST_SCHEMA)
+                st.write(st_triplets(t, st_template))
+            del t
+        if shard is not None:
+            close_shard()
+        if st is not None:
+            close_st()
+    finally:
+        shutil.rmtree(spill_dir, ignore_errors=True)
+    splits = {}
     for s in SPLITS:
-        sub = t.filter(pc.equal(t.column("split"), s))
-        if sub.num_rows == 0:
-            continue
-        rel = f"st/{s}.parquet"
-        trip = st_triplets(sub, template)
-        _write_parquet_atomic(trip, root / rel)
-        out.append({"path": rel, "split": s, "rows": trip.num_rows})
-    return out
+        n = sum(x["rows"] for x in shards if x["split"] == s)
+        splits[s] = {"rows": n, "queries": sc.queries[s] if n else 0,
+                     "shards": sum(1 for x in shards if x["split"] == s)}
+    return shards, splits, st_files, examples
 
 
 def _created_at() -> str:
@@ -275,7 +274,8 @@ def _created_at() -> str:
 
 
 def _build_release(
-    t: pa.Table,
+    rows: AcceptedRows,
+    sc: Scan,
     stats: dict[str, Any],
     root: Path,
     name: str,
@@ -287,18 +287,17 @@ def _build_release(
     st_template: str,
     license: str | None,
 ) -> dict[str, Any]:
-    shards, splits = _write_shards(t, root, max_rows)
-    checks = _verdict_checks(t)
-    counts = _build_counts(stats, t.num_rows, checks)
-    word_lengths = {c: _word_lengths(t, c) for c in INFIR_COLUMNS}
+    shards, splits, st_files, examples = _write_data(rows, sc, root, max_rows, st_template if st_export else None)
+    counts = _build_counts(stats, sc.rows, sc.checks)
+    word_lengths = sc.word_lengths
     models = dict(stats.get("models") or {}) or {
-        "generator": ", ".join(_unique_strings(t, "generator_model")),
-        "judge": ", ".join(_unique_strings(t, "judge_model")),
+        "generator": ", ".join(sc.unique["generator_model"]),
+        "judge": ", ".join(sc.unique["judge_model"]),
     }
     prompt_hashes = dict(stats.get("prompt_hashes") or {}) or {
-        "generate": ", ".join(_unique_strings(t, "prompt_generate")),
-        "poison": ", ".join(_unique_strings(t, "prompt_poison")),
-        "judge": ", ".join(_unique_strings(t, "prompt_judge")),
+        "generate": ", ".join(sc.unique["prompt_generate"]),
+        "poison": ", ".join(sc.unique["prompt_poison"]),
+        "judge": ", ".join(sc.unique["prompt_judge"]),
     }
     tokens = dict(stats.get("tokens") or {})
     import pipeline
@@ -310,7 +309,7 @@ def _build_release(
         "created_at": _created_at(),
         "code_version": str(stats.get("code_version") or pipeline.__version__),
         "license": license or stats.get("license") or "other",
-        "rows": t.num_rows,
+        "rows": sc.rows,
         "splits": splits,
         "shards": shards,
         "split": {"method": SPLIT_METHOD, "seed": seed, "ratios": list(ratios), "by": "query_id"},
@@ -321,7 +320,7 @@ def _build_release(
             "max_rows_per_shard": max_rows,
             "sort": "id",
         },
-        "sources": _unique_strings(t, "source"),
+        "sources": sc.unique["source"],
         "models": models,
         "prompt_hashes": prompt_hashes,
         "backend": stats.get("backend"),
@@ -335,18 +334,13 @@ def _build_release(
         "st_export": None,
     }
     if st_export:
-        manifest["st_export"] = {"template": st_template, "files": _write_st(t, root, st_template)}
+        manifest["st_export"] = {"template": st_template, "files": st_files}
     manifest = scrub(manifest)
 
     (root / "plots").mkdir()
     plots_mod.plot_lengths(word_lengths, root / card_mod.LENGTHS_PLOT)
     plots_mod.plot_rejections(counts["failures"], counts["candidates"], root / card_mod.REJECTIONS_PLOT)
 
-    first_split = next((s for s in SPLITS if splits[s]["rows"]), None)
-    examples: list[dict] = []
-    if first_split:
-        ex = t.filter(pc.equal(t.column("split"), first_split)).slice(0, 3)
-        examples = ex.select(["id", "split", *INFIR_COLUMNS]).to_pylist()
     _write_text_atomic(root / "README.md", card_mod.render_card(manifest, examples))
 
     files = []
@@ -374,7 +368,7 @@ def _check_no_local_paths(root: Path) -> None:
 
 
 def write_release(
-    table: pa.Table,
+    table: pa.Table | Sequence[Path],
     stats: dict[str, Any],
     releases_root: Path,
     name: str,
@@ -393,6 +387,8 @@ def write_release(
     version/bump: explicit `version`; or `bump` (patch|minor|major) of the highest existing version
     (1.0.0 if none); or neither: the latest existing version (no-op if identical, refusal if not), else 1.0.0.
     A bump whose content equals the latest version's is a no-op returning that version (created=False).
+    `table`: the accepted rows, or the paths of Parquet shards holding them (read batch by batch, so
+    memory stays about one output row group whatever the number of rows).
     """
     if not _NAME_RE.match(name or ""):
         raise InfirError(f"invalid release name {name!r}: use letters, digits, '.', '_' or '-'")
@@ -415,13 +411,15 @@ def write_release(
         else:
             version = latest or "1.0.0"
 
-    t = _prepare_table(table, seed, ratios)
+    rows = AcceptedRows(table)
+    rows.check_columns()
+    sc = stream.scan(rows, seed, ratios)
     name_dir.mkdir(parents=True, exist_ok=True)
     tmp = name_dir / f".tmp-{version}-{uuid.uuid4().hex[:12]}"
     tmp.mkdir()
     try:
         manifest = _build_release(
-            t, stats, tmp, name, version, seed, ratios, max_rows_per_shard, st_export, st_template, license
+            rows, sc, stats, tmp, name, version, seed, ratios, max_rows_per_shard, st_export, st_template, license
         )
         if compare_to is not None:
             prev = load_manifest(name_dir / compare_to)

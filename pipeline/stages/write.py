@@ -13,7 +13,7 @@ from pipeline.errors import InfirError
 from pipeline.progress import console, print_summary
 from pipeline.stages import llm_common as lc
 from pipeline.stages.common import StageResult, run_dir
-from pipeline.store import read_stage_table, require_stage, write_json_atomic
+from pipeline.store import require_stage, write_json_atomic
 
 
 def corpus_usage(rd: Path) -> dict:
@@ -32,6 +32,13 @@ def corpus_usage(rd: Path) -> dict:
                 total[k] += v
     out["total"] = {k: sum(out[s][k] for s in ("generate", "mine", "verify")) for k in out["generate"]}
     return out
+
+
+def _num_rows(path: Path) -> int:
+    try:
+        return pq.ParquetFile(path).metadata.num_rows
+    except (pa.ArrowInvalid, OSError) as e:
+        raise InfirError(f"{path}: unreadable Parquet shard ({e}); rerun verify with --force") from None
 
 
 def release_stats(cfg, rd: Path) -> dict:
@@ -76,7 +83,11 @@ def run_write(cfg, force: bool = False, version: str | None = None, bump: str | 
             f"{rd / 'verify'}: no accepted rows ({verify.get('candidates', 0)} candidate(s)); nothing to release. "
             "Why rows were dropped: verify/rejected/, failed rows' verify_error, source/quarantine.parquet"
         )
-    accepted = read_stage_table(rd / "verify" / "accepted")
+    # The shards, not a table: the writer streams them, so its memory does not grow with the corpus.
+    accepted = sorted((rd / "verify" / "accepted").glob("part-*.parquet"))
+    if not accepted:
+        raise InfirError(f"{rd / 'verify' / 'accepted'}: no 'part' shards; rerun verify with --force")
+    nrows = sum(_num_rows(p) for p in accepted)
     stats = release_stats(cfg, rd)
     result = write_release(
         accepted,
@@ -93,17 +104,17 @@ def run_write(cfg, force: bool = False, version: str | None = None, bump: str | 
     )
     success = {
         "stage": "write",
-        "rows": accepted.num_rows,
+        "rows": nrows,
         "release": str(result.path),
         "version": result.version,
         "created": result.created,
-        "summary": {"release": str(result.path), "rows": accepted.num_rows, "cost_usd": stats["cost_usd"],
+        "summary": {"release": str(result.path), "rows": nrows, "cost_usd": stats["cost_usd"],
                     "llm_calls": stats["llm_calls"]},
     }
     (rd / "write").mkdir(parents=True, exist_ok=True)
     write_json_atomic(success, rd / "write" / "_SUCCESS.json")
     if result.created:
-        print_summary("write", [("release", str(result.path)), ("rows", accepted.num_rows),
+        print_summary("write", [("release", str(result.path)), ("rows", nrows),
                                 ("candidates", stats["candidates"]), ("LLM calls", stats["llm_calls"]),
                                 ("cost USD", f"{stats['cost_usd']:.4f}")])
     else:
