@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -216,6 +215,8 @@ def spill(rows: AcceptedRows, sc: Scan, max_rows: int, tmp: Path) -> list[Bucket
 def gather(bk: Bucket) -> pa.Table:
     """Pass 3: one bucket's rows in id order, one contiguous chunk per column, as the old writer
     wrote them (page boundaries in Parquet depend on the chunking, and releases must stay byte-identical)."""
+    # Freed pages of the previous bucket go back first; the allocator would otherwise keep them.
+    pa.default_memory_pool().release_unused()
     pos = pq.read_table(bk.path, columns=[_POS]).column(0).to_numpy()
     where = np.empty(len(pos), np.int64)
     where[pos] = np.arange(len(pos))
@@ -228,11 +229,3 @@ def gather(bk: Bucket) -> pa.Table:
         del col
     os.unlink(bk.path)
     return pa.Table.from_arrays([arrays[f.name] for f in RELEASE_SCHEMA], schema=RELEASE_SCHEMA)
-
-
-def buckets_in_order(rows: AcceptedRows, sc: Scan, max_rows: int, tmp: Path) -> Iterator[tuple[Bucket, pa.Table]]:
-    pool = pa.default_memory_pool()
-    for bk in spill(rows, sc, max_rows, tmp):
-        # the allocator keeps freed pages; each bucket's reordering would otherwise add to the last one's
-        pool.release_unused()
-        yield bk, gather(bk)

@@ -234,22 +234,24 @@ def _write_data(
 
     split = st_split = None
     try:
-        for bk, t in stream.buckets_in_order(rows, sc, max_rows, spill_dir):
-            if not examples:
-                examples = t.slice(0, 3).select(["id", "split", *INFIR_COLUMNS]).to_pylist()
+        for bk in stream.spill(rows, sc, max_rows, spill_dir):
+            # Files are closed before the next gather, so a shard's last rows are not held beside it.
             name = f"{bk.split}-{bk.shard:05d}-of-{bk.nshards:05d}.parquet"
             if shard is None or shard.path.name != name:
                 if shard is not None:
                     close_shard()
                 split = bk.split
                 shard = _ParquetOut(root / "data" / name, RELEASE_SCHEMA)
+            if st_template is not None and (st is None or st_split != bk.split):
+                if st is not None:
+                    close_st()
+                st_split = bk.split
+                st = _ParquetOut(root / "st" / f"{bk.split}.parquet", ST_SCHEMA)
+            t = stream.gather(bk)
+            if not examples:
+                examples = t.slice(0, 3).select(["id", "split", *INFIR_COLUMNS]).to_pylist()
             shard.write(t)
-            if st_template is not None:
-                if st is None or st_split != bk.split:
-                    if st is not None:
-                        close_st()
-                    st_split = bk.split
-                    st = _ParquetOut(root / "st" / f"{bk.split}.parquet", ST_SCHEMA)
+            if st is not None:
                 st.write(st_triplets(t, st_template))
             del t
         if shard is not None:
@@ -411,7 +413,26 @@ def write_release(
         else:
             version = latest or "1.0.0"
 
-    rows = AcceptedRows(table)
+    return _write_versioned(
+        AcceptedRows(table), stats, name_dir, name, version, compare_to, seed, ratios,
+        max_rows_per_shard, st_export, st_template, license,
+    )
+
+
+def _write_versioned(
+    rows: AcceptedRows,
+    stats: dict[str, Any],
+    name_dir: Path,
+    name: str,
+    version: str,
+    compare_to: str | None,
+    seed: int,
+    ratios: tuple[float, float, float],
+    max_rows_per_shard: int,
+    st_export: bool,
+    st_template: str,
+    license: str | None,
+) -> ReleaseResult:
     rows.check_columns()
     sc = stream.scan(rows, seed, ratios)
     name_dir.mkdir(parents=True, exist_ok=True)
