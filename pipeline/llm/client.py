@@ -79,6 +79,8 @@ class LLMTask:
     output_model: type[BaseModel]
     model: str
     params: dict[str, Any] = field(default_factory=dict)
+    # (body, cache key), built once by `request_of`: a stage can build it ahead, off the event loop.
+    _request: tuple[dict[str, Any], str] | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass
@@ -291,6 +293,14 @@ def build_body(task: LLMTask) -> dict[str, Any]:
     body.update((k, v) for k, v in task.params.items() if v is not None)
     body["response_format"] = response_format_for(task.output_model)
     return body
+
+
+def request_of(task: LLMTask) -> tuple[dict[str, Any], str]:
+    """The task's request body and cache key, built on first use and kept on the task."""
+    if task._request is None:
+        body = build_body(task)
+        task._request = (body, cache_key(body))
+    return task._request
 
 
 def _normalize(obj: Any) -> Any:
@@ -565,8 +575,7 @@ class LLMClient:
         `batch_cost_usd`: the same calls through the Batch API (the models' `batch_discount`)."""
         rows = []
         for t in tasks:
-            body = build_body(t)
-            rows.append((t, body, cache_key(body)))
+            rows.append((t, *request_of(t)))
         cached_keys = self.cache.contains_many(k for _, _, k in rows) if self.cache is not None else set()
         seen: set[str] = set()
         out = {"calls": 0, "prompt_tokens": 0, "completion_tokens": 0, "cost_usd": 0.0, "batch_cost_usd": 0.0,
@@ -617,8 +626,7 @@ class LLMClient:
 
     async def _process(self, task: LLMTask, acc: _Acc, fresh: bool = False) -> LLMResult:
         try:
-            body = build_body(task)
-            key = cache_key(body)
+            body, key = request_of(task)
         except InfirError as e:
             return self._fail(task, "", str(e), acc, Usage())
         try:
@@ -863,6 +871,7 @@ __all__ = [
     "make_client",
     "parse_response",
     "repair_body",
+    "request_of",
     "response_format_for",
     "strict_json_schema",
 ]

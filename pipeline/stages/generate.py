@@ -63,8 +63,10 @@ def run_generate(cfg, force: bool = False) -> StageResult:
         batch = lc.prefetch_batch(cfg, "generate", client, rd / "source", g.shard_rows, lambda rows: build_tasks(cfg, rows, prompt, model, params))
         stats = {"ok": 0, "failed": 0}
 
-        def process(rows: list[dict]) -> list[dict]:
-            tasks = build_tasks(cfg, rows, prompt, model, params)
+        def prepare(rows: list[dict]) -> list:
+            return build_tasks(cfg, rows, prompt, model, params)
+
+        def process(rows: list[dict], tasks: list) -> list[dict]:
             results = client.run(tasks)
             out_rows = []
             for r, res in zip(rows, results):
@@ -90,7 +92,7 @@ def run_generate(cfg, force: bool = False) -> StageResult:
 
         shards = run_chunks(
             out, rd / "source", upstream["rows"], g.shard_rows, SCHEMA, process, "generate", client, count,
-            error_column="generate_error",
+            error_column="generate_error", prepare=prepare,
         )
         summary = {"rows": stats["ok"] + stats["failed"], "instructions": stats["ok"], "failed": stats["failed"],
                    **shards, "llm": lc.llm_summary(client, batch)}

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from pipeline.llm.client import LLMClient, LLMTask, default_params
+from pipeline.errors import InfirError
+from pipeline.llm.client import LLMClient, LLMTask, default_params, request_of
 from pipeline.llm.prompts import Prompt, load_prompt
 from pipeline.stages.common import run_dir
 from pipeline.store import StageOutput, identity_hash, require_stage, stage_fingerprint
@@ -36,7 +37,14 @@ def make_client(cfg) -> LLMClient:
 
 
 def task(key_id: str, prompt: Prompt, variables: dict, output_model, model: str, params: dict) -> LLMTask:
-    return LLMTask(key_id=key_id, prompt=prompt, variables=variables, output_model=output_model, model=model, params=params)
+    """A task with its request already rendered and keyed: stages build tasks on the runner's
+    prepare thread, so the event loop that waits on the endpoint has less to do per request."""
+    t = LLMTask(key_id=key_id, prompt=prompt, variables=variables, output_model=output_model, model=model, params=params)
+    try:
+        request_of(t)
+    except InfirError:
+        pass  # the client records it as this row's failure
+    return t
 
 
 def params_for(model: str, *, temperature: float | None = None, max_tokens: int | None = None,
@@ -118,7 +126,6 @@ def prefetch_batch(cfg, stage: str, client: LLMClient, input_dir: Path, shard_ro
     stage's normal pass is served from the cache with the same keys, parser and repairs as online."""
     if cfg.llm.mode != "batch":
         return None
-    from pipeline.errors import InfirError
     from pipeline.llm.batch import BatchRunner
     from pipeline.stages.sharded import iter_chunks
 

@@ -70,9 +70,11 @@ def run_mine(cfg, force: bool = False) -> StageResult:
         batch = lc.prefetch_batch(cfg, "mine", client, rd / "generate", m.shard_rows, lambda rows: build_tasks(cfg, rows, prompt, model, params)[0])
         stats = {"rows": 0, "poisoned": 0, "failed": 0, "skipped (no instruction)": 0, "mined negatives": 0}
 
-        def process(rows: list[dict]) -> list[dict]:
-            negatives = mined_negatives(cfg, rows)
-            tasks, close = build_tasks(cfg, rows, prompt, model, params)
+        def prepare(rows: list[dict]) -> tuple:
+            return (mined_negatives(cfg, rows), *build_tasks(cfg, rows, prompt, model, params))
+
+        def process(rows: list[dict], prepared: tuple) -> list[dict]:
+            negatives, tasks, close = prepared
             results = {res.key_id: res for res in client.run(tasks)}
             out_rows = []
             for r in rows:
@@ -113,7 +115,7 @@ def run_mine(cfg, force: bool = False) -> StageResult:
             stats["mined negatives"] += sum(len(x) for x in table.column("mined_negatives").to_pylist())
 
         shards = run_chunks(out, rd / "generate", upstream["rows"], m.shard_rows, SCHEMA, process, "mine", client, count,
-                            error_column="mine_error")
+                            error_column="mine_error", prepare=prepare)
         summary = {**stats, **shards, "llm": lc.llm_summary(client, batch)}
         success = out.finish(summary)
     print_summary("mine", [(k, v) for k, v in summary.items() if k != "llm"] + list(summary["llm"].items()))

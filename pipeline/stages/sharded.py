@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -45,40 +46,68 @@ def run_chunks(
     total_rows: int,
     shard_rows: int,
     schema: pa.Schema,
-    process: Callable[[list[dict]], list[dict]],
+    process: Callable[..., list[dict]],
     label: str,
     client=None,
     on_table: Callable[[pa.Table], None] | None = None,
     error_column: str | None = None,
+    prepare: Callable[[list[dict]], Any] | None = None,
 ) -> Counter:
     """Process every chunk (or adopt its finished shard); returns counts of kept/new shards.
 
     `error_column`: the column in which this stage records a row's failure. Rows failed here
-    (not upstream) are counted per shard, so that a rerun redoes exactly the shards holding them."""
+    (not upstream) are counted per shard, so that a rerun redoes exactly the shards holding them.
+    `prepare`: the chunk's work that needs no LLM (retrieval, building requests); it runs on one
+    worker thread, one chunk ahead, while the current chunk waits on the endpoint, and its result
+    is passed on as `process(rows, prepared)`. All preparing happens on that one thread, in chunk
+    order, so what it touches (retrieval indexes) is never used by two threads."""
     counts: Counter = Counter()
 
     def count_failed(table: pa.Table) -> int:
         return own_failures(table, error_column)
 
-    with progress_bar(label, total_rows) as (bar, task):
-        for k, rows in enumerate(iter_chunks(input_dir, shard_rows)):
-            name = shard_name(k)
-            digest = rows_hash(rows)
-            table = out.adopt_shard(name, input_hash=digest, count_failed=count_failed) if out.can_adopt(name, digest) else None
-            if table is not None:
-                # As written, not as read back (Parquet names list items "element"): what on_table
-                # derives from it must be byte-identical to an uninterrupted run's.
-                table = table.cast(schema)
-                counts["shards resumed"] += 1
-            else:
-                processed = process(rows)
-                _stop_if_client_stopped(client, out)
-                table = pa.Table.from_pylist(processed, schema=schema)
-                out.write_shard(name, table, failed=count_failed(table), input_hash=digest)
-                counts["shards written"] += 1
-            if on_table is not None:
-                on_table(table)
-            bar.update(task, advance=len(rows), info=llm_info(client.totals) if client else "")
+    pool = ThreadPoolExecutor(1, thread_name_prefix=f"{label}-prepare") if prepare is not None else None
+    chunks = enumerate(iter_chunks(input_dir, shard_rows))
+
+    def take():
+        """The next chunk, its input hash, whether its shard can be kept, and its preparation."""
+        item = next(chunks, None)
+        if item is None:
+            return None
+        k, rows = item
+        digest = rows_hash(rows)
+        keep = out.can_adopt(shard_name(k), digest)
+        return k, rows, digest, keep, (pool.submit(prepare, rows) if pool is not None and not keep else None)
+
+    try:
+        with progress_bar(label, total_rows) as (bar, task):
+            nxt = take()
+            while nxt is not None:
+                k, rows, digest, keep, prepared = nxt
+                nxt = take()  # the next chunk is prepared while this one runs
+                name = shard_name(k)
+                table = out.adopt_shard(name, input_hash=digest, count_failed=count_failed) if keep else None
+                if table is not None:
+                    # As written, not as read back (Parquet names list items "element"): what on_table
+                    # derives from it must be byte-identical to an uninterrupted run's.
+                    table = table.cast(schema)
+                    counts["shards resumed"] += 1
+                else:
+                    if pool is None:
+                        processed = process(rows)
+                    else:
+                        prepared = prepared or pool.submit(prepare, rows)  # an unreadable shard to redo
+                        processed = process(rows, prepared.result())
+                    _stop_if_client_stopped(client, out)
+                    table = pa.Table.from_pylist(processed, schema=schema)
+                    out.write_shard(name, table, failed=count_failed(table), input_hash=digest)
+                    counts["shards written"] += 1
+                if on_table is not None:
+                    on_table(table)
+                bar.update(task, advance=len(rows), info=llm_info(client.totals) if client else "")
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
     if error_column is not None:
         counts["failed rows retried"] = out.retrying
     return counts

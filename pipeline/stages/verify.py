@@ -63,9 +63,10 @@ def build_tasks(rows: list[dict], prompt, model: str, params: dict, v) -> tuple[
     return [lc.task(r["id"], prompt, judge_variables(r), JudgeVerdicts, model, params) for r in todo], pre
 
 
-def verify_rows(rows: list[dict], client, prompt, model: str, params: dict, v) -> list[dict]:
-    """Pre-filter, judge what is left in one batch of calls, decide every row."""
-    tasks, pre = build_tasks(rows, prompt, model, params, v)
+def verify_rows(rows: list[dict], client, prompt, model: str, params: dict, v, prepared=None) -> list[dict]:
+    """Pre-filter, judge what is left in one batch of calls, decide every row (`prepared`: the
+    chunk's `build_tasks`, done ahead by the runner)."""
+    tasks, pre = prepared or build_tasks(rows, prompt, model, params, v)
     results = {res.key_id: res for res in client.run(tasks)}
     out_rows = []
     for r in rows:
@@ -104,12 +105,16 @@ def run_verify(cfg, force: bool = False) -> StageResult:
             return skipped("verify", done)
         client = lc.make_client(cfg)
         params = lc.stage_params(cfg, "verify", model)
-        batch = lc.prefetch_batch(cfg, "verify", client, rd / "mine", v.shard_rows, lambda rows: build_tasks(rows, prompt, model, params, v)[0])
+
+        def prepare(rows: list[dict]) -> tuple:
+            return build_tasks(rows, prompt, model, params, v)
+
+        batch = lc.prefetch_batch(cfg, "verify", client, rd / "mine", v.shard_rows, lambda rows: prepare(rows)[0])
         tally: Counter = Counter()
         index = {"k": 0}
 
-        def process(rows: list[dict]) -> list[dict]:
-            return verify_rows(rows, client, prompt, model, params, v)
+        def process(rows: list[dict], prepared: tuple) -> list[dict]:
+            return verify_rows(rows, client, prompt, model, params, v, prepared)
 
         def split(table: pa.Table) -> None:
             # accepted/ and rejected/ mirror each part shard, so resume keeps them in step.
@@ -132,7 +137,7 @@ def run_verify(cfg, force: bool = False) -> StageResult:
                     tally[f"passed:{vd['check']}"] += vd["passed"]
 
         shards = run_chunks(out, rd / "mine", upstream["rows"], v.shard_rows, SCHEMA, process, "verify", client, split,
-                            error_column="verify_error")
+                            error_column="verify_error", prepare=prepare)
         summary = _summary(tally, shards, lc.llm_summary(client, batch))
         success = out.finish(summary)
     _print(summary)
