@@ -80,7 +80,9 @@ class LLMTask:
     model: str
     params: dict[str, Any] = field(default_factory=dict)
     # (body, cache key), built once by `request_of`: a stage can build it ahead, off the event loop.
-    _request: tuple[dict[str, Any], str] | None = field(default=None, repr=False, compare=False)
+    # init=False: `dataclasses.replace` (a changed prompt, model...) must not copy a stale request.
+    # A task is not edited in place once its request is built.
+    _request: tuple[dict[str, Any], str] | None = field(default=None, init=False, repr=False, compare=False)
 
 
 @dataclass
