@@ -83,7 +83,7 @@ class GenerateSettings(Section):
     # Hand the retriever's near misses to the prompt so that I+ excludes them.
     use_near_misses: bool = True
     near_misses: int = Field(8, ge=0, le=50)
-    shard_rows: int = Field(500, ge=1)
+    shard_rows: int = Field(1000, ge=1)
 
 
 class VerifySettings(Section):
@@ -95,7 +95,7 @@ class VerifySettings(Section):
     max_instruction_words: int = 80
     max_query_words: int = 40
     max_passage_words: int = 400
-    shard_rows: int = Field(500, ge=1)
+    shard_rows: int = Field(1000, ge=1)
     near_equal_threshold: float = 95.0
     near_copy_threshold: float = 90.0
     answer_copy_threshold: float = 90.0
@@ -126,7 +126,7 @@ def _section_models() -> dict[str, type[BaseModel]]:
         prompt: str = "poison"
         # Retrieved passages shown to the poison prompt (style examples; offline: HN sources).
         candidates: int = Field(8, ge=0, le=50)
-        shard_rows: int = Field(500, ge=1)
+        shard_rows: int = Field(1000, ge=1)
         retrieval: MiningSettings = MiningSettings(num_negatives=8)
 
     return {
