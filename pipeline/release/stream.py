@@ -27,7 +27,7 @@ from pipeline.release.rows import AcceptedRows
 from pipeline.release.schema import INFIR_COLUMNS, INPUT_COLUMNS, RELEASE_SCHEMA, REQUIRED_NON_EMPTY, SPLITS
 from pipeline.release.splits import assign_splits
 
-ROW_GROUP_SIZE = 10_000
+ROW_GROUP_SIZE = 2_000
 #: Rows waiting for their bucket file are flushed past this size.
 SPILL_BYTES = 32 << 20
 _POS = "__pos"
