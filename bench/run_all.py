@@ -96,7 +96,8 @@ def main() -> None:
         f"(bench/run_all.py, {total / 60:.1f} min; load average at the end {load:.1f}: the machine is shared, "
         f"so absolute times are noisy and every comparison's baseline runs in the same command).\n",
     ]
-    parts += [f"## {title}\n\n{body}" for title, _, body in sections]
+    # A benchmark whose output already opens with its own `## ` title keeps it (no empty duplicate).
+    parts += [body if body.startswith("## ") else f"## {title}\n\n{body}" for title, _, body in sections]
     ran = {key for key, *_ in plan if key not in skip}
     replaced = tuple(x for key in ran for x in REPLACED[key])
     parts += kept_sections(args.out, {t for t, _, _ in sections}, replaced)
