@@ -106,22 +106,16 @@ DryRunOpt = typer.Option(
 )
 
 
+def _llm_flags(backend, max_cost, concurrency, mode) -> dict[str, Any]:
+    """The LLM options `build` and each LLM stage share, as config overrides."""
+    return {"llm.backend": backend, "llm.max_cost_usd": max_cost, "llm.concurrency": concurrency, "llm.mode": mode}
+
+
 def _llm_stage(stage: str, config, run, set_, backend, model, max_cost, concurrency, force, dry_run, mode) -> None:
     from pipeline.stages.common import save_effective_config
     from pipeline.stages.registry import STAGES
 
-    cfg = _config(
-        config,
-        run,
-        set_,
-        **{
-            "llm.backend": backend,
-            f"{stage}.model": model,
-            "llm.max_cost_usd": max_cost,
-            "llm.concurrency": concurrency,
-            "llm.mode": mode,
-        },
-    )
+    cfg = _config(config, run, set_, **_llm_flags(backend, max_cost, concurrency, mode), **{f"{stage}.model": model})
     if dry_run:
         from pipeline.stages.estimate import dry_run as estimate
 
@@ -312,10 +306,7 @@ def build(
 
     if until is not None and until not in ORDER:
         raise InfirError(f"--until {until!r}: expected one of {', '.join(ORDER)}")
-    cfg = _config(
-        config, run, set_,
-        **{"llm.backend": backend, "llm.max_cost_usd": max_cost_usd, "llm.concurrency": concurrency, "llm.mode": mode},
-    )
+    cfg = _config(config, run, set_, **_llm_flags(backend, max_cost_usd, concurrency, mode))
     stages = ORDER[: ORDER.index(until) + 1] if until else ORDER
     if dry_run:
         from pipeline.stages.estimate import dry_run as estimate

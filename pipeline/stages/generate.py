@@ -60,11 +60,12 @@ def run_generate(cfg, force: bool = False) -> StageResult:
             return skipped("generate", done)
         client = lc.make_client(cfg)
         params = lc.stage_params(cfg, "generate", model)
-        batch = lc.prefetch_batch(cfg, "generate", client, rd / "source", g.shard_rows, lambda rows: build_tasks(cfg, rows, prompt, model, params))
-        stats = {"ok": 0, "failed": 0}
 
         def prepare(rows: list[dict]) -> list:
             return build_tasks(cfg, rows, prompt, model, params)
+
+        batch = lc.prefetch_batch(cfg, "generate", client, rd / "source", g.shard_rows, prepare)
+        stats = {"ok": 0, "failed": 0}
 
         def process(rows: list[dict], tasks: list) -> list[dict]:
             results = client.run(tasks)
