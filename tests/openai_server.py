@@ -109,6 +109,25 @@ def _h(*parts: str) -> str:
     return hashlib.sha256("\x1f".join(parts).encode("utf-8")).hexdigest()
 
 
+def data_block(text: str, label: str) -> str:
+    """The (escaped) content of the prompt's `<data label="LABEL">` block in a message."""
+    tag = f'<data label="{label}">'
+    start = text.index(tag) + len(tag) + 1
+    return text[start : text.index("</data>", start)].rstrip("\n")
+
+
+def split_data_blocks(text: str) -> tuple[str, list[str]]:
+    """A message cut into what lies outside every `<data>` block and the blocks' contents."""
+    outside, inside, rest = [], [], text
+    while "<data label=" in rest:
+        head, rest = rest.split("<data label=", 1)
+        outside.append(head)
+        block, rest = rest.split("</data>", 1)
+        inside.append(block.split(">", 1)[1])
+    outside.append(rest)
+    return "".join(outside), inside
+
+
 def conversation_seed(body: dict[str, Any]) -> str:
     """Hash of the messages up to and including the first user message."""
     msgs = body.get("messages") or []

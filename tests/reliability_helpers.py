@@ -24,16 +24,11 @@ for p in (str(TESTS), str(REPO)):
     if p not in sys.path:
         sys.path.insert(0, p)
 
+from openai_server import data_block  # noqa: E402
 from pipeline.generation.models import CHECKS  # noqa: E402
 
 KEY_ENV = "INFIR_RELIABILITY_KEY"
 LLM_STAGES = ("generate", "mine", "verify")
-
-
-def _block(user: str, label: str) -> str:
-    tag = f'<data label="{label}">'
-    start = user.index(tag) + len(tag) + 1
-    return user[start : user.index("</data>", start)].rstrip("\n")
 
 
 def _h(text: str) -> int:
@@ -44,11 +39,11 @@ def responder(body: dict) -> str:
     name = body["response_format"]["json_schema"]["name"]
     user = next(m["content"] for m in body["messages"] if m["role"] == "user")
     if name == "GeneratedInstruction":
-        q = _block(user, "query")
+        q = data_block(user, "query")
         return json.dumps({"instruction": f"I want the historical background of {q}, nothing about prices.",
                            "kind": "aspect"})
     if name == "PoisonedPair":
-        q = _block(user, "query")
+        q = data_block(user, "query")
         return json.dumps({
             "instruction_negative": f"Only upcoming developments, forecasts and plans regarding {q} matter.",
             "hard_negative_document_1": f"Forecasts say {q} will change a lot over the next ten years.",
@@ -56,7 +51,7 @@ def responder(body: dict) -> str:
             "hard_negative_document_2": f"Abroad, {q} has a long history that is told here in detail.",
         })
     if name == "JudgeVerdicts":
-        q = _block(user, "Q+")
+        q = data_block(user, "Q+")
         fail = CHECKS[_h(q) % len(CHECKS)] if _h(q) % 5 == 0 else None
         return json.dumps({c: {"passed": c != fail, "reason": f"crafted: {c}"} for c in CHECKS})
     raise AssertionError(f"unexpected schema {name}")
@@ -66,7 +61,7 @@ def query_of(body: dict) -> str:
     """The Q+ a request is about (every prompt shows it in a data block), unescaped."""
     user = next(m["content"] for m in body["messages"] if m["role"] == "user")
     label = "Q+" if stage_of(body) == "verify" else "query"
-    return html.unescape(_block(user, label))
+    return html.unescape(data_block(user, label))
 
 
 def stage_of(body: dict) -> str:
