@@ -9,11 +9,16 @@ from __future__ import annotations
 import json
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from pipeline.errors import InfirError
+from pipeline.generation.settings import GenerateSettings, MineSettings, VerifySettings
+from pipeline.llm.settings import LLMSettings
+from pipeline.release.settings import WriteSettings
+from pipeline.sources.settings import ColumnMap, HFSource, SourceSettings  # noqa: F401  (re-exported)
+from pipeline.train.settings import TrainSettings
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = REPO_ROOT / "configs" / "sample.toml"
@@ -31,135 +36,22 @@ class RunSettings(Section):
     prompts_dir: Path | None = None
 
 
-class ColumnMap(Section):
-    """Column names for jsonl / parquet / Hugging Face inputs."""
+class RunConfig(Section):
+    """The whole run: one section per stage that has settings, plus `run` and `llm`.
+    Each section's model lives beside the code it configures (a leaf module with no side effects)."""
 
-    id: str = "_id"
-    text: str = "text"
-    title: str | None = "title"
-    qrel_query_id: str = "query-id"
-    qrel_passage_id: str = "corpus-id"
-    qrel_score: str | None = "score"
-
-
-class HFSource(Section):
-    name: str
-    config: str | None = None
-    split: str = "train"
-
-
-class SourceSettings(Section):
-    format: Literal["beir", "msmarco", "jsonl", "parquet", "hf"] = "beir"
-    path: Path | None = Path("data/sample")
-    name: str | None = None  # the `source` column; defaults to the input folder's name
-    # File names inside `path` (beir/msmarco defaults apply when left empty).
-    corpus_file: str | None = None
-    queries_file: str | None = None
-    qrels_file: str | None = None
-    qrels_split: str = "test"
-    columns: ColumnMap = ColumnMap()
-    hf_corpus: HFSource | None = None
-    hf_queries: HFSource | None = None
-    hf_qrels: HFSource | None = None
-    sample_queries: int = Field(0, ge=0, description="0 keeps every query")
-    seed: int | None = None  # None: run.seed
-    min_query_words: int = Field(1, ge=1)
-    max_query_words: int = Field(40, ge=1)
-    min_passage_words: int = Field(5, ge=1)
-    max_passage_words: int = Field(400, ge=1)
-    min_relevance: int = 1
-    dedup_threshold: float = Field(95.0, ge=0, le=100)
-    decontaminate: list[Path] = []
-    decontam_threshold: float = Field(95.0, ge=0, le=100)
-    shard_rows: int = Field(50_000, ge=1)
-    collection_shard_rows: int = Field(200_000, ge=1)
-
-
-class GenerateSettings(Section):
-    model: str = "gpt-4o-mini"
-    temperature: float = 0.7
-    max_tokens: int = 300
-    prompt: str = "generate_instruction"
-    # Hand the retriever's near misses to the prompt so that I+ excludes them.
-    use_near_misses: bool = True
-    near_misses: int = Field(8, ge=0, le=50)
-    shard_rows: int = Field(1000, ge=1)
-
-
-class VerifySettings(Section):
-    model: str = "o3-mini"
-    reasoning_effort: Literal["minimal", "low", "medium", "high"] = "medium"
-    max_completion_tokens: int = 4000
-    prompt: str = "judge"
-    # Cheap deterministic pre-filters, applied before any judge call.
-    max_instruction_words: int = 80
-    max_query_words: int = 40
-    max_passage_words: int = 400
-    shard_rows: int = Field(1000, ge=1)
-    near_equal_threshold: float = 95.0
-    near_copy_threshold: float = 90.0
-    answer_copy_threshold: float = 90.0
-
-
-class WriteSettings(Section):
-    name: str = "inf-ir-sample"
-    version: str | None = "1.0.0"
-    releases_dir: Path = Path("releases")
-    split_ratios: tuple[float, float, float] = (0.8, 0.1, 0.1)
-    seed: int = 13
-    max_rows_per_shard: int = 50_000
-    st_export: bool = False
-    # The dataset card's licence (a Hub licence id); the source corpus's terms decide it.
-    license: str = "other"
-
-
-def _section_models() -> dict[str, type[BaseModel]]:
-    # Imported here so that config stays importable while a subsystem is broken.
-    from pipeline.llm.settings import LLMSettings
-    from pipeline.retrieval import MiningSettings
-    from pipeline.train import TrainSettings
-
-    class MineSettings(Section):
-        model: str = "gpt-4o-mini"
-        temperature: float = 0.7
-        max_tokens: int = 900
-        prompt: str = "poison"
-        # Retrieved passages shown to the poison prompt (style examples; offline: HN sources).
-        candidates: int = Field(8, ge=0, le=50)
-        shard_rows: int = Field(1000, ge=1)
-        retrieval: MiningSettings = MiningSettings(num_negatives=8)
-
-    return {
-        "llm": LLMSettings,
-        "mine": MineSettings,
-        "train": TrainSettings,
-    }
-
-
-def _build_config_model() -> type[BaseModel]:
-    extra = _section_models()
-
-    class RunConfig(Section):
-        run: RunSettings = RunSettings()
-        source: SourceSettings = SourceSettings()
-        llm: extra["llm"] = extra["llm"]()  # type: ignore[valid-type]
-        generate: GenerateSettings = GenerateSettings()
-        mine: extra["mine"] = extra["mine"]()  # type: ignore[valid-type]
-        verify: VerifySettings = VerifySettings()
-        write: WriteSettings = WriteSettings()
-        train: extra["train"] = extra["train"]()  # type: ignore[valid-type]
-
-    return RunConfig
-
-
-_MODEL: type[BaseModel] | None = None
+    run: RunSettings = RunSettings()
+    source: SourceSettings = SourceSettings()
+    llm: LLMSettings = LLMSettings()
+    generate: GenerateSettings = GenerateSettings()
+    mine: MineSettings = MineSettings()
+    verify: VerifySettings = VerifySettings()
+    write: WriteSettings = WriteSettings()
+    train: TrainSettings = TrainSettings()
 
 
 def config_model() -> type[BaseModel]:
-    global _MODEL
-    if _MODEL is None:
-        _MODEL = _build_config_model()
-    return _MODEL
+    return RunConfig
 
 
 def _format_validation(err: ValidationError, origin: str) -> str:

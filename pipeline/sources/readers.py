@@ -17,7 +17,7 @@ from typing import Iterator
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.config import ColumnMap, HFSource, SourceSettings
+from pipeline.sources.settings import ColumnMap, HFSource, SourceSettings
 from pipeline.errors import InfirError
 from pipeline.sources.quarantine import Quarantine
 

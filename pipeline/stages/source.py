@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipeline.config import SourceSettings
+from pipeline.sources.settings import SourceSettings
 from pipeline.errors import InfirError
 from pipeline.progress import console, print_summary, progress_bar
 from pipeline.sources.quarantine import Quarantine

@@ -1,0 +1,52 @@
+"""Settings of the LLM stages (`[generate]`, `[mine]`, `[verify]`): model, prompt, sampling, shards.
+
+A leaf module: pydantic models only (plus the retrieval settings `mine` embeds), no side effects."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from pipeline.retrieval.types import MiningSettings
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class GenerateSettings(_Section):
+    model: str = "gpt-4o-mini"
+    temperature: float = 0.7
+    max_tokens: int = 300
+    prompt: str = "generate_instruction"
+    # Hand the retriever's near misses to the prompt so that I+ excludes them.
+    use_near_misses: bool = True
+    near_misses: int = Field(8, ge=0, le=50)
+    shard_rows: int = Field(1000, ge=1)
+
+
+class MineSettings(_Section):
+    model: str = "gpt-4o-mini"
+    temperature: float = 0.7
+    max_tokens: int = 900
+    prompt: str = "poison"
+    # Retrieved passages shown to the poison prompt (style examples; offline: HN sources).
+    candidates: int = Field(8, ge=0, le=50)
+    shard_rows: int = Field(1000, ge=1)
+    retrieval: MiningSettings = MiningSettings(num_negatives=8)
+
+
+class VerifySettings(_Section):
+    model: str = "o3-mini"
+    reasoning_effort: Literal["minimal", "low", "medium", "high"] = "medium"
+    max_completion_tokens: int = 4000
+    prompt: str = "judge"
+    # Cheap deterministic pre-filters, applied before any judge call.
+    max_instruction_words: int = 80
+    max_query_words: int = 40
+    max_passage_words: int = 400
+    shard_rows: int = Field(1000, ge=1)
+    near_equal_threshold: float = 95.0
+    near_copy_threshold: float = 90.0
+    answer_copy_threshold: float = 90.0
