@@ -32,7 +32,7 @@ sys.path.insert(0, str(REPO))
 from pydantic import BaseModel  # noqa: E402
 
 from pipeline.llm import LLMSettings, LLMTask, Prompt, default_params, make_client  # noqa: E402
-from pipeline.llm.client import build_body  # noqa: E402
+from pipeline.llm.openai_api.request import build_body  # noqa: E402
 
 PROMPT = Prompt.from_text(
     "bench",

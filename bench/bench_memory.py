@@ -173,10 +173,11 @@ def warm_index(work: Path, data: Path, n: int, index_dir: Path, log: Path) -> di
     code = (
         "import sys; from pathlib import Path; sys.path.insert(0, %r)\n"
         "from pipeline.retrieval import MiningQuery, neighbours\n"
-        "from pipeline.stages.neighbours import _collection\n"
+        "from pipeline.declaration import PIPELINE\n"
+        "from pipeline.runner.run import context\n"
         "from pipeline.config import load_config\n"
         "cfg = load_config(Path('configs/msmarco.toml'), {'run.runs_dir': %r, 'run.name': %r})\n"
-        "paths, fp, _ = _collection(cfg)\n"
+        "paths, fp, _ = context(PIPELINE, PIPELINE['mine'], cfg).collection()\n"
         "neighbours([MiningQuery(qid='q', text='warm up', positive_ids=[], positive_texts=[])], paths,"
         " index_dir=Path(%r), k=1, fingerprint=fp, settings=cfg.mine.retrieval)\n"
     ) % (str(REPO), str(work / "runs"), name, str(index_dir))

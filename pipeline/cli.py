@@ -6,6 +6,7 @@ user as one line and a non-zero exit; `--debug` shows the traceback.
 
 from __future__ import annotations
 
+import inspect
 import sys
 from pathlib import Path
 from typing import Any, Optional
@@ -54,46 +55,6 @@ def _config(config: Optional[Path], run: Optional[str], sets: list[str] | None, 
     return load_config(config, _overrides(sets, **{"run.name": run}, **flags))
 
 
-@app.command()
-def source(
-    config: Optional[Path] = ConfigOpt,
-    run: Optional[str] = RunOpt,
-    input: Optional[Path] = typer.Option(None, "--input", help="Input folder (source.path)."),
-    format: Optional[str] = typer.Option(None, "--format", help="beir | msmarco | jsonl | parquet | hf."),
-    sample: Optional[int] = typer.Option(None, "--sample", help="Number of queries to sample (0 = all)."),
-    seed: Optional[int] = typer.Option(None, "--seed", help="Sampling seed."),
-    decontaminate: Optional[list[Path]] = typer.Option(
-        None, "--decontaminate", help="Evaluation topic file to decontaminate against (repeatable)."
-    ),
-    set_: Optional[list[str]] = SetOpt,
-    force: bool = ForceOpt,
-) -> None:
-    """Read queries, passages and qrels; write one row per (query, judged positive passage).
-
-    Input: BEIR (corpus.jsonl, queries.jsonl, qrels/<split>.tsv), MS MARCO tsv (collection.tsv,
-    queries.tsv, qrels), jsonl or Parquet with a column map, or a Hugging Face dataset.
-    Output: runs/<run>/source/ (rows, the whole collection under collection/, quarantine.parquet
-    with every dropped line and its reason, _SUCCESS.json). A finished stage is skipped on rerun.
-    """
-    from pipeline.stages.common import save_effective_config
-    from pipeline.stages.source import run_source
-
-    cfg = _config(
-        config,
-        run,
-        set_,
-        **{
-            "source.path": str(input) if input else None,
-            "source.format": format,
-            "source.sample_queries": sample,
-            "source.seed": seed,
-            "source.decontaminate": [str(p) for p in decontaminate] if decontaminate else None,
-        },
-    )
-    run_source(cfg, force=force)
-    save_effective_config(cfg)  # after the stage: a process refused by the stage lock must not overwrite it
-
-
 BackendOpt = typer.Option(None, "--backend", help="LLM backend: offline (default, no key) or openai.")
 ModelOpt = typer.Option(None, "--model", help="Model for this stage (overrides the config).")
 MaxCostOpt = typer.Option(None, "--max-cost-usd", help="Stop cleanly (resumable) once this much is spent.")
@@ -111,99 +72,80 @@ def _llm_flags(backend, max_cost, concurrency, mode) -> dict[str, Any]:
     return {"llm.backend": backend, "llm.max_cost_usd": max_cost, "llm.concurrency": concurrency, "llm.mode": mode}
 
 
-def _llm_stage(stage: str, config, run, set_, backend, model, max_cost, concurrency, force, dry_run, mode) -> None:
-    from pipeline.stages.common import save_effective_config
-    from pipeline.stages.registry import STAGES
+def _param(name: str, default: Any, annotation: Any) -> inspect.Parameter:
+    return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation)
 
-    cfg = _config(config, run, set_, **_llm_flags(backend, max_cost, concurrency, mode), **{f"{stage}.model": model})
-    if dry_run:
-        from pipeline.stages.estimate import dry_run as estimate
 
-        estimate(cfg, [stage])
+_COMMON = [
+    _param("config", ConfigOpt, Optional[Path]),
+    _param("run", RunOpt, Optional[str]),
+    _param("set_", SetOpt, Optional[list[str]]),
+    _param("force", ForceOpt, bool),
+]
+_LLM = [
+    _param("backend", BackendOpt, Optional[str]),
+    _param("model", ModelOpt, Optional[str]),
+    _param("max_cost_usd", MaxCostOpt, Optional[float]),
+    _param("concurrency", ConcurrencyOpt, Optional[int]),
+    _param("dry_run", DryRunOpt, bool),
+    _param("mode", ModeOpt, Optional[str]),
+]
+
+
+def _option_param(o) -> inspect.Parameter:
+    decls = [f"{o.flag}/{o.secondary}"] if o.secondary else [o.flag]
+    annotation = Optional[list[o.type]] if o.multiple else Optional[o.type]
+    return _param(o.dest, typer.Option(None, *decls, help=o.help), annotation)
+
+
+def _run_stage_command(stage, kw: dict[str, Any]) -> None:
+    from pipeline.declaration import PIPELINE
+    from pipeline.runner.run import run_stage
+    from pipeline.runner.shape import LLMStage
+
+    if stage.standalone({o.dest: kw.get(o.dest) for o in stage.options}):
         return
-    STAGES[stage](cfg, force=force)
-    save_effective_config(cfg)
+    flags: dict[str, Any] = {}
+    for o in stage.options:
+        if o.key is not None and kw.get(o.dest) is not None:
+            v = kw[o.dest]
+            flags[o.key] = [str(x) for x in v] if o.multiple else (str(v) if isinstance(v, Path) else v)
+    if isinstance(stage, LLMStage):
+        flags.update(_llm_flags(kw["backend"], kw["max_cost_usd"], kw["concurrency"], kw["mode"]))
+        flags[f"{stage.section}.model"] = kw["model"]
+    cfg = _config(kw["config"], kw["run"], kw["set_"], **flags)
+    if isinstance(stage, LLMStage) and kw["dry_run"]:
+        from pipeline.runner.estimate import dry_run as estimate
 
-
-def _register_llm_stage(stage: str, doc: str) -> None:
-    """generate, mine and verify take the same options; one definition registers all three."""
-
-    def command(
-        config: Optional[Path] = ConfigOpt,
-        run: Optional[str] = RunOpt,
-        backend: Optional[str] = BackendOpt,
-        model: Optional[str] = ModelOpt,
-        max_cost_usd: Optional[float] = MaxCostOpt,
-        concurrency: Optional[int] = ConcurrencyOpt,
-        set_: Optional[list[str]] = SetOpt,
-        force: bool = ForceOpt,
-        dry_run: bool = DryRunOpt,
-        mode: Optional[str] = ModeOpt,
-    ) -> None:
-        _llm_stage(stage, config, run, set_, backend, model, max_cost_usd, concurrency, force, dry_run, mode)
-
-    command.__doc__ = doc
-    app.command(stage)(command)
-
-
-_register_llm_stage(
-    "generate",
-    """Write the positive instruction I+ for every source row (prompt: prompts/generate_instruction.md).
-
-    Input: runs/<run>/source/. Output: runs/<run>/generate/ with instruction_positive, the model,
-    the prompt hash and, for a row whose call failed, generate_error. Every response is cached.
-    """,
-)
-_register_llm_stage(
-    "mine",
-    """Mine passage negatives (BM25/dense, mine.retrieval) and poison each row (prompts/poison.md).
-
-    Input: runs/<run>/generate/. Output: runs/<run>/mine/ with mined_negatives, instruction_negative,
-    hard_negative_document_1, query_negative, hard_negative_document_2. One LLM call per row.
-    """,
-)
-_register_llm_stage(
-    "verify",
-    """Pre-filter, then judge every candidate on every check (prompts/judge.md; default o3-mini).
-
-    Input: runs/<run>/mine/. Output: runs/<run>/verify/ (all rows with verdicts and reasons),
-    verify/accepted/ and verify/rejected/ (with the failed checks). One LLM call per judged row.
-    """,
-)
-
-
-@app.command()
-def write(
-    config: Optional[Path] = ConfigOpt,
-    run: Optional[str] = RunOpt,
-    version: Optional[str] = typer.Option(None, "--version", help="Release version (default: write.version)."),
-    bump: Optional[str] = typer.Option(None, "--bump", help="patch | minor | major: the next version."),
-    st_export: Optional[bool] = typer.Option(None, "--st-export/--no-st-export", help="Also write anchor/positive/negative files for sentence-transformers."),
-    verify_dir: Optional[Path] = typer.Option(None, "--verify", help="Only check a written release: every checksum and row count."),
-    set_: Optional[list[str]] = SetOpt,
-) -> None:
-    """Write the accepted rows as a versioned release (Parquet shards, manifest, dataset card).
-
-    Output: releases/<name>/<version>/ with data/<split>-NNNNN-of-NNNNN.parquet, manifest.json (sha256
-    and rows of every shard, config, models, prompt hashes, tokens, cost) and README.md with plots.
-    A version is immutable: identical content is a no-op, different content is refused (use --bump
-    or a new --version). `--verify DIR` checks every checksum and row count of a written release.
-    """
-    if verify_dir is not None:
-        from pipeline.release import verify_release
-        from pipeline.progress import console
-
-        report = verify_release(verify_dir)
-        console.print(f"[green]ok[/]: {report.summary()}")
+        estimate(PIPELINE, cfg, [stage.name])
         return
-    if bump is not None and bump not in ("patch", "minor", "major"):
-        raise InfirError(f"--bump {bump!r}: expected patch, minor or major")
-    from pipeline.stages.common import save_effective_config
-    from pipeline.stages.write import run_write
+    options = {o.dest: kw.get(o.dest) for o in stage.options if o.key is None}
+    run_stage(PIPELINE, stage.name, cfg, force=kw["force"], options=options)
 
-    cfg = _config(config, run, set_, **{"write.st_export": st_export})
-    run_write(cfg, version=version, bump=bump)
-    save_effective_config(cfg)
+
+def _register_stage(stage) -> None:
+    """One subcommand per declared stage: the shared flags, the LLM flags for LLM stages, and the
+    stage's own (`Stage.options`)."""
+    from pipeline.runner.shape import LLMStage
+
+    params = _COMMON + (_LLM if isinstance(stage, LLMStage) else []) + [_option_param(o) for o in stage.options]
+
+    def command(**kw: Any) -> None:
+        _run_stage_command(stage, kw)
+
+    command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+    command.__doc__ = stage.doc
+    app.command(stage.name)(command)
+
+
+def _register_pipeline() -> None:
+    from pipeline.declaration import PIPELINE
+
+    for stage in PIPELINE:
+        _register_stage(stage)
+
+
+_register_pipeline()
 
 
 @app.command()
@@ -230,32 +172,6 @@ def publish(
         )
     else:
         console.print(f"[green]published[/] {result.version} to {repo}: commit {result.commit_oid}, tag {result.tag}")
-
-
-@app.command()
-def train(
-    config: Optional[Path] = ConfigOpt,
-    run: Optional[str] = RunOpt,
-    release: Optional[Path] = typer.Option(None, "--release", help="Release to train on (default: this run's)."),
-    model: Optional[str] = typer.Option(None, "--model", help="Base model: a sentence-transformers path (default: bundled all-MiniLM-L6-v2)."),
-    epochs: Optional[int] = typer.Option(None, "--epochs"),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size"),
-    seed: Optional[int] = typer.Option(None, "--seed"),
-    set_: Optional[list[str]] = SetOpt,
-    force: bool = ForceOpt,
-) -> None:
-    """Fine-tune on the release's train split and compare base vs fine-tuned on its test split.
-
-    Three (text, passage) pairs per row, (Q+ I+ -> P+), (Q+ I- -> HN1), (Q- I+ -> HN2), each pair's
-    passage a hard negative of the other two, plus in-batch negatives (MultipleNegativesRankingLoss).
-    Output: runs/<run>/train/ (model/, train_log.json, eval/compare.{json,md,png}): nDCG@10, MRR@10,
-    p-MRR (FollowIR, as MTEB computes it) and the no-instruction ablation.
-    """
-    from pipeline.stages.train import run_train
-
-    cfg = _config(config, run, set_, **{"train.model": model, "train.epochs": epochs,
-                                        "train.batch_size": batch_size, "train.seed": seed})
-    run_train(cfg, force=force, release=release)
 
 
 @app.command("eval")
@@ -297,26 +213,27 @@ def build(
     force: bool = ForceOpt,
     dry_run: bool = typer.Option(
         False, "--dry-run",
-        help="Run only `source` (no LLM), then estimate the LLM stages' calls, tokens and cost; send nothing.",
+        help="Run only the stages before the first LLM stage (no LLM), then estimate the LLM stages' calls, tokens and cost; send nothing.",
     ),
 ) -> None:
-    """Run every stage in order (source, generate, mine, verify, write, train); finished ones are skipped."""
-    from pipeline.stages.common import save_effective_config
-    from pipeline.stages.registry import ORDER, STAGES
+    """Run every stage in pipeline order; finished ones are skipped."""
+    from pipeline.declaration import PIPELINE
+    from pipeline.runner.run import run_stage
 
-    if until is not None and until not in ORDER:
-        raise InfirError(f"--until {until!r}: expected one of {', '.join(ORDER)}")
+    stages = PIPELINE.until(until)
     cfg = _config(config, run, set_, **_llm_flags(backend, max_cost_usd, concurrency, mode))
-    stages = ORDER[: ORDER.index(until) + 1] if until else ORDER
     if dry_run:
-        from pipeline.stages.estimate import dry_run as estimate
+        from pipeline.runner.estimate import dry_run as estimate
+        from pipeline.runner.shape import LLMStage
 
-        STAGES["source"](cfg, force=force)  # free, and the estimate needs its rows
-        estimate(cfg, stages)
+        for stage in stages:  # free, and the estimate needs their rows
+            if isinstance(stage, LLMStage):
+                break
+            run_stage(PIPELINE, stage.name, cfg, force=force)
+        estimate(PIPELINE, cfg, [s.name for s in stages])
         return
     for stage in stages:
-        STAGES[stage](cfg, force=force)
-        save_effective_config(cfg)  # after each stage: a process refused by a stage lock writes nothing
+        run_stage(PIPELINE, stage.name, cfg, force=force)
 
 
 @app.command()

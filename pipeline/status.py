@@ -10,30 +10,30 @@ from rich.table import Table
 from pipeline.errors import InfirError
 from pipeline.progress import console
 
-STAGES = ["source", "generate", "mine", "verify", "write", "train"]
 
 
-LLM_STAGES = ("generate", "mine", "verify")
-
-
-def _row_usage(d: Path, stage: str) -> dict:
+def _row_usage(d: Path, column: str) -> dict:
     """Calls, tokens and cost as the rows record them: cache hits and resumed shards included."""
-    from pipeline.stages.llm_common import sum_usage
+    from pipeline.runner.llm import sum_usage
     from pipeline.store import read_stage_table
 
-    return sum_usage(read_stage_table(d), f"usage_{stage}")
+    return sum_usage(read_stage_table(d), column)
 
 
-def stage_states(run: Path) -> list[dict]:
+def stage_states(run: Path, pipe=None) -> list[dict]:
+    from pipeline.declaration import PIPELINE
+    from pipeline.runner.shape import LLMStage
+
     out = []
-    for stage in STAGES:
+    for st in (pipe or PIPELINE):
+        stage = st.name
         d = run / stage
         info = {"stage": stage, "state": "not started", "rows": None, "llm": {}, "summary": {}}
         if (d / "_SUCCESS.json").is_file():
             success = json.loads((d / "_SUCCESS.json").read_text())
             info.update(state="done", rows=success.get("rows"), summary=success.get("summary", {}))
-            if stage in LLM_STAGES and success.get("rows"):
-                usage = _row_usage(d, stage)
+            if isinstance(st, LLMStage) and success.get("rows"):
+                usage = _row_usage(d, st.usage_column)
                 last = info["summary"].get("llm", {})
                 info["llm"] = {**usage, "http_calls": last.get("http_calls", 0), "cache_hits": last.get("cache_hits", 0)}
         elif (d / "_STATE.json").is_file():
@@ -69,8 +69,8 @@ def print_status(run: Path) -> None:
         )
     table.add_row("total", "", "", f"{totals['calls']:,}", f"{totals['tokens']:,}", f"{totals['cost_usd']:.4f}", "")
     console.print(table)
-    verify = next(s for s in states if s["stage"] == "verify")
-    summ = verify["summary"]
+    # The judging stage: the one whose summary counts accepted rows.
+    summ = next((s["summary"] for s in states if "accepted" in (s["summary"] or {})), {})
     if summ:
         accepted = summ.get("accepted", 0)
         console.print(

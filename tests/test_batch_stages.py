@@ -10,7 +10,8 @@ import pytest
 
 from conftest import run_infir
 from openai_server import FakeOpenAIServer
-from pipeline.stages.registry import STAGES
+from pipeline.declaration import PIPELINE
+from pipeline.runner.run import run_stage
 from test_generation import openai_cfg, responder
 
 KEY = "sk-test-batch-stages"
@@ -18,7 +19,7 @@ KEY = "sk-test-batch-stages"
 
 def build(cfg):
     for stage in ("source", "generate", "mine", "verify"):
-        STAGES[stage](cfg)
+        run_stage(PIPELINE, stage, cfg)
 
 
 def accepted(run_dir):
@@ -69,8 +70,8 @@ def test_batch_mode_failed_requests_fail_their_rows_with_the_reason(tmp_path, mo
     monkeypatch.setenv("OPENAI_API_KEY", KEY)
     with FakeOpenAIServer(responder=responder, batch_polls=1, batch_fault_fn=_fail_first_line) as srv:
         cfg = openai_cfg(srv, **{"llm.mode": "batch", "llm.batch_poll_interval_s": 0.01, "llm.batch_max_rounds": 1})
-        STAGES["source"](cfg)
-        STAGES["generate"](cfg)
+        run_stage(PIPELINE, "source", cfg)
+        run_stage(PIPELINE, "generate", cfg)
         assert srv.counts.get("/v1/chat/completions", 0) == 0
     rows = pq.read_table(tmp_path / "runs/sample/generate").to_pylist()
     failed = [r for r in rows if r["generate_error"]]

@@ -7,9 +7,10 @@ import pytest
 from conftest import run_infir
 from openai_server import FakeOpenAIServer
 from pipeline.llm.pricing import PriceTable
-from pipeline.stages.estimate import dry_run
-from pipeline.stages.generate import run_generate
-from pipeline.stages.source import run_source
+from pipeline.declaration import PIPELINE
+from pipeline.runner.estimate import dry_run
+from stage_helpers import run_generate
+from stage_helpers import run_source
 from test_generation import openai_cfg, responder
 
 
@@ -22,7 +23,7 @@ def server():
 def test_dry_run_sends_nothing_and_prices_every_request(tmp_path, server, monkeypatch, capsys):
     cfg = openai_cfg(server)  # no API key set: a dry run must not need one
     run_source(cfg)
-    (gen, mine, verify) = dry_run(cfg, ["generate", "mine", "verify"])
+    (gen, mine, verify) = dry_run(PIPELINE, cfg, ["generate", "mine", "verify"])
     assert server.count == 0
     assert not (tmp_path / "runs/sample/generate").exists()
     assert (gen.calls, gen.cached, gen.exact) == (10, 0, True)
@@ -43,17 +44,17 @@ def test_dry_run_counts_cached_requests_as_free_and_tracks_prompt_tokens(tmp_pat
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test-dry-run")
     cfg = openai_cfg(server)
     run_source(cfg)
-    before = dry_run(cfg, ["generate"])[0]
+    before = dry_run(PIPELINE, cfg, ["generate"])[0]
     run_generate(cfg)
     sent = [r.body for r in server.chat_requests()]
     assert len(sent) == 10
-    after = dry_run(cfg, ["generate", "mine"])
+    after = dry_run(PIPELINE, cfg, ["generate", "mine"])
     assert server.count == 10  # still only the real run's requests
     assert (after[0].calls, after[0].cached, after[0].cost_usd) == (0, 10, 0.0)
     # mine is now priced from generate's real output, not stand-ins.
     assert after[1].exact and after[1].calls == 10
     # The estimate's prompt tokens are those of the requests actually sent (tiktoken or chars/4).
-    from pipeline.llm.client import estimate_prompt_tokens
+    from pipeline.llm.tokens import estimate_prompt_tokens
 
     actual = sum(estimate_prompt_tokens(b["messages"], b["model"], exact=True) for b in sent)
     assert before.prompt_tokens == actual

@@ -11,10 +11,10 @@ from conftest import REPO, SAMPLE, make_config
 from openai_server import FakeOpenAIServer, data_block, split_data_blocks
 from pipeline.generation.models import CHECKS
 from pipeline.llm.prompts import load_prompt
-from pipeline.stages.generate import run_generate
-from pipeline.stages.mine import run_mine
-from pipeline.stages.source import run_source
-from pipeline.stages.verify import run_verify
+from stage_helpers import run_generate
+from stage_helpers import run_mine
+from stage_helpers import run_source
+from stage_helpers import run_verify
 
 # One check to fail per query (by the query's topic word), so one run covers every check.
 FAIL_BY_QUERY = {}
@@ -197,8 +197,17 @@ def test_offline_calls_per_candidate_row_at_most_three(offline_run):
 
 
 def test_offline_judge_rejects_deliberate_corruptions(offline_run):
-    from pipeline.stages import llm_common as lc
-    from pipeline.stages.verify import verify_rows
+    from pipeline.declaration import PIPELINE
+    from pipeline.runner import llm
+    from pipeline.runner.run import context, llm_prepare
+
+    def verify_rows(rows, cfg):
+        """The verify stage's own prepare and process, on rows it never saw in its input."""
+        stage = PIPELINE["verify"]
+        ctx = context(PIPELINE, stage, cfg)
+        llm_prepare(ctx, stage)
+        ctx.client = llm.make_client(cfg)
+        return stage.process(ctx, rows, stage.prepare(ctx, rows))
 
     d, cfg, _ = offline_run
     accepted = pq.read_table(d / "runs/sample/verify/part-00000.parquet").to_pylist()
@@ -211,14 +220,12 @@ def test_offline_judge_rejects_deliberate_corruptions(offline_run):
         corrupt.append({**base, "id": r["id"] + "-ineg", "instruction_negative": r["instruction_positive"]})
         unrelated = other_queries[i] if other_queries[i] != r["query_positive"] else other_queries[i - 1]
         corrupt.append({**base, "id": r["id"] + "-qneg", "query_negative": unrelated})
-    client = lc.make_client(cfg)
-    model = lc.effective_model(cfg, cfg.verify.model)
-    out = verify_rows(corrupt, client, lc.prompt(cfg, "judge"), model, lc.params_for(model), cfg.verify)
+    out = verify_rows(corrupt, cfg)
     assert len(out) == 3 * len(accepted) > 0
     assert not [r["id"] for r in out if r["accepted"]]
     # The judge itself (not only the pre-filters) catches each kind.
     without_prefilter = cfg.verify.model_copy(update={"near_equal_threshold": 101.0, "near_copy_threshold": 101.0})
-    out = verify_rows(corrupt, client, lc.prompt(cfg, "judge"), model, lc.params_for(model), without_prefilter)
+    out = verify_rows(corrupt, cfg.model_copy(update={"verify": without_prefilter}))
     assert not [r["id"] for r in out if r["accepted"]]
 
 

@@ -22,8 +22,9 @@ from llm_fixtures import KEY_ENV, api_key, item_of, make_tasks, settings_for, wr
 from openai_server import FakeOpenAIServer  # noqa: E402
 from pipeline.errors import InfirError  # noqa: E402
 from pipeline.llm import LLMSettings, build_body, cache_key, load_prompt, make_client, parse_response  # noqa: E402
-from pipeline.llm.batch import NOT_ANSWERED, BatchRunner  # noqa: E402
-from pipeline.llm.client import BATCH_FIELD, repair_body  # noqa: E402
+from pipeline.llm.openai_api.batch import NOT_ANSWERED, BatchRunner  # noqa: E402
+from pipeline.llm.openai_api.parse import repair_body  # noqa: E402
+from pipeline.llm.types import BATCH_FIELD  # noqa: E402
 
 POLL = 0.02
 

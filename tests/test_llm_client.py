@@ -25,7 +25,8 @@ from pipeline.llm import (  # noqa: E402
     parse_response,
     strict_json_schema,
 )
-from pipeline.llm.client import estimate_prompt_tokens, response_format_for  # noqa: E402
+from pipeline.llm.openai_api.request import response_format_for  # noqa: E402
+from pipeline.llm.tokens import estimate_prompt_tokens  # noqa: E402
 
 
 # -- repair ---------------------------------------------------------------------------------------
@@ -314,7 +315,7 @@ def test_async_api_and_unknown_backend_error(tmp_path):
 
 
 def test_offline_backend_setting_imports_lead_module(tmp_path):
-    pytest.importorskip("pipeline.llm.offline")
+    import pipeline.generation.offline_backend  # noqa: F401  the domain registers the "offline" script
     c = make_client(settings_for("http://unused", tmp_path, backend="offline", cache_path=None))
     assert c.backend.name == "offline"
 

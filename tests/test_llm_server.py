@@ -14,7 +14,7 @@ import pytest  # noqa: E402
 
 from llm_fixtures import TESTS, Verdict  # noqa: E402
 from openai_server import FakeOpenAIServer  # noqa: E402
-from pipeline.llm.client import response_format_for  # noqa: E402
+from pipeline.llm.openai_api.request import response_format_for  # noqa: E402
 
 BODY = {
     "model": "gpt-4o-mini",

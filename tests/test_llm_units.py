@@ -12,7 +12,7 @@ import httpx2
 import pytest
 
 from pipeline.errors import InfirError
-from pipeline.llm.openai_backend import parse_duration, retry_after_seconds
+from pipeline.llm.openai_api.backend import parse_duration, retry_after_seconds
 from pipeline.llm.pricing import PriceTable
 from pipeline.llm.ratelimit import RateLimiter, backoff_delay
 

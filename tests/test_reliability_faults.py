@@ -10,11 +10,11 @@ import pytest
 from conftest import make_config
 from openai_server import CONTENT_FAULTS, RETRYABLE_FAULTS, FakeOpenAIServer
 from pipeline.release import verify_release
-from pipeline.stages.generate import run_generate
-from pipeline.stages.mine import run_mine
-from pipeline.stages.source import run_source
-from pipeline.stages.verify import run_verify
-from pipeline.stages.write import run_write
+from stage_helpers import run_generate
+from stage_helpers import run_mine
+from stage_helpers import run_source
+from stage_helpers import run_verify
+from stage_helpers import run_write
 from pipeline.store import read_stage_table
 from reliability_helpers import KEY_ENV, query_of, responder, stage_of
 
@@ -85,7 +85,7 @@ def test_mixed_faults_then_rerun_retries_only_failed_rows(tmp_path, msmarco, mon
         # The seeded faults leave failures in every stage (retries exhausted, two bad answers).
         assert all(failed.values()), {k: len(v) for k, v in failed.items()}
         assert s["failed"] == sum(len(v) for v in failed.values())
-        release = run_write(cfg).success["release"]
+        release = run_write(cfg).success["summary"]["release"]
         assert verify_release(release).rows == s["accepted"]
 
         # The faults stop; a plain rerun sends exactly one request per row that failed, nothing else.
@@ -120,5 +120,5 @@ def test_mixed_faults_then_rerun_retries_only_failed_rows(tmp_path, msmarco, mon
         # Nothing left to retry: every stage is skipped and nothing is sent.
         srv.reset()
         assert all(f(cfg).skipped for f in LLM) and srv.count == 0
-        newer = run_write(cfg, bump="patch").success
+        newer = run_write(cfg, bump="patch").success["summary"]
         assert newer["version"] == "1.0.1" and verify_release(newer["release"]).rows == second[2].success["summary"]["accepted"]

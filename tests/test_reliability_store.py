@@ -9,7 +9,8 @@ import pyarrow as pa
 import pytest
 
 from pipeline.errors import InfirError
-from pipeline.stages.sharded import own_failures, rows_hash, run_chunks
+from pipeline.runner.chunks import own_failures, rows_hash, run_chunks
+from pipeline.runner.shape import Context, RowStage
 from pipeline.store import StageOutput, stage_fingerprint
 
 SCHEMA = pa.schema([("x", pa.int64()), ("up_error", pa.string()), ("demo_error", pa.string())])
@@ -29,15 +30,23 @@ def _demo(run, upstream, fail=(), force=False):
     seen = []
     out = StageOutput(run, "demo", stage_fingerprint(upstream), "cfg", force=force)
 
-    def process(rows):
-        seen.extend(r["x"] for r in rows)
-        return [{**r, "demo_error": "boom" if r["x"] in fail else None} for r in rows]
+    class Demo(RowStage):
+        name = "demo"
+        adds = ("demo_error",)
 
+        def shard_rows(self, cfg):
+            return 2
+
+        def process(self, ctx, rows, prepared):
+            seen.extend(r["x"] for r in rows)
+            return [{**r, "demo_error": "boom" if r["x"] in fail else None} for r in rows]
+
+    ctx = Context(cfg=None, stage=Demo(), run_dir=run, upstream_dir=run / "up", schema=SCHEMA, out=out)
     with out:
         done = out.start()
         if done:
             return done, seen
-        counts = run_chunks(out, run / "up", upstream["rows"], 2, SCHEMA, process, "demo", error_column="demo_error")
+        counts = run_chunks(ctx, ctx.stage, upstream["rows"])
         return out.finish(dict(counts)), seen
 
 

@@ -8,7 +8,7 @@ import pytest
 
 from conftest import REPO, SAMPLE, make_config, run_infir
 from pipeline.errors import InfirError
-from pipeline.stages.source import run_source
+from stage_helpers import run_source
 
 WORDS = "the quick brown fox jumps over a lazy dog near the quiet river bank at dawn today"
 TOPICS = ["foxes", "rivers", "bread", "planets", "tides", "violins", "taxes", "lungs"]

@@ -12,438 +12,39 @@ A failing task never raises out of `run`: it ends `ok=False` with the reason.
 from __future__ import annotations
 
 import asyncio
-import copy
-import dataclasses
-import functools
-import hashlib
-import json
 import logging
 import random
-import re
 import sqlite3
 import threading
-from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Protocol, Sequence
-
-from pydantic import BaseModel, ValidationError
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable
 
 from pipeline.errors import InfirError
 from pipeline.llm.cache import Cache
-from pipeline.llm.prompts import Prompt
+from pipeline.llm.openai_api.parse import parse_response, repair_body
 from pipeline.llm.pricing import PriceTable
 from pipeline.llm.ratelimit import RateLimiter, backoff_delay
 from pipeline.llm.settings import LLMSettings
+from pipeline.llm.tokens import estimate_prompt_tokens, max_output_tokens
+from pipeline.llm.openai_api.request import cache_key, request_of
+from pipeline.llm.types import (
+    BATCH_FIELD,
+    BUDGET_EXHAUSTED,
+    PARSER_VERSION,
+    Backend,
+    BackendError,
+    LLMResult,
+    LLMTask,
+    Totals,
+    Usage,
+)
 
 log = logging.getLogger(__name__)
-
-CACHE_KEY_VERSION = "v1"
-PARSER_VERSION = 1
-# Top-level field of a cached response that came from the Batch API (value: the batch id), so that
-# every later use of it, cache hits included, is priced at the batch discount (pipeline/llm/batch.py).
-BATCH_FIELD = "_infir_batch"
-
-
-# ------------------------------------------------------------------------------------------------
-# Data types
-
-
-@dataclass
-class Usage:
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    cached_tokens: int = 0
-
-    def __add__(self, other: Usage) -> Usage:
-        return Usage(
-            self.prompt_tokens + other.prompt_tokens,
-            self.completion_tokens + other.completion_tokens,
-            self.cached_tokens + other.cached_tokens,
-        )
-
-    @classmethod
-    def of(cls, response: dict[str, Any]) -> Usage:
-        u = response.get("usage") or {}
-        details = u.get("prompt_tokens_details") or {}
-        return cls(
-            int(u.get("prompt_tokens") or 0),
-            int(u.get("completion_tokens") or 0),
-            int(details.get("cached_tokens") or 0),
-        )
-
-
-@dataclass
-class LLMTask:
-    key_id: str  # the caller's id for the row (not part of the cache key)
-    prompt: Prompt
-    variables: dict[str, Any]
-    output_model: type[BaseModel]
-    model: str
-    params: dict[str, Any] = field(default_factory=dict)
-    # (body, cache key), built once by `request_of`: a stage can build it ahead, off the event loop.
-    # init=False: `dataclasses.replace` (a changed prompt, model...) must not copy a stale request.
-    # A task is not edited in place once its request is built.
-    _request: tuple[dict[str, Any], str] | None = field(default=None, init=False, repr=False, compare=False)
-
-
-@dataclass
-class LLMResult:
-    key_id: str
-    ok: bool
-    value: BaseModel | None
-    error: str | None
-    usage: Usage  # tokens of the response(s) used, cached or not (repair included)
-    cost_usd: float  # spent by THIS run for this task (0.0 when served from cache)
-    cached: bool  # every response used came from the cache (or an identical in-flight request)
-    http_calls: int  # HTTP attempts made for this task in this run (retries and repair included)
-    cache_key: str  # key of the task's first request
-    raw_text: str | None = None  # text of the last answer
-    repaired: bool = False
-    batch: bool = False  # every response used came from the Batch API (priced at its discount)
-
-
-@dataclass
-class Totals:
-    requests: int = 0  # tasks processed
-    cache_hits: int = 0  # responses served from the cache or from an identical in-flight request
-    http_calls: int = 0  # HTTP attempts (failed ones included)
-    retries: int = 0
-    prompt_tokens: int = 0  # billed in this run (HTTP responses only)
-    completion_tokens: int = 0
-    cached_tokens: int = 0
-    cost_usd: float = 0.0  # spent in this run
-    saved_cost_usd: float = 0.0  # what the cache hits cost when they were made
-    failures: int = 0
-    repairs: int = 0
-
-    def as_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-
-class BackendError(Exception):
-    """One failed backend attempt, classified for the retry loop.
-
-    retryable: worth another attempt (408/409/429/5xx, timeouts, connection errors).
-    retry_after: seconds the server asked us to wait (Retry-After & co), or None.
-    fatal: no request of this client can succeed (bad key, quota, unknown model): stop sending.
-    """
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        status: int | None = None,
-        retryable: bool = False,
-        retry_after: float | None = None,
-        fatal: bool = False,
-        kind: str = "error",
-    ):
-        super().__init__(message)
-        self.message = message
-        self.status = status
-        self.retryable = retryable
-        self.retry_after = retry_after
-        self.fatal = fatal
-        self.kind = kind
-
-    def __str__(self) -> str:
-        return f"HTTP {self.status}: {self.message}" if self.status else self.message
-
-
-class Backend(Protocol):
-    name: str
-
-    async def complete(self, body: dict[str, Any], task: LLMTask) -> dict[str, Any]:
-        """One attempt; a chat.completion-shaped dict, or raise BackendError."""
-        ...
-
 
 class _RequestFailed(Exception):
     def __init__(self, reason: str):
         super().__init__(reason)
         self.reason = reason
-
-
-BUDGET_EXHAUSTED = "budget exhausted"
-
-
-# ------------------------------------------------------------------------------------------------
-# Request parameters and body
-
-_REASONING_RE = re.compile(r"^(o\d|gpt-5)")
-
-
-def is_reasoning_model(model: str) -> bool:
-    """o1*, o3*, o4*, gpt-5* (not gpt-5-chat*): they take reasoning_effort, not temperature."""
-    name = model.rsplit("/", 1)[-1].lower()
-    return bool(_REASONING_RE.match(name)) and not name.startswith("gpt-5-chat")
-
-
-def default_params(
-    model: str,
-    *,
-    temperature: float = 0.0,
-    max_tokens: int | None = None,
-    reasoning_effort: str = "medium",
-) -> dict[str, Any]:
-    """The right parameter set for `model`.
-
-    Reasoning models: {reasoning_effort, max_completion_tokens (default 4096: reasoning tokens
-    count against it)}; others: {temperature, max_tokens (default 1024)}.
-    """
-    if is_reasoning_model(model):
-        return {"reasoning_effort": reasoning_effort, "max_completion_tokens": max_tokens or 4096}
-    return {"temperature": temperature, "max_tokens": max_tokens or 1024}
-
-
-_SCHEMA_CHILD_MAPS = ("properties", "$defs", "definitions", "patternProperties")
-_SCHEMA_CHILD_LISTS = ("anyOf", "allOf", "oneOf", "prefixItems")
-_SCHEMA_CHILD_ONE = ("items", "not", "additionalProperties", "contains")
-
-
-def _resolve_ref(root: dict[str, Any], ref: str) -> dict[str, Any]:
-    if not ref.startswith("#/"):
-        raise InfirError(f"unsupported JSON schema $ref {ref!r}")
-    node: Any = root
-    for part in ref[2:].split("/"):
-        node = node[part]
-    return node
-
-
-def _strictify(node: dict[str, Any], root: dict[str, Any]) -> dict[str, Any]:
-    # A $ref with siblings (e.g. a description) is not allowed in strict mode: inline it.
-    if "$ref" in node and len(node) > 1:
-        merged = {**copy.deepcopy(_resolve_ref(root, node.pop("$ref"))), **node}
-        node.clear()
-        node.update(merged)
-    node.pop("title", None)
-    node.pop("default", None)
-    all_of = node.get("allOf")
-    if isinstance(all_of, list) and len(all_of) == 1 and isinstance(all_of[0], dict):
-        # pydantic wraps a described $ref as allOf[{$ref}]: flatten it (strict mode needs plain nodes)
-        node.pop("allOf")
-        inner = all_of[0]
-        if set(inner) == {"$ref"} and not node:
-            node.update(inner)
-            return node
-        if "$ref" in inner:
-            inner = {**copy.deepcopy(_resolve_ref(root, inner["$ref"])), **{k: v for k, v in inner.items() if k != "$ref"}}
-        merged = {**inner, **node}
-        node.clear()
-        node.update(merged)
-        return _strictify(node, root)
-    for k in _SCHEMA_CHILD_MAPS:
-        if isinstance(node.get(k), dict):
-            for sub in node[k].values():
-                if isinstance(sub, dict):
-                    _strictify(sub, root)
-    for k in _SCHEMA_CHILD_LISTS:
-        if isinstance(node.get(k), list):
-            for sub in node[k]:
-                if isinstance(sub, dict):
-                    _strictify(sub, root)
-    for k in _SCHEMA_CHILD_ONE:
-        if isinstance(node.get(k), dict):
-            _strictify(node[k], root)
-    if isinstance(node.get("properties"), dict):
-        node["required"] = list(node["properties"])
-        node.setdefault("additionalProperties", False)
-    elif node.get("type") == "object":
-        node.setdefault("additionalProperties", False)
-    return node
-
-
-@functools.lru_cache(maxsize=256)
-def _strict_schema_json(model: type[BaseModel]) -> str:
-    schema = copy.deepcopy(model.model_json_schema())
-    # Declaration order is kept: the model writes fields in this order (put reasoning first).
-    return json.dumps(_strictify(schema, schema))
-
-
-def strict_json_schema(model: type[BaseModel]) -> dict[str, Any]:
-    """A strict-mode JSON schema for `model`: additionalProperties false and every property
-    required on every object, titles/defaults dropped, $defs kept (refs with siblings inlined).
-    Our own code, not the SDK's private helper, so cache keys don't move with SDK upgrades."""
-    return json.loads(_strict_schema_json(model))
-
-
-@functools.lru_cache(maxsize=256)
-def response_format_for(model: type[BaseModel]) -> dict[str, Any]:
-    """Shared, read-only: never mutate the returned dict."""
-    name = re.sub(r"[^A-Za-z0-9_-]", "_", model.__name__)[:64] or "output"
-    return {
-        "type": "json_schema",
-        "json_schema": {"name": name, "strict": True, "schema": strict_json_schema(model)},
-    }
-
-
-_RESERVED_PARAMS = {"model", "messages", "response_format", "stream", "n"}
-
-
-def build_body(task: LLMTask) -> dict[str, Any]:
-    """The request body: model, rendered messages, params (None values dropped), response_format."""
-    bad = _RESERVED_PARAMS & set(task.params)
-    if bad:
-        raise InfirError(f"LLM task {task.key_id}: params may not set {sorted(bad)}")
-    if is_reasoning_model(task.model):
-        wrong = {"temperature", "max_tokens"} & {k for k, v in task.params.items() if v is not None}
-        if wrong:
-            raise InfirError(
-                f"LLM task {task.key_id}: reasoning model {task.model} takes reasoning_effort and "
-                f"max_completion_tokens, not {sorted(wrong)} (use default_params)"
-            )
-    body: dict[str, Any] = {"model": task.model, "messages": task.prompt.render(**task.variables)}
-    body.update((k, v) for k, v in task.params.items() if v is not None)
-    body["response_format"] = response_format_for(task.output_model)
-    return body
-
-
-def request_of(task: LLMTask) -> tuple[dict[str, Any], str]:
-    """The task's request body and cache key, built on first use and kept on the task."""
-    if task._request is None:
-        body = build_body(task)
-        task._request = (body, cache_key(body))
-    return task._request
-
-
-def _normalize(obj: Any) -> Any:
-    # 0.0 and 0 (TOML float vs int) must give the same key.
-    if isinstance(obj, float) and obj.is_integer():
-        return int(obj)
-    if isinstance(obj, dict):
-        return {k: _normalize(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_normalize(v) for v in obj]
-    return obj
-
-
-def canonical_json(obj: Any) -> str:
-    return json.dumps(_normalize(obj), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-
-
-def cache_key(body: dict[str, Any]) -> str:
-    """"v1:" + sha256(canonical JSON of the body). The body never holds the key or headers."""
-    return f"{CACHE_KEY_VERSION}:" + hashlib.sha256(canonical_json(body).encode("utf-8")).hexdigest()
-
-
-# ------------------------------------------------------------------------------------------------
-# Parsing (versioned apart from the cache)
-
-
-@dataclass
-class ParseOutcome:
-    value: BaseModel | None
-    error: str | None
-    text: str | None
-    truncated: bool = False
-
-
-_FENCE_RE = re.compile(r"^\s*```(?:json|JSON)?\s*\n(.*?)\n?```\s*$", re.DOTALL)
-
-
-def _summarize_validation(e: ValidationError) -> str:
-    parts = []
-    for err in e.errors()[:5]:
-        loc = ".".join(str(x) for x in err.get("loc", ())) or "<root>"
-        parts.append(f"{loc}: {err.get('msg')}")
-    more = e.error_count() - len(parts)
-    return "; ".join(parts) + (f" (+{more} more)" if more > 0 else "")
-
-
-def parse_response(response: dict[str, Any], output_model: type[BaseModel]) -> ParseOutcome:
-    """Parser v1: the first choice's content as JSON, validated by `output_model`."""
-    choices = response.get("choices") or []
-    if not choices:
-        return ParseOutcome(None, "empty response (no choices)", None)
-    choice = choices[0] or {}
-    message = choice.get("message") or {}
-    text = message.get("content")
-    refusal = message.get("refusal")
-    finish = choice.get("finish_reason")
-    if refusal:
-        return ParseOutcome(None, f"refusal: {str(refusal)[:300]}", text or str(refusal))
-    if finish == "length":
-        return ParseOutcome(None, "truncated (finish_reason=length): the answer hit the token limit", text, True)
-    if finish == "content_filter":
-        return ParseOutcome(None, "blocked by the content filter", text)
-    if not text or not str(text).strip():
-        return ParseOutcome(None, "empty answer", text)
-    src = str(text)
-    m = _FENCE_RE.match(src)
-    if m:  # lenient: some OpenAI-compatible servers fence their JSON
-        src = m.group(1)
-    try:
-        data = json.loads(src)
-    except json.JSONDecodeError as e:
-        return ParseOutcome(None, f"invalid JSON: {e.msg} at char {e.pos}", text)
-    if not isinstance(data, dict):
-        return ParseOutcome(None, f"invalid JSON: expected an object, got {type(data).__name__}", text)
-    try:
-        value = output_model.model_validate(data)
-    except ValidationError as e:
-        return ParseOutcome(None, f"schema violation: {_summarize_validation(e)}", text)
-    return ParseOutcome(value, None, text)
-
-
-REPAIR_MESSAGE = (
-    "Your previous answer could not be used: {error}.\n"
-    "Reply again with only one complete JSON object, no other text, that matches this JSON schema:\n"
-    "{schema}"
-)
-
-
-def repair_body(body: dict[str, Any], outcome: ParseOutcome, output_model: type[BaseModel]) -> dict[str, Any]:
-    """The repair request: original messages + the bad answer + a user message naming the error.
-    A truncated answer gets twice the token limit."""
-    messages = list(body["messages"])
-    if outcome.text:
-        messages.append({"role": "assistant", "content": outcome.text})
-    schema = json.dumps(strict_json_schema(output_model), sort_keys=True, separators=(",", ":"))
-    messages.append({"role": "user", "content": REPAIR_MESSAGE.format(error=outcome.error, schema=schema)})
-    new = dict(body)
-    new["messages"] = messages
-    if outcome.truncated:
-        for k in ("max_completion_tokens", "max_tokens"):
-            if isinstance(new.get(k), int):
-                new[k] = new[k] * 2
-    return new
-
-
-# ------------------------------------------------------------------------------------------------
-# Token estimates
-
-_tiktoken_encoders: dict[str, Any] = {}
-
-
-def _encoder(model: str) -> Any:
-    if model in _tiktoken_encoders:
-        return _tiktoken_encoders[model]
-    enc = None
-    try:  # optional; offline installs without BPE files fall back to chars/4
-        import tiktoken  # type: ignore[import-not-found]
-
-        try:
-            enc = tiktoken.encoding_for_model(model)
-        except KeyError:
-            enc = tiktoken.get_encoding("o200k_base")
-    except Exception:
-        enc = None
-    _tiktoken_encoders[model] = enc
-    return enc
-
-
-def estimate_prompt_tokens(messages: Sequence[dict[str, Any]], model: str | None = None, exact: bool = False) -> int:
-    """chars/4 (+4 per message); tiktoken when `exact` and installed."""
-    enc = _encoder(model or "") if exact else None
-    total = 3
-    for m in messages:
-        content = m.get("content") or ""
-        total += 4 + (len(enc.encode(content)) if enc is not None else (len(content) + 3) // 4)
-    return total
-
-
-def max_output_tokens(body: dict[str, Any]) -> int:
-    v = body.get("max_completion_tokens") or body.get("max_tokens")
-    return int(v) if isinstance(v, (int, float)) else 0
 
 
 # ------------------------------------------------------------------------------------------------
@@ -815,9 +416,6 @@ class LLMClient:
             await asyncio.sleep(wait)
 
 
-# ------------------------------------------------------------------------------------------------
-
-
 def make_client(
     settings: LLMSettings,
     backend: Backend | None = None,
@@ -826,22 +424,12 @@ def make_client(
     prices: PriceTable | None = None,
 ) -> LLMClient:
     """Build the client from settings: cache at settings.cache_path (cache=False: none),
-    prices from settings.price_file, backend from settings.backend unless given."""
+    prices from settings.price_file, backend from settings.backend unless given (the backends
+    register by name: `pipeline.llm.backends`)."""
     if backend is None:
-        if settings.backend == "openai":
-            from pipeline.llm.openai_backend import OpenAIBackend
+        from pipeline.llm.backends import backend_for
 
-            backend = OpenAIBackend(settings)
-        else:
-            import inspect
-
-            from pipeline.llm.offline import OfflineBackend  # written by the lead
-
-            try:
-                takes_args = bool(inspect.signature(OfflineBackend).parameters)
-            except (TypeError, ValueError):
-                takes_args = False
-            backend = OfflineBackend(settings) if takes_args else OfflineBackend()
+        backend = backend_for(settings)
     if cache is True:
         cache_obj = Cache(settings.cache_path) if settings.cache_path is not None else None
     elif cache is False:
@@ -849,31 +437,3 @@ def make_client(
     else:
         cache_obj = cache
     return LLMClient(settings, backend, cache_obj, prices or PriceTable.load(settings.price_file))
-
-
-__all__ = [
-    "BATCH_FIELD",
-    "BUDGET_EXHAUSTED",
-    "Backend",
-    "BackendError",
-    "CACHE_KEY_VERSION",
-    "LLMClient",
-    "LLMResult",
-    "LLMTask",
-    "PARSER_VERSION",
-    "ParseOutcome",
-    "Totals",
-    "Usage",
-    "build_body",
-    "cache_key",
-    "canonical_json",
-    "default_params",
-    "estimate_prompt_tokens",
-    "is_reasoning_model",
-    "make_client",
-    "parse_response",
-    "repair_body",
-    "request_of",
-    "response_format_for",
-    "strict_json_schema",
-]

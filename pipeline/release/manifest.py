@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -11,6 +10,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from pipeline.errors import InfirError
+from pipeline.fileio import sha256_file  # noqa: F401  (re-exported)
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = "infir-release/1"
@@ -19,14 +19,6 @@ VOLATILE_KEYS = ("created_at",)
 #: Derived artifacts (card, plots, st export): their bytes may differ across library versions while the
 #: data does not, so the content comparison uses shards + the rest of the manifest instead.
 DERIVED_KEYS = ("files",)
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _clean_json(obj: Any) -> Any:

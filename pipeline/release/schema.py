@@ -1,4 +1,6 @@
-"""Arrow schema of a release shard (the `write` stage output) and its column groups."""
+"""Arrow schema of a release shard (the `write` stage output) and its column groups.
+
+Column names and types come from the column registry (`pipeline/columns.py`)."""
 
 from __future__ import annotations
 
@@ -6,16 +8,7 @@ import hashlib
 
 import pyarrow as pa
 
-#: The seven InF-IR columns, named as in the released InF-IR dataset.
-INFIR_COLUMNS: tuple[str, ...] = (
-    "query_positive",
-    "instruction_positive",
-    "document_positive",
-    "instruction_negative",
-    "hard_negative_document_1",
-    "query_negative",
-    "hard_negative_document_2",
-)
+from pipeline.columns import INFIR_COLUMNS, MINED_NEGATIVE_TYPE, VERDICT_TYPE, column_type
 
 PROVENANCE_STRING_COLUMNS: tuple[str, ...] = ("id", "source", "query_id", "passage_id")
 MODEL_PROMPT_COLUMNS: tuple[str, ...] = (
@@ -24,23 +17,6 @@ MODEL_PROMPT_COLUMNS: tuple[str, ...] = (
     "prompt_generate",
     "prompt_poison",
     "prompt_judge",
-)
-
-MINED_NEGATIVE_TYPE = pa.struct(
-    [
-        pa.field("passage_id", pa.string()),
-        pa.field("text", pa.string()),
-        pa.field("score", pa.float64()),
-        pa.field("rank", pa.int32()),
-        pa.field("method", pa.string()),
-    ]
-)
-VERDICT_TYPE = pa.struct(
-    [
-        pa.field("check", pa.string()),
-        pa.field("passed", pa.bool_()),
-        pa.field("reason", pa.string()),
-    ]
 )
 
 SPLITS: tuple[str, ...] = ("train", "validation", "test")
@@ -60,8 +36,8 @@ RELEASE_SCHEMA = pa.schema(
     [pa.field(c, pa.string(), nullable=False) for c in INFIR_COLUMNS]
     + [pa.field(c, pa.string(), nullable=c not in REQUIRED_NON_EMPTY) for c in PROVENANCE_STRING_COLUMNS]
     + [
-        pa.field("mined_negatives", pa.list_(pa.field("item", MINED_NEGATIVE_TYPE))),
-        pa.field("verdicts", pa.list_(pa.field("item", VERDICT_TYPE))),
+        pa.field("mined_negatives", column_type("mined_negatives")),
+        pa.field("verdicts", column_type("verdicts")),
     ]
     + [pa.field(c, pa.string()) for c in MODEL_PROMPT_COLUMNS]
     + [pa.field("split", pa.string(), nullable=False)]

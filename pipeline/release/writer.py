@@ -17,6 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.errors import InfirError
+from pipeline.fileio import write_bytes_atomic
 from pipeline.release import card as card_mod
 from pipeline.release import plots as plots_mod
 from pipeline.release import stream
@@ -140,9 +141,7 @@ _PARQUET_OPTIONS = dict(
 
 
 def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8", newline="\n")
-    os.replace(tmp, path)
+    write_bytes_atomic(path, text.encode("utf-8"), fsync=False)
 
 
 class _ParquetOut:

@@ -7,68 +7,81 @@ import shutil
 from pathlib import Path
 
 from pipeline.errors import InfirError
+from pipeline.fileio import sha256_file
 from pipeline.progress import console, progress_bar
-from pipeline.stages.common import StageResult, run_dir
-from pipeline.store import identity_hash, read_success, write_json_atomic
-from pipeline.store.ids import sha256_file
-from pipeline.store.lock import StageLock
+from pipeline.runner.shape import Context, Option, Stage
+from pipeline.store import read_success
 
 
-def release_of_run(rd: Path) -> Path:
-    success = read_success(rd / "write")
-    if success is None:
-        raise InfirError(f"{rd / 'write'}: no release written for this run; run `infir write` first")
-    path = Path(success["release"])
-    if not (path / "manifest.json").is_file():
-        raise InfirError(f"{path}: release not found (moved or deleted?); rerun `infir write`")
-    return path
+class Train(Stage):
+    name = "train"
+    section = "train"
+    redo_on_change = True  # a new release or new settings: train again
+    make_help = "stage 6: fine-tune MiniLM and evaluate instruction following"
+    doc = """Fine-tune on the release's train split and compare base vs fine-tuned on its test split.
+
+    Three (text, passage) pairs per row, (Q+ I+ -> P+), (Q+ I- -> HN1), (Q- I+ -> HN2), each pair's
+    passage a hard negative of the other two, plus in-batch negatives (MultipleNegativesRankingLoss).
+    Output: runs/<run>/train/ (model/, train_log.json, eval/compare.{json,md,png}): nDCG@10, MRR@10,
+    p-MRR (FollowIR, as MTEB computes it) and the no-instruction ablation.
+    """
+    options = (
+        Option("--release", "release", Path, "Release to train on (default: this run's)."),
+        Option("--model", "model", str, "Base model: a sentence-transformers path (default: bundled all-MiniLM-L6-v2).",
+               key="train.model"),
+        Option("--epochs", "epochs", int, "", key="train.epochs"),
+        Option("--batch-size", "batch_size", int, "", key="train.batch_size"),
+        Option("--seed", "seed", int, "", key="train.seed"),
+    )
+
+    def release(self, ctx: Context) -> Path:
+        if ctx.options.get("release"):
+            return Path(ctx.options["release"])
+        success = read_success(ctx.upstream_dir)
+        if success is None:
+            raise InfirError(f"{ctx.upstream_dir}: no release written for this run; run `infir {ctx.upstream_dir.name}` first")
+        path = Path(success["summary"]["release"])
+        if not (path / "manifest.json").is_file():
+            raise InfirError(f"{path}: release not found (moved or deleted?); rerun `infir {ctx.upstream_dir.name}`")
+        return path
+
+    def input_fingerprint(self, ctx: Context) -> str:
+        return sha256_file(self.release(ctx) / "manifest.json")
+
+    def on_skip(self, ctx: Context, success: dict) -> None:
+        console.print("[green]train[/]: already complete for this release and settings (--force redoes it)")
+        console.print(success["summary"]["markdown"])
+
+    def run(self, ctx: Context) -> dict:
+        from pipeline.train import compare, train
+
+        release, settings, out = self.release(ctx), ctx.settings, ctx.out.dir
+        for p in out.iterdir():  # training is not resumable mid-way; a partial model is never kept
+            if p.name not in (".lock", "_STATE.json"):
+                shutil.rmtree(p) if p.is_dir() else p.unlink()
+        with progress_bar("train", None) as (bar, task):
+
+            def on_step(info: dict) -> None:
+                bar.update(task, completed=info.get("step", 0), total=info.get("max_steps"),
+                           info=f"loss {info.get('loss', float('nan')):.4f}" if info.get("loss") is not None else "")
+
+            result = train(release, out, settings, progress=on_step)
+        report = compare(settings.model, result.model_dir, release, split="test", template=settings.template,
+                         out_dir=out / "eval")
+        return {
+            "release": str(release),
+            "rows": result.rows_used,
+            "train_pairs": result.train_pairs,
+            "steps": result.steps,
+            "final_loss": result.final_loss,
+            "runtime_s": round(result.runtime_s, 1),
+            "metrics": report["models"],
+            "delta": report["delta"],
+            "markdown": report["markdown"],
+        }
+
+    def print_summary(self, ctx: Context, summary: dict) -> None:
+        console.print(summary["markdown"])
 
 
-def run_train(cfg, force: bool = False, release: Path | None = None) -> StageResult:
-    # Two trainings into one folder would mix their models: one process at a time per run.
-    with StageLock(run_dir(cfg) / "train"):
-        return _run_train(cfg, force, release)
-
-
-def _run_train(cfg, force: bool, release: Path | None) -> StageResult:
-    from pipeline.train import compare, train
-
-    rd = run_dir(cfg)
-    release = Path(release) if release else release_of_run(rd)
-    settings = cfg.train
-    out = rd / "train"
-    identity = {
-        "release_manifest": sha256_file(release / "manifest.json"),
-        "config_hash": identity_hash(settings),
-    }
-    done = read_success(out)
-    if done and not force and all(done.get(k) == v for k, v in identity.items()):
-        console.print(f"[green]train[/]: already complete for this release and settings (--force redoes it)")
-        console.print(done["summary"]["markdown"])
-        return StageResult("train", True, done)
-    for p in out.iterdir():  # training is not resumable mid-way; a partial model is never kept
-        if p.name != ".lock":  # the lock held above
-            shutil.rmtree(p) if p.is_dir() else p.unlink()
-    with progress_bar("train", None) as (bar, task):
-
-        def on_step(info: dict) -> None:
-            bar.update(task, completed=info.get("step", 0), total=info.get("max_steps"),
-                       info=f"loss {info.get('loss', float('nan')):.4f}" if info.get("loss") is not None else "")
-
-        result = train(release, out, settings, progress=on_step)
-    report = compare(settings.model, result.model_dir, release, split="test", template=settings.template,
-                     out_dir=out / "eval")
-    summary = {
-        "release": str(release),
-        "train_pairs": result.train_pairs,
-        "steps": result.steps,
-        "final_loss": result.final_loss,
-        "runtime_s": round(result.runtime_s, 1),
-        "metrics": report["models"],
-        "delta": report["delta"],
-        "markdown": report["markdown"],
-    }
-    success = {"stage": "train", **identity, "rows": result.rows_used, "summary": summary}
-    write_json_atomic(success, out / "_SUCCESS.json")
-    console.print(report["markdown"])
-    return StageResult("train", False, success)
+STAGE = Train()

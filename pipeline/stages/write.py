@@ -9,28 +9,28 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline import __version__
+from pipeline.columns import usage_columns
 from pipeline.errors import InfirError
-from pipeline.progress import console, print_summary
-from pipeline.stages import llm_common as lc
-from pipeline.stages.common import StageResult, run_dir
-from pipeline.store import require_stage, write_json_atomic
+from pipeline.progress import console
+from pipeline.runner.llm import sum_usage
+from pipeline.runner.shape import Context, Option, Stage
 
 
-def corpus_usage(rd: Path) -> dict:
+def corpus_usage(upstream_dir: Path, columns: list[str]) -> dict:
     """Tokens, cost and calls of every candidate row, summed from the per-row usage columns."""
-    # Only the usage columns, shard by shard: the whole verify table (every candidate with its mined
-    # negatives) made the write stage's memory grow with the candidates (1.6 GiB at 100k).
-    out = {stage: {"prompt_tokens": 0, "completion_tokens": 0, "cost_usd": 0.0, "calls": 0}
-           for stage in ("generate", "mine", "verify")}
-    for path in sorted((rd / "verify").glob("part-*.parquet")):
+    # Only the usage columns, shard by shard: the whole upstream table (every candidate with its
+    # mined negatives) made the write stage's memory grow with the candidates (1.6 GiB at 100k).
+    stages = [c.removeprefix("usage_") for c in columns]
+    out = {s: {"prompt_tokens": 0, "completion_tokens": 0, "cost_usd": 0.0, "calls": 0} for s in stages}
+    for path in sorted(upstream_dir.glob("part-*.parquet")):
         try:
-            table = pq.read_table(path, columns=[f"usage_{stage}" for stage in out])
+            table = pq.read_table(path, columns=columns)
         except (pa.ArrowInvalid, OSError) as e:
-            raise InfirError(f"{path}: unreadable Parquet shard ({e}); rerun verify with --force") from None
+            raise InfirError(f"{path}: unreadable Parquet shard ({e}); rerun {upstream_dir.name} with --force") from None
         for stage, total in out.items():
-            for k, v in lc.sum_usage(table, f"usage_{stage}").items():
+            for k, v in sum_usage(table, f"usage_{stage}").items():
                 total[k] += v
-    out["total"] = {k: sum(out[s][k] for s in ("generate", "mine", "verify")) for k in out["generate"]}
+    out["total"] = {k: sum(out[s][k] for s in stages) for k in ("prompt_tokens", "completion_tokens", "cost_usd", "calls")}
     return out
 
 
@@ -38,30 +38,28 @@ def _num_rows(path: Path) -> int:
     try:
         return pq.ParquetFile(path).metadata.num_rows
     except (pa.ArrowInvalid, OSError) as e:
-        raise InfirError(f"{path}: unreadable Parquet shard ({e}); rerun verify with --force") from None
+        raise InfirError(f"{path}: unreadable Parquet shard ({e}); rerun {path.parent.parent.name} with --force") from None
 
 
-def release_stats(cfg, rd: Path) -> dict:
-    verify = require_stage(rd, "verify")["summary"]
-    usage = corpus_usage(rd)
+def release_stats(ctx: Context, judged: dict) -> dict:
+    cfg = ctx.cfg
+    usage = corpus_usage(ctx.upstream_dir, usage_columns(ctx.schema))
     total = usage["total"]
     # Only what shapes the content goes into the manifest: rerunning with another concurrency,
     # cache path or run name must not count as a different release.
     content_config = {
-        "source": json.loads(cfg.source.model_dump_json()),
-        "generate": json.loads(cfg.generate.model_dump_json()),
-        "mine": json.loads(cfg.mine.model_dump_json()),
-        "verify": json.loads(cfg.verify.model_dump_json()),
-        "write": json.loads(cfg.write.model_dump_json(exclude={"version", "releases_dir"})),
-        "llm": {"backend": cfg.llm.backend},
+        section: json.loads(getattr(cfg, section).model_dump_json(
+            exclude={"version", "releases_dir"} if section == ctx.stage.section else None))
+        for section in ctx.sections
     }
+    content_config["llm"] = {"backend": cfg.llm.backend}
     return {
-        "candidates": verify["candidates"],
-        "accepted": verify["accepted"],
-        "rejected": verify["rejected"],
-        "failed": verify["failed"],
-        "failures": verify["failed_checks"],
-        "pass_rate_per_check": verify["pass_rate_per_check"],
+        "candidates": judged["candidates"],
+        "accepted": judged["accepted"],
+        "rejected": judged["rejected"],
+        "failed": judged["failed"],
+        "failures": judged["failed_checks"],
+        "pass_rate_per_check": judged["pass_rate_per_check"],
         "tokens": {"prompt": total["prompt_tokens"], "completion": total["completion_tokens"]},
         "cost_usd": round(total["cost_usd"], 6),
         "llm_calls": total["calls"],
@@ -72,51 +70,73 @@ def release_stats(cfg, rd: Path) -> dict:
     }
 
 
-def run_write(cfg, force: bool = False, version: str | None = None, bump: str | None = None) -> StageResult:
-    from pipeline.release import write_release
+class Write(Stage):
+    name = "write"
+    section = "write"
+    # Runs every time: the release's own rule decides (identical content: a no-op; different
+    # content under an existing version: refused).
+    always_run = True
+    make_help = "stage 5: the versioned release"
+    doc = """Write the accepted rows as a versioned release (Parquet shards, manifest, dataset card).
 
-    w = cfg.write
-    rd = run_dir(cfg)
-    verify = require_stage(rd, "verify")["summary"]
-    if not verify.get("accepted"):
-        raise InfirError(
-            f"{rd / 'verify'}: no accepted rows ({verify.get('candidates', 0)} candidate(s)); nothing to release. "
-            "Why rows were dropped: verify/rejected/, failed rows' verify_error, source/quarantine.parquet"
-        )
-    # The shards, not a table: the writer streams them, so its memory does not grow with the corpus.
-    accepted = sorted((rd / "verify" / "accepted").glob("part-*.parquet"))
-    if not accepted:
-        raise InfirError(f"{rd / 'verify' / 'accepted'}: no 'part' shards; rerun verify with --force")
-    nrows = sum(_num_rows(p) for p in accepted)
-    stats = release_stats(cfg, rd)
-    result = write_release(
-        accepted,
-        stats,
-        Path(w.releases_dir),
-        w.name,
-        version=None if bump else (version or w.version),
-        bump=bump,
-        split_ratios=tuple(w.split_ratios),
-        seed=w.seed,
-        max_rows_per_shard=w.max_rows_per_shard,
-        st_export=w.st_export,
-        license=w.license,
+    Output: releases/<name>/<version>/ with data/<split>-NNNNN-of-NNNNN.parquet, manifest.json (sha256
+    and rows of every shard, config, models, prompt hashes, tokens, cost) and README.md with plots.
+    A version is immutable: identical content is a no-op, different content is refused (use --bump
+    or a new --version). `--verify DIR` checks every checksum and row count of a written release.
+    """
+    options = (
+        Option("--version", "version", str, "Release version (default: write.version)."),
+        Option("--bump", "bump", str, "patch | minor | major: the next version."),
+        Option("--st-export", "st_export", bool, "Also write anchor/positive/negative files for sentence-transformers.",
+               key="write.st_export", secondary="--no-st-export"),
+        Option("--verify", "verify_dir", Path, "Only check a written release: every checksum and row count."),
     )
-    success = {
-        "stage": "write",
-        "rows": nrows,
-        "release": str(result.path),
-        "version": result.version,
-        "created": result.created,
-        "summary": {"release": str(result.path), "rows": nrows, "cost_usd": stats["cost_usd"],
-                    "llm_calls": stats["llm_calls"]},
-    }
-    (rd / "write").mkdir(parents=True, exist_ok=True)
-    write_json_atomic(success, rd / "write" / "_SUCCESS.json")
-    if result.created:
-        print_summary("write", [("release", str(result.path)), ("rows", nrows),
-                                ("candidates", stats["candidates"]), ("LLM calls", stats["llm_calls"]),
-                                ("cost USD", f"{stats['cost_usd']:.4f}")])
-    else:
-        console.print(f"[green]write[/]: {result.path} already holds this content; nothing to do")
-    return StageResult("write", not result.created, success)
+
+    def standalone(self, options: dict) -> bool:
+        """`--verify DIR`: only check a written release (every checksum and row count)."""
+        if options.get("verify_dir") is None:
+            return False
+        from pipeline.release import verify_release
+
+        report = verify_release(options["verify_dir"])
+        console.print(f"[green]ok[/]: {report.summary()}")
+        return True
+
+    def identity(self, ctx: Context) -> tuple:
+        return (ctx.settings, ctx.options.get("version"), ctx.options.get("bump"))
+
+    def run(self, ctx: Context) -> dict:
+        from pipeline.release import write_release
+
+        w, bump = ctx.settings, ctx.options.get("bump")
+        if bump is not None and bump not in ("patch", "minor", "major"):
+            raise InfirError(f"--bump {bump!r}: expected patch, minor or major")
+        judged = ctx.upstream_success()["summary"]
+        if not judged.get("accepted"):
+            raise InfirError(
+                f"{ctx.upstream_dir}: no accepted rows ({judged.get('candidates', 0)} candidate(s)); nothing to release. "
+                f"Why rows were dropped: {ctx.upstream_dir.name}/rejected/, failed rows' errors, source/quarantine.parquet"
+            )
+        # The shards, not a table: the writer streams them, so its memory does not grow with the corpus.
+        accepted = sorted((ctx.upstream_dir / "accepted").glob("part-*.parquet"))
+        if not accepted:
+            raise InfirError(f"{ctx.upstream_dir / 'accepted'}: no 'part' shards; rerun {ctx.upstream_dir.name} with --force")
+        nrows = sum(_num_rows(p) for p in accepted)
+        stats = release_stats(ctx, judged)
+        result = write_release(
+            accepted, stats, Path(w.releases_dir), w.name,
+            version=None if bump else (ctx.options.get("version") or w.version), bump=bump,
+            split_ratios=tuple(w.split_ratios), seed=w.seed, max_rows_per_shard=w.max_rows_per_shard,
+            st_export=w.st_export, license=w.license,
+        )
+        return {"release": str(result.path), "version": result.version, "created": result.created, "rows": nrows,
+                "candidates": stats["candidates"], "cost_usd": stats["cost_usd"], "llm_calls": stats["llm_calls"]}
+
+    def print_summary(self, ctx: Context, summary: dict) -> None:
+        if summary["created"]:
+            super().print_summary(ctx, summary)
+        else:
+            console.print(f"[green]write[/]: {summary['release']} already holds this content; nothing to do")
+
+
+STAGE = Write()

@@ -7,6 +7,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from pipeline.fileio import canonical_json, sha256_file  # noqa: F401  (re-exported)
+
 ID_VERSION = "r1"
 
 
@@ -17,18 +19,6 @@ def content_id(*parts: str, length: int = 16) -> str:
         h.update(b"\x1f")
         h.update(p.encode("utf-8"))
     return h.hexdigest()[:length]
-
-
-def canonical_json(obj: Any) -> str:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def file_fingerprint(paths: list[Path]) -> str:

@@ -19,6 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline import __version__
+from pipeline import fileio
 from pipeline.errors import InfirError
 from pipeline.store.ids import canonical_json, sha256_file
 from pipeline.store.lock import StageLock
@@ -47,12 +48,9 @@ def write_parquet_atomic(table: pa.Table, path: Path, compression: str = "zstd")
 
 
 def write_json_atomic(obj: dict, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
-        os.replace(tmp, path)
+        fileio.write_json_atomic(obj, path)
     except OSError as e:
-        tmp.unlink(missing_ok=True)
         raise InfirError(f"{path}: cannot write: {e.strerror or e}") from None
 
 
@@ -248,6 +246,9 @@ class StageOutput:
                 continue
             shutil.rmtree(p) if p.is_dir() else p.unlink()
 
+    def same_identity(self, record: dict) -> bool:
+        return self._same_identity(record)
+
     def _same_identity(self, record: dict) -> bool:
         return all(record.get(k) == v for k, v in self.identity.items())
 
@@ -297,13 +298,14 @@ class StageOutput:
             rec["input"] = input_hash
         self.shards.append(rec)
 
-    def finish(self, summary: dict) -> dict:
+    def finish(self, summary: dict, rows: int | None = None) -> dict:
+        """Mark the stage complete. `rows`: its output rows (default: the rows of its part shards)."""
         self._remove_unlisted_shards()
         success = {
             "stage": self.stage,
             **self.identity,
             "code_version": __version__,
-            "rows": sum(s["rows"] for s in self.shards if s["name"].startswith("part-")),
+            "rows": rows if rows is not None else sum(s["rows"] for s in self.shards if s["name"].startswith("part-")),
             "shards": sorted(self.shards, key=lambda s: s["name"]),
             "summary": summary,
             "seconds": round(time.time() - self._started, 3),

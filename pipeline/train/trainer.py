@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.errors import InfirError
+from pipeline.fileio import write_json_atomic
 from pipeline.train.data import build_training_pairs, load_release_split
 from pipeline.train.settings import TrainSettings, resolve_model
 
@@ -173,9 +174,7 @@ def _progress_callback(progress: ProgressFn):
 
 
 def _atomic_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    write_json_atomic(obj, path, sort_keys=False)
 
 
 def _versions() -> dict[str, str]:

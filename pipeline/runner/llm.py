@@ -1,29 +1,20 @@
-"""What the LLM stages share: the client, the effective model name, per-stage LLM summaries."""
+"""The LLM glue every LLM stage shares: the client, the effective model, request parameters,
+per-row usage records, the stage's LLM summary and batch-mode prefetch."""
 
 from __future__ import annotations
 
-import hashlib
-from pathlib import Path
-
-import pyarrow as pa
-
 from pipeline.errors import InfirError
-from pipeline.llm.client import LLMClient, LLMTask, default_params, request_of
+from pipeline.llm.client import LLMClient, make_client as _make_client
+from pipeline.llm.openai_api.request import default_params, request_of
 from pipeline.llm.prompts import Prompt, load_prompt
-from pipeline.stages.common import run_dir
-from pipeline.store import StageOutput, identity_hash, require_stage, stage_fingerprint
-
-_OFFLINE_SOURCES = ("llm/offline.py", "generation/lexical.py")
+from pipeline.llm.types import LLMTask
 
 
 def offline_model_name() -> str:
-    """The offline backend's model name carries a hash of its code: changing its rules can never
-    serve answers cached from the old rules, and its keys never collide with a real model's."""
-    root = Path(__file__).resolve().parent.parent
-    h = hashlib.sha256()
-    for rel in _OFFLINE_SOURCES:
-        h.update((root / rel).read_bytes())
-    return f"infir-offline@{h.hexdigest()[:8]}"
+    """The offline backend's model name (its rules' code hash): owned by the domain package."""
+    from pipeline.generation.offline_backend import offline_model_name as name
+
+    return name()
 
 
 def effective_model(cfg, model: str) -> str:
@@ -31,9 +22,9 @@ def effective_model(cfg, model: str) -> str:
 
 
 def make_client(cfg) -> LLMClient:
-    from pipeline.llm import make_client as _make
+    import pipeline.generation.offline_backend  # noqa: F401  registers the "offline" scripted backend
 
-    return _make(cfg.llm)
+    return _make_client(cfg.llm)
 
 
 def task(key_id: str, prompt: Prompt, variables: dict, output_model, model: str, params: dict) -> LLMTask:
@@ -49,19 +40,12 @@ def task(key_id: str, prompt: Prompt, variables: dict, output_model, model: str,
 
 def params_for(model: str, *, temperature: float | None = None, max_tokens: int | None = None,
                reasoning_effort: str = "medium") -> dict:
+    """Reasoning models get reasoning_effort and max_completion_tokens, others temperature and
+    max_tokens (default_params decides)."""
     kw = {"max_tokens": max_tokens, "reasoning_effort": reasoning_effort}
     if temperature is not None:
         kw["temperature"] = temperature
     return default_params(model, **kw)
-
-
-def stage_params(cfg, stage: str, model: str) -> dict:
-    """Request parameters of an LLM stage: reasoning models get reasoning_effort and
-    max_completion_tokens, others temperature and max_tokens (default_params decides)."""
-    s = getattr(cfg, stage)
-    if stage == "verify":
-        return params_for(model, max_tokens=s.max_completion_tokens, reasoning_effort=s.reasoning_effort)
-    return params_for(model, temperature=s.temperature, max_tokens=s.max_tokens)
 
 
 def prompt(cfg, name: str) -> Prompt:
@@ -93,11 +77,6 @@ def llm_summary(client: LLMClient, batch: dict | None = None) -> dict:
     return out
 
 
-USAGE_TYPE = pa.struct(
-    [("prompt_tokens", pa.int64()), ("completion_tokens", pa.int64()), ("cost_usd", pa.float64())]
-)
-
-
 def usage_record(client: LLMClient, model: str, res) -> dict | None:
     """What one row's call cost when it was made, cache hits included: the row-level audit that
     survives resume and reruns (the client's totals only count this process)."""
@@ -119,38 +98,27 @@ def sum_usage(table, column: str) -> dict:
     return total
 
 
-def prefetch_batch(cfg, stage: str, client: LLMClient, input_dir: Path, shard_rows: int, tasks_of) -> dict | None:
+def prefetch_batch(ctx, stage) -> dict | None:
     """Batch mode: every request of the stage goes through the Batch API into the cache first
     (requests already cached are not sent; a rerun polls the batches it recorded instead of
     submitting again), then the client is switched to a backend that sends nothing, so the
     stage's normal pass is served from the cache with the same keys, parser and repairs as online."""
+    cfg = ctx.cfg
     if cfg.llm.mode != "batch":
         return None
-    from pipeline.llm.batch import BatchRunner
-    from pipeline.stages.sharded import iter_chunks
+    from pipeline.llm.openai_api.batch import BatchRunner
+    from pipeline.runner.chunks import iter_chunks
 
     if cfg.llm.backend != "openai":
         raise InfirError("llm.mode = 'batch' needs llm.backend = 'openai' (the Batch API of an OpenAI-compatible server)")
     # All chunks, finished shards included: their requests are cache hits, and a shard redone
     # after failed rows needs its requests here too.
-    tasks = [t for rows in iter_chunks(input_dir, shard_rows) for t in tasks_of(rows)]
+    tasks = [t for rows in iter_chunks(ctx.upstream_dir, stage.shard_rows(cfg)) for t in stage.tasks(ctx, rows)[0]]
     runner = BatchRunner(
-        client, run_dir(cfg) / "_batches" / stage, poll_interval_s=cfg.llm.batch_poll_interval_s,
-        max_rounds=cfg.llm.batch_max_rounds, label=f"{stage} (batch)",
+        ctx.client, ctx.run_dir / "_batches" / stage.name, poll_interval_s=cfg.llm.batch_poll_interval_s,
+        max_rounds=cfg.llm.batch_max_rounds, label=f"{stage.name} (batch)",
     )
     report = runner.prefetch(tasks).as_dict()
-    client.backend = runner.backend()
+    ctx.client.backend = runner.backend()
     report.pop("failures")  # each failed row keeps its own reason
     return report
-
-
-def open_stage(cfg, stage: str, upstream_stage: str, section, force: bool, *identity_extra):
-    """The output of an LLM stage, keyed by its upstream shards, its config section, the effective
-    model and its prompt's hash: (out, upstream success, prompt, model)."""
-    rd = run_dir(cfg)
-    upstream = require_stage(rd, upstream_stage)
-    p = prompt(cfg, section.prompt)
-    model = effective_model(cfg, section.model)
-    identity = identity_hash(section, cfg.llm.backend, model, *identity_extra)
-    out = StageOutput(rd, stage, stage_fingerprint(upstream), identity, {section.prompt: p.sha}, force=force)
-    return out, upstream, p, model

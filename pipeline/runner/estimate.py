@@ -15,15 +15,11 @@ from pathlib import Path
 
 from pipeline.errors import InfirError
 from pipeline.progress import console
-from pipeline.stages import llm_common as lc
-from pipeline.stages.common import run_dir
-from pipeline.stages.sharded import iter_chunks
+from pipeline.runner.chunks import iter_chunks
+from pipeline.runner.pipeline import Pipeline
+from pipeline.runner.run import context, llm_prepare
+from pipeline.runner.shape import LLMStage
 from pipeline.store import read_success
-
-LLM_STAGES = ("generate", "mine", "verify")
-UPSTREAM = {"generate": "source", "mine": "generate", "verify": "mine"}
-# About how many words of the passage stand in for an instruction not yet written (~90 tokens).
-_STAND_IN_WORDS = 50
 
 
 @dataclass
@@ -44,64 +40,38 @@ class StageEstimate:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
 
 
-def _stand_in(row: dict, stage: str) -> dict:
-    """A source row dressed as the input `stage` would get, with texts of typical length."""
-    r = dict(row)
-    instruction = " ".join((row["document_positive"] or "").split()[:_STAND_IN_WORDS])
-    r.setdefault("generate_error", None)
-    r["instruction_positive"] = instruction
-    if stage == "verify":
-        r.update(
-            mine_error=None,
-            instruction_negative=instruction,
-            query_negative=row["query_positive"],
-            hard_negative_document_1=row["document_positive"],
-            hard_negative_document_2=row["document_positive"],
-        )
-    return r
+def _input_rows(pipe: Pipeline, stage: LLMStage, ctx):
+    """Chunks of the stage's input rows: its upstream's output, or, before the upstream has run,
+    the first stage's rows dressed by every stage in between (`Stage.stand_in`)."""
+    if ctx.upstream_done():
+        yield from iter_chunks(ctx.upstream_dir, stage.shard_rows(ctx.cfg))
+        return
+    first = pipe.stages[0]
+    if read_success(ctx.run_dir / first.name) is None:
+        raise InfirError(f"{ctx.run_dir}: the dry run needs the {first.name} stage's rows; run `infir {first.name}` first")
+    between = pipe.stages[1 : pipe.stages.index(stage)]
+    for rows in iter_chunks(ctx.run_dir / first.name, stage.shard_rows(ctx.cfg)):
+        for s in between:
+            rows = [s.stand_in(r) for r in rows]
+        yield rows
 
 
-def _tasks(cfg, stage: str, rows: list[dict], prompt, model: str, params: dict, exact: bool) -> list:
-    if stage == "generate":
-        from pipeline.stages.generate import build_tasks
-
-        return build_tasks(cfg, rows, prompt, model, params)
-    if stage == "mine":
-        from pipeline.stages.mine import build_tasks as mine_tasks
-
-        return mine_tasks(cfg, rows, prompt, model, params)[0]
-    from pipeline.generation.models import JudgeVerdicts
-    from pipeline.stages.verify import build_tasks as judge_tasks, judge_variables
-
-    if exact:
-        return judge_tasks(rows, prompt, model, params, cfg.verify)[0]
-    # Stand-ins would trip the pre-filters (I- equals I+): count every row as judged.
-    return [lc.task(r["id"], prompt, judge_variables(r), JudgeVerdicts, model, params) for r in rows]
-
-
-def estimate_stage(cfg, stage: str, client) -> StageEstimate:
-    rd = run_dir(cfg)
-    section = getattr(cfg, stage)
-    prompt = lc.prompt(cfg, section.prompt)
-    model = lc.effective_model(cfg, section.model)
-    params = lc.stage_params(cfg, stage, model)
-    upstream = UPSTREAM[stage]
-    exact = read_success(rd / upstream) is not None
-    if not exact and read_success(rd / "source") is None:
-        raise InfirError(f"{rd}: the dry run needs the source stage's rows; run `infir source` first")
-    est = StageEstimate(stage, model, exact=exact)
+def estimate_stage(pipe: Pipeline, cfg, stage: LLMStage, client) -> StageEstimate:
+    ctx = context(pipe, stage, cfg)
+    llm_prepare(ctx, stage)
+    exact = ctx.upstream_done()
+    ctx.stand_ins = not exact
+    est = StageEstimate(stage.name, ctx.model, exact=exact)
     if not exact:
         est.notes.append(
-            f"estimated: {upstream} has not run; stand-in texts of typical length"
-            + ("; every row judged (an upper bound)" if stage == "verify" else "")
+            f"estimated: {ctx.upstream_dir.name} has not run; stand-in texts of typical length; "
+            "every row reaches this stage (an upper bound)"
         )
-    price = client.prices.lookup(model)
+    price = client.prices.lookup(ctx.model)
     discount = price.batch_discount if price is not None else 1.0
-    for rows in iter_chunks(rd / (upstream if exact else "source"), section.shard_rows):
-        if not exact:
-            rows = [_stand_in(r, stage) for r in rows]
+    for rows in _input_rows(pipe, stage, ctx):
         est.rows += len(rows)
-        e = client.estimate(_tasks(cfg, stage, rows, prompt, model, params, exact))
+        e = client.estimate(stage.tasks(ctx, rows)[0])
         est.calls += e["calls"]
         est.cached += e["cached"]
         est.prompt_tokens += e["prompt_tokens"]
@@ -109,7 +79,7 @@ def estimate_stage(cfg, stage: str, client) -> StageEstimate:
         est.cost_usd += e["cost_usd"]
         est.batch_cost_usd += e.get("batch_cost_usd", e["cost_usd"] * discount)
     if price is None:
-        est.notes.append(f"no price for {model}: counted as $0")
+        est.notes.append(f"no price for {ctx.model}: counted as $0")
     return est
 
 
@@ -120,14 +90,14 @@ class _NoBackend:
         raise RuntimeError("a dry run sends no requests")
 
 
-def dry_run(cfg, stages: list[str]) -> list[StageEstimate]:
+def dry_run(pipe: Pipeline, cfg, stages: list[str]) -> list[StageEstimate]:
     """Estimate the given LLM stages and print one table; sends nothing, writes nothing."""
     from pipeline.llm import make_client
 
     # No backend: a dry run needs no key and must not be able to send anything.
     client = make_client(cfg.llm, backend=_NoBackend())
     try:
-        estimates = [estimate_stage(cfg, s, client) for s in stages if s in LLM_STAGES]
+        estimates = [estimate_stage(pipe, cfg, s, client) for s in pipe.llm_stages() if s.name in stages]
     finally:
         client.close()
     print_estimates(estimates, Path(cfg.llm.cache_path) if cfg.llm.cache_path else None)

@@ -35,7 +35,6 @@ import json
 import logging
 import os
 import random
-import tempfile
 import threading
 import time
 import uuid
@@ -46,20 +45,13 @@ from typing import Any, Awaitable, Callable, Iterable, TypeVar
 import openai
 
 from pipeline.errors import InfirError
-from pipeline.llm.client import (
-    BATCH_FIELD,
-    BackendError,
-    LLMClient,
-    LLMTask,
-    Usage,
-    build_body,
-    cache_key,
-    estimate_prompt_tokens,
-    max_output_tokens,
-    parse_response,
-    repair_body,
-)
-from pipeline.llm.openai_backend import OpenAIBackend, retry_after_seconds
+from pipeline.fileio import write_bytes_atomic
+from pipeline.llm.client import LLMClient
+from pipeline.llm.openai_api.backend import OpenAIBackend, retry_after_seconds
+from pipeline.llm.openai_api.parse import parse_response, repair_body
+from pipeline.llm.openai_api.request import build_body, cache_key
+from pipeline.llm.tokens import estimate_prompt_tokens, max_output_tokens
+from pipeline.llm.types import BATCH_FIELD, BackendError, LLMTask, Usage
 from pipeline.llm.ratelimit import backoff_delay
 
 log = logging.getLogger(__name__)
@@ -357,8 +349,8 @@ class BatchRunner:
         st["next"] += 1
         keys_path = self.state_dir / f"{sid}.keys"
         jsonl_path = self.state_dir / f"{sid}.jsonl"
-        _atomic_write(keys_path, ("\n".join(keys) + "\n").encode("utf-8"))
-        _atomic_write(jsonl_path, b"".join(lines))
+        write_bytes_atomic(keys_path, ("\n".join(keys) + "\n").encode("utf-8"))
+        write_bytes_atomic(jsonl_path, b"".join(lines))
         self._keys[sid] = keys
         sub = {
             "model": model, "requests": len(keys), "bytes": sum(len(x) for x in lines), "round": round_no,
@@ -665,7 +657,7 @@ class BatchRunner:
         st = {**self._state, "submissions": {
             sid: {k: v for k, v in sub.items() if k != "this_run"} for sid, sub in self._state["submissions"].items()
         }}
-        _atomic_write(self.state_dir / "state.json", json.dumps(st, indent=1, sort_keys=True).encode("utf-8"))
+        write_bytes_atomic(self.state_dir / "state.json", json.dumps(st, indent=1, sort_keys=True).encode("utf-8"))
 
     def _sub(self, sid: str) -> dict[str, Any]:
         return self._state["submissions"][sid]
@@ -698,19 +690,6 @@ def _classify(status: Any, error: Any, body: Any) -> _Failure:
         retryable = status in (408, 409, 429) or status >= 500
         return _Failure(f"HTTP {status}: {message}", retryable)
     return _Failure(f"{code or 'error'}: {message}", code in RETRYABLE_CODES)
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 __all__ = ["BatchReport", "BatchRunner", "MAX_BYTES_PER_FILE", "MAX_REQUESTS_PER_FILE", "NOT_ANSWERED"]

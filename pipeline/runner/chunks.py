@@ -1,4 +1,4 @@
-"""The small runner the LLM stages share: stream input rows in fixed-size chunks, turn each
+"""The runner of row stages (every LLM stage, and `filter`): stream input rows in fixed-size chunks, turn each
 chunk into an output shard, skip shards an interrupted attempt already finished.
 
 Chunk k always holds input rows [k*S, (k+1)*S) in input order, the stage's identity (input
@@ -15,7 +15,7 @@ import hashlib
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Iterator
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -40,34 +40,26 @@ def iter_chunks(stage_dir: Path, size: int) -> Iterator[list[dict]]:
         yield buf
 
 
-def run_chunks(
-    out: StageOutput,
-    input_dir: Path,
-    total_rows: int,
-    shard_rows: int,
-    schema: pa.Schema,
-    process: Callable[..., list[dict]],
-    label: str,
-    client=None,
-    on_table: Callable[[pa.Table], None] | None = None,
-    error_column: str | None = None,
-    prepare: Callable[[list[dict]], Any] | None = None,
-) -> Counter:
-    """Process every chunk (or adopt its finished shard); returns counts of kept/new shards.
+def run_chunks(ctx, stage, total_rows: int) -> Counter:
+    """Process every chunk of the upstream rows (or adopt its finished shard); returns counts of
+    kept/new shards and the stage's own tally (`stage.tally`).
 
-    `error_column`: the column in which this stage records a row's failure. Rows failed here
-    (not upstream) are counted per shard, so that a rerun redoes exactly the shards holding them.
-    `prepare`: the chunk's work that needs no LLM (retrieval, building requests); it runs on one
-    worker thread, one chunk ahead, while the current chunk waits on the endpoint, and its result
-    is passed on as `process(rows, prepared)`. All preparing happens on that one thread, in chunk
-    order, so what it touches (retrieval indexes) is never used by two threads."""
+    Rows failed in this stage (not upstream: `stage.error_column`) are counted per shard, so that
+    a rerun redoes exactly the shards holding them. `stage.prepare(ctx, rows)` (retrieval,
+    building requests: no LLM) runs on one worker thread, one chunk ahead, while the current chunk
+    waits on the endpoint; its result is passed on as `stage.process(ctx, rows, prepared)`. All
+    preparing happens on that one thread, in chunk order, so what it touches (retrieval indexes)
+    is never used by two threads."""
+    out, client, schema = ctx.out, ctx.client, ctx.schema
     counts: Counter = Counter()
+    tally: Counter = Counter()
+    error_column = stage.error_column
 
     def count_failed(table: pa.Table) -> int:
         return own_failures(table, error_column)
 
-    pool = ThreadPoolExecutor(1, thread_name_prefix=f"{label}-prepare") if prepare is not None else None
-    chunks = enumerate(iter_chunks(input_dir, shard_rows))
+    pool = ThreadPoolExecutor(1, thread_name_prefix=f"{stage.name}-prepare")
+    chunks = enumerate(iter_chunks(ctx.upstream_dir, stage.shard_rows(ctx.cfg)))
 
     def take():
         """The next chunk, its input hash, whether its shard can be kept, and its preparation."""
@@ -77,10 +69,10 @@ def run_chunks(
         k, rows = item
         digest = rows_hash(rows)
         keep = out.can_adopt(shard_name(k), digest)
-        return k, rows, digest, keep, (pool.submit(prepare, rows) if pool is not None and not keep else None)
+        return k, rows, digest, keep, (None if keep else pool.submit(stage.prepare, ctx, rows))
 
     try:
-        with progress_bar(label, total_rows) as (bar, task):
+        with progress_bar(stage.name, total_rows) as (bar, task):
             nxt = take()
             while nxt is not None:
                 k, rows, digest, keep, prepared = nxt
@@ -88,29 +80,25 @@ def run_chunks(
                 name = shard_name(k)
                 table = out.adopt_shard(name, input_hash=digest, count_failed=count_failed) if keep else None
                 if table is not None:
-                    # As written, not as read back (Parquet names list items "element"): what on_table
+                    # As written, not as read back (Parquet names list items "element"): what on_shard
                     # derives from it must be byte-identical to an uninterrupted run's.
                     table = table.cast(schema)
                     counts["shards resumed"] += 1
                 else:
-                    if pool is None:
-                        processed = process(rows)
-                    else:
-                        prepared = prepared or pool.submit(prepare, rows)  # an unreadable shard to redo
-                        processed = process(rows, prepared.result())
+                    prepared = prepared or pool.submit(stage.prepare, ctx, rows)  # an unreadable shard to redo
+                    processed = stage.process(ctx, rows, prepared.result())
                     _stop_if_client_stopped(client, out)
                     table = pa.Table.from_pylist(processed, schema=schema)
                     out.write_shard(name, table, failed=count_failed(table), input_hash=digest)
                     counts["shards written"] += 1
-                if on_table is not None:
-                    on_table(table)
+                stage.tally(ctx, tally, table)
+                stage.on_shard(ctx, k, table)
                 bar.update(task, advance=len(rows), info=llm_info(client.totals) if client else "")
     finally:
-        if pool is not None:
-            pool.shutdown(wait=True, cancel_futures=True)
+        pool.shutdown(wait=True, cancel_futures=True)
     if error_column is not None:
         counts["failed rows retried"] = out.retrying
-    return counts
+    return stage.summary(ctx, tally, counts)
 
 
 def rows_hash(rows: list[dict]) -> str:

@@ -34,7 +34,7 @@ import openai
 from openai import AsyncOpenAI
 
 from pipeline.errors import InfirError
-from pipeline.llm.client import BackendError, LLMTask
+from pipeline.llm.types import BackendError, LLMTask
 from pipeline.llm.settings import LLMSettings
 
 log = logging.getLogger(__name__)

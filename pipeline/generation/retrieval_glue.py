@@ -1,40 +1,16 @@
-"""Retrieval for the LLM stages: near misses for the generate prompt, mined negatives for mine.
+"""Retrieval for the LLM stages (the glue between stage rows and `pipeline.retrieval`): near
+misses for the generate prompt, mined negatives for mine.
 
 Each row is one (query, positive) pair; its known positives are every judged positive of the query.
-Indexes live in `runs/<run>/index/`, keyed by the collection's content fingerprint.
+`ctx.collection()` is the run's passage collection; indexes live in `runs/<run>/index/`, keyed
+by the collection's content fingerprint.
 """
 
 from __future__ import annotations
 
 from contextlib import contextmanager
 
-import pyarrow as pa
-
 from pipeline.errors import InfirError
-from pipeline.stages.common import run_dir
-from pipeline.stages.source import read_collection
-from pipeline.store import require_stage
-from pipeline.store.ids import canonical_json
-
-NEGATIVE_TYPE = pa.struct(
-    [
-        ("passage_id", pa.string()),
-        ("text", pa.string()),
-        ("score", pa.float64()),
-        ("rank", pa.int32()),
-        ("method", pa.string()),
-    ]
-)
-
-
-def _collection(cfg):
-    import hashlib
-
-    rd = run_dir(cfg)
-    success = require_stage(rd, "source")
-    shas = sorted(s["sha256"] for s in success["shards"] if s["name"].startswith("collection/"))
-    fingerprint = hashlib.sha256(canonical_json(shas).encode()).hexdigest()[:16]
-    return read_collection(rd), fingerprint, rd / "index"
 
 
 @contextmanager
@@ -60,20 +36,20 @@ def _queries(rows: list[dict]):
     ]
 
 
-def near_misses(cfg, rows: list[dict], k: int) -> dict:
+def near_misses(ctx, rows: list[dict], k: int) -> dict:
     """Top-k BM25 passages per row, positives excluded, no margin filter: the closest misses."""
     from pipeline.retrieval import neighbours
 
-    paths, fingerprint, index_dir = _collection(cfg)
+    paths, fingerprint, index_dir = ctx.collection()
     with _index_io(index_dir):
         return neighbours(_queries(rows), paths, index_dir=index_dir, k=k, fingerprint=fingerprint)
 
 
-def mined_negatives(cfg, rows: list[dict]) -> dict[str, list[dict]]:
+def mined_negatives(ctx, rows: list[dict], settings) -> dict[str, list[dict]]:
     """Hard negatives per row id under the configured mining policy (window, margin, dedup)."""
     from pipeline.retrieval import mine_hard_negatives
 
-    paths, fingerprint, index_dir = _collection(cfg)
+    paths, fingerprint, index_dir = ctx.collection()
     with _index_io(index_dir):
-        mined = mine_hard_negatives(_queries(rows), paths, cfg.mine.retrieval, index_dir, fingerprint=fingerprint)
+        mined = mine_hard_negatives(_queries(rows), paths, settings, index_dir, fingerprint=fingerprint)
     return {r["id"]: [n.to_dict() for n in mined.get(r["id"], [])] for r in rows}

@@ -1,0 +1,21 @@
+"""The pipeline, declared once: its stages in order. Each stage's upstream is the one before it.
+
+The CLI subcommands, `build` and `--until`, `status`, the dry run and the Make targets (which
+read the lines below) all come from this list. A new stage is one module and one line here.
+"""
+
+from __future__ import annotations
+
+from pipeline.runner.pipeline import Pipeline
+from pipeline.stages import generate, mine, source, train, verify, write
+
+PIPELINE = Pipeline(
+    [
+        source.STAGE,
+        generate.STAGE,
+        mine.STAGE,
+        verify.STAGE,
+        write.STAGE,
+        train.STAGE,
+    ]
+)

@@ -1,0 +1,161 @@
+"""OpenAI chat-completions request shaping: parameters per model family, the strict JSON schema
+sent as `response_format`, the request body and its cache key."""
+
+from __future__ import annotations
+
+import copy
+import functools
+import hashlib
+import json
+import re
+from typing import Any
+
+from pydantic import BaseModel
+
+from pipeline.fileio import canonical_json as _canonical_json
+from pipeline.llm.types import CACHE_KEY_VERSION, LLMTask
+
+_REASONING_RE = re.compile(r"^(o\d|gpt-5)")
+
+
+def is_reasoning_model(model: str) -> bool:
+    """o1*, o3*, o4*, gpt-5* (not gpt-5-chat*): they take reasoning_effort, not temperature."""
+    name = model.rsplit("/", 1)[-1].lower()
+    return bool(_REASONING_RE.match(name)) and not name.startswith("gpt-5-chat")
+
+
+def default_params(
+    model: str,
+    *,
+    temperature: float = 0.0,
+    max_tokens: int | None = None,
+    reasoning_effort: str = "medium",
+) -> dict[str, Any]:
+    """The right parameter set for `model`.
+
+    Reasoning models: {reasoning_effort, max_completion_tokens (default 4096: reasoning tokens
+    count against it)}; others: {temperature, max_tokens (default 1024)}.
+    """
+    if is_reasoning_model(model):
+        return {"reasoning_effort": reasoning_effort, "max_completion_tokens": max_tokens or 4096}
+    return {"temperature": temperature, "max_tokens": max_tokens or 1024}
+
+
+_SCHEMA_CHILD_MAPS = ("properties", "$defs", "definitions", "patternProperties")
+_SCHEMA_CHILD_LISTS = ("anyOf", "allOf", "oneOf", "prefixItems")
+_SCHEMA_CHILD_ONE = ("items", "not", "additionalProperties", "contains")
+
+
+def _resolve_ref(root: dict[str, Any], ref: str) -> dict[str, Any]:
+    if not ref.startswith("#/"):
+        raise InfirError(f"unsupported JSON schema $ref {ref!r}")
+    node: Any = root
+    for part in ref[2:].split("/"):
+        node = node[part]
+    return node
+
+
+def _strictify(node: dict[str, Any], root: dict[str, Any]) -> dict[str, Any]:
+    # A $ref with siblings (e.g. a description) is not allowed in strict mode: inline it.
+    if "$ref" in node and len(node) > 1:
+        merged = {**copy.deepcopy(_resolve_ref(root, node.pop("$ref"))), **node}
+        node.clear()
+        node.update(merged)
+    node.pop("title", None)
+    node.pop("default", None)
+    all_of = node.get("allOf")
+    if isinstance(all_of, list) and len(all_of) == 1 and isinstance(all_of[0], dict):
+        # pydantic wraps a described $ref as allOf[{$ref}]: flatten it (strict mode needs plain nodes)
+        node.pop("allOf")
+        inner = all_of[0]
+        if set(inner) == {"$ref"} and not node:
+            node.update(inner)
+            return node
+        if "$ref" in inner:
+            inner = {**copy.deepcopy(_resolve_ref(root, inner["$ref"])), **{k: v for k, v in inner.items() if k != "$ref"}}
+        merged = {**inner, **node}
+        node.clear()
+        node.update(merged)
+        return _strictify(node, root)
+    for k in _SCHEMA_CHILD_MAPS:
+        if isinstance(node.get(k), dict):
+            for sub in node[k].values():
+                if isinstance(sub, dict):
+                    _strictify(sub, root)
+    for k in _SCHEMA_CHILD_LISTS:
+        if isinstance(node.get(k), list):
+            for sub in node[k]:
+                if isinstance(sub, dict):
+                    _strictify(sub, root)
+    for k in _SCHEMA_CHILD_ONE:
+        if isinstance(node.get(k), dict):
+            _strictify(node[k], root)
+    if isinstance(node.get("properties"), dict):
+        node["required"] = list(node["properties"])
+        node.setdefault("additionalProperties", False)
+    elif node.get("type") == "object":
+        node.setdefault("additionalProperties", False)
+    return node
+
+
+@functools.lru_cache(maxsize=256)
+def _strict_schema_json(model: type[BaseModel]) -> str:
+    schema = copy.deepcopy(model.model_json_schema())
+    # Declaration order is kept: the model writes fields in this order (put reasoning first).
+    return json.dumps(_strictify(schema, schema))
+
+
+def strict_json_schema(model: type[BaseModel]) -> dict[str, Any]:
+    """A strict-mode JSON schema for `model`: additionalProperties false and every property
+    required on every object, titles/defaults dropped, $defs kept (refs with siblings inlined).
+    Our own code, not the SDK's private helper, so cache keys don't move with SDK upgrades."""
+    return json.loads(_strict_schema_json(model))
+
+
+@functools.lru_cache(maxsize=256)
+def response_format_for(model: type[BaseModel]) -> dict[str, Any]:
+    """Shared, read-only: never mutate the returned dict."""
+    name = re.sub(r"[^A-Za-z0-9_-]", "_", model.__name__)[:64] or "output"
+    return {
+        "type": "json_schema",
+        "json_schema": {"name": name, "strict": True, "schema": strict_json_schema(model)},
+    }
+
+
+_RESERVED_PARAMS = {"model", "messages", "response_format", "stream", "n"}
+
+
+def build_body(task: LLMTask) -> dict[str, Any]:
+    """The request body: model, rendered messages, params (None values dropped), response_format."""
+    bad = _RESERVED_PARAMS & set(task.params)
+    if bad:
+        raise InfirError(f"LLM task {task.key_id}: params may not set {sorted(bad)}")
+    if is_reasoning_model(task.model):
+        wrong = {"temperature", "max_tokens"} & {k for k, v in task.params.items() if v is not None}
+        if wrong:
+            raise InfirError(
+                f"LLM task {task.key_id}: reasoning model {task.model} takes reasoning_effort and "
+                f"max_completion_tokens, not {sorted(wrong)} (use default_params)"
+            )
+    body: dict[str, Any] = {"model": task.model, "messages": task.prompt.render(**task.variables)}
+    body.update((k, v) for k, v in task.params.items() if v is not None)
+    body["response_format"] = response_format_for(task.output_model)
+    return body
+
+
+def request_of(task: LLMTask) -> tuple[dict[str, Any], str]:
+    """The task's request body and cache key, built on first use and kept on the task."""
+    if task._request is None:
+        body = build_body(task)
+        task._request = (body, cache_key(body))
+    return task._request
+
+
+def canonical_json(obj: Any) -> str:
+    # 0.0 and 0 (TOML float vs int) must give the same key.
+    return _canonical_json(obj, integral_floats_as_int=True)
+
+
+def cache_key(body: dict[str, Any]) -> str:
+    """"v1:" + sha256(canonical JSON of the body). The body never holds the key or headers."""
+    return f"{CACHE_KEY_VERSION}:" + hashlib.sha256(canonical_json(body).encode("utf-8")).hexdigest()

@@ -1,0 +1,100 @@
+"""Running one stage: what every stage shares, done once. The stage lock, skip / resume / redo /
+`--force` (`store.StageOutput`), the success marker, the summary, the effective config saved after
+the stage, and progress. A stage only says what it computes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pipeline.config import to_toml
+from pipeline.progress import console, print_summary
+from pipeline.runner import llm
+from pipeline.runner.chunks import run_chunks
+from pipeline.runner.pipeline import Pipeline
+from pipeline.runner.shape import Context, LLMStage, RowStage, Stage, StageResult
+from pipeline.store import StageOutput, identity_hash, read_success
+
+
+def run_dir(cfg) -> Path:
+    return Path(cfg.run.runs_dir) / cfg.run.name
+
+
+def save_effective_config(cfg) -> Path:
+    d = run_dir(cfg)
+    d.mkdir(parents=True, exist_ok=True)
+    path = d / "config.toml"
+    path.write_text(to_toml(cfg))
+    return path
+
+
+def context(pipe: Pipeline, stage: Stage, cfg, *, force: bool = False, options: dict | None = None) -> Context:
+    rd = run_dir(cfg)
+    up = pipe.upstream_of(stage)
+    coll = pipe.collection_stage()
+    return Context(
+        cfg=cfg, stage=stage, run_dir=rd, upstream_dir=rd / up.name if up else None,
+        schema=pipe.schema_of(stage), collection_dir=rd / coll.name if coll else None,
+        sections=pipe.sections(upto=stage),
+        force=force, options=dict(options or {}),
+    )
+
+
+def run_stage(pipe: Pipeline, name: str, cfg, *, force: bool = False, options: dict | None = None) -> StageResult:
+    """Run (or skip, or resume) one stage of the pipeline, then save the effective config."""
+    stage = pipe[name]
+    ctx = context(pipe, stage, cfg, force=force, options=options)
+    if isinstance(stage, LLMStage):
+        llm_prepare(ctx, stage)
+    prompts = {ctx.prompt.name: ctx.prompt.sha} if ctx.prompt is not None else {}
+    out = StageOutput(ctx.run_dir, stage.name, stage.input_fingerprint(ctx),
+                      identity_hash(*stage.identity(ctx)), prompts,
+                      force=force or stage.always_run)
+    if stage.redo_on_change and not out.force:
+        previous = read_success(out.dir)
+        out.force = previous is not None and not out.same_identity(previous)
+    ctx.out = out
+    with out:
+        done = out.start()
+        if done:
+            stage.on_skip(ctx, done)
+            result = StageResult(stage.name, True, done)
+        else:
+            summary = _run(ctx, stage)
+            success = out.finish(summary, rows=summary.get("rows") if not isinstance(stage, RowStage) else None)
+            stage.print_summary(ctx, summary)
+            result = StageResult(stage.name, False, success)
+    save_effective_config(cfg)  # after the stage: a process refused by the stage lock must not overwrite it
+    return result
+
+
+def llm_prepare(ctx: Context, stage: LLMStage) -> None:
+    """The prompt and effective model of an LLM stage: both are part of its identity."""
+    ctx.prompt = llm.prompt(ctx.cfg, getattr(stage.settings(ctx.cfg), stage.prompt_key))
+    ctx.model = llm.effective_model(ctx.cfg, stage.model(ctx.cfg))
+    ctx.params = stage.params(ctx.cfg, ctx.model)
+
+
+def _run(ctx: Context, stage: Stage) -> dict:
+    if not isinstance(stage, RowStage):
+        return stage.run(ctx)
+    upstream = ctx.upstream_success()
+    batch = None
+    if isinstance(stage, LLMStage):
+        ctx.client = llm.make_client(ctx.cfg)
+        batch = llm.prefetch_batch(ctx, stage)
+    summary = run_chunks(ctx, stage, upstream["rows"])
+    if ctx.client is not None:
+        summary["llm"] = llm.llm_summary(ctx.client, batch)
+    return summary
+
+
+def run_until(pipe: Pipeline, cfg, until: str | None = None, *, force: bool = False) -> list[StageResult]:
+    return [run_stage(pipe, s.name, cfg, force=force) for s in pipe.until(until)]
+
+
+def skipped_message(stage: str, success: dict) -> None:
+    console.print(f"[green]{stage}[/]: already complete ({success['rows']:,} rows); nothing to do (--force redoes it)")
+
+
+def print_stage_summary(stage: str, rows: list[tuple[str, object]]) -> None:
+    print_summary(stage, rows)
