@@ -12,10 +12,15 @@ export HF_DATASETS_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: help install build-corpus source generate mine verify write train eval status test test-fast bench clean
+# One target per stage, read from the pipeline declaration (pipeline/declaration.py: the lines
+# `    <stage>.STAGE,`), so a new stage is a new target with no edit here.
+STAGES := $(shell sed -n 's/^ *\([a-z_]*\)\.STAGE,$$/\1/p' pipeline/declaration.py)
+
+.PHONY: help install build-corpus $(STAGES) eval status test test-fast bench clean
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
+	@for s in $(STAGES); do printf "  %-14s stage: infir %s\n" $$s $$s; done
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -29,23 +34,8 @@ install: $(VENV)/.installed ## create .venv and install infir with its test tool
 build-corpus: install ## the whole pipeline on data/sample, offline (no key, no network)
 	$(INFIR) build --config $(CONFIG) $(RUNFLAG)
 
-source: install ## stage 1: queries, passages, qrels
-	$(INFIR) source --config $(CONFIG) $(RUNFLAG)
-
-generate: install ## stage 2: positive instructions
-	$(INFIR) generate --config $(CONFIG) $(RUNFLAG)
-
-mine: install ## stage 3: poisoned instructions/queries and hard negatives
-	$(INFIR) mine --config $(CONFIG) $(RUNFLAG)
-
-verify: install ## stage 4: the judge
-	$(INFIR) verify --config $(CONFIG) $(RUNFLAG)
-
-write: install ## stage 5: the versioned release
-	$(INFIR) write --config $(CONFIG) $(RUNFLAG)
-
-train: install ## stage 6: fine-tune MiniLM and evaluate instruction following
-	$(INFIR) train --config $(CONFIG) $(RUNFLAG)
+$(STAGES): install
+	$(INFIR) $@ --config $(CONFIG) $(RUNFLAG)
 
 status: install ## per-stage progress of the run
 	$(INFIR) status runs/$(or $(RUN),sample)

@@ -52,6 +52,11 @@ _TYPES: dict[str, pa.DataType] = {
 }
 
 
+#: The column in which a stage records the deterministic filters a row failed: the judging stage
+#: does not send such a row and rejects it with those names.
+REJECTIONS = "failed_filters"
+
+
 def usage_column(stage: str) -> str:
     return f"usage_{stage}"
 

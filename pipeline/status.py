@@ -69,6 +69,12 @@ def print_status(run: Path) -> None:
         )
     table.add_row("total", "", "", f"{totals['calls']:,}", f"{totals['tokens']:,}", f"{totals['cost_usd']:.4f}", "")
     console.print(table)
+    for s in states:  # stages that reject rows by name before the judge (filters)
+        by_name = (s["summary"] or {}).get("failed_filters") or {}
+        if by_name:
+            console.print(f"{s['stage']}: {s['summary'].get('rejected', 0):,} rejected before the judge")
+            for name, n in by_name.items():
+                console.print(f"  {name}: {n:,}")
     # The judging stage: the one whose summary counts accepted rows.
     summ = next((s["summary"] for s in states if "accepted" in (s["summary"] or {})), {})
     if summ:

@@ -30,7 +30,6 @@ from pipeline.llm.openai_api.request import cache_key, request_of
 from pipeline.llm.types import (
     BATCH_FIELD,
     BUDGET_EXHAUSTED,
-    PARSER_VERSION,
     Backend,
     BackendError,
     LLMResult,

@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pipeline.columns import REJECTIONS
 from pipeline.errors import InfirError
 from pipeline.progress import console
 from pipeline.runner.chunks import iter_chunks
@@ -69,8 +70,10 @@ def estimate_stage(pipe: Pipeline, cfg, stage: LLMStage, client) -> StageEstimat
         )
     price = client.prices.lookup(ctx.model)
     discount = price.batch_discount if price is not None else 1.0
+    rejected = 0
     for rows in _input_rows(pipe, stage, ctx):
         est.rows += len(rows)
+        rejected += sum(1 for r in rows if r.get(REJECTIONS))
         e = client.estimate(stage.tasks(ctx, rows)[0])
         est.calls += e["calls"]
         est.cached += e["cached"]
@@ -78,6 +81,8 @@ def estimate_stage(pipe: Pipeline, cfg, stage: LLMStage, client) -> StageEstimat
         est.completion_tokens += e["completion_tokens"]
         est.cost_usd += e["cost_usd"]
         est.batch_cost_usd += e.get("batch_cost_usd", e["cost_usd"] * discount)
+    if rejected:
+        est.notes.append(f"{rejected:,} row(s) rejected upstream by the filters: not sent")
     if price is None:
         est.notes.append(f"no price for {ctx.model}: counted as $0")
     return est

@@ -11,6 +11,7 @@ from collections import Counter
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from pipeline.columns import REJECTIONS
 from pipeline.generation.models import CHECKS, JudgeVerdicts
 from pipeline.generation.prefilters import prefilter
 from pipeline.runner import llm
@@ -65,7 +66,9 @@ class Verify(LLMStage):
         """A judge request for every row the pre-filters let through, and each row's failed pre-filters."""
         v = ctx.settings
         # Stand-ins of a dry run would trip the pre-filters (I- equals I+): every row is judged.
-        pre = {r["id"]: ([] if (upstream_error(r) or ctx.stand_ins) else prefilter(r, v)) for r in rows}
+        # A row an upstream stage rejected (its failed filters) is never sent.
+        pre = {r["id"]: ([] if (upstream_error(r) or ctx.stand_ins) else (list(r.get(REJECTIONS) or []) or prefilter(r, v)))
+               for r in rows}
         todo = [r for r in rows if not upstream_error(r) and not pre[r["id"]]]
         return [llm.task(r["id"], ctx.prompt, judge_variables(r), JudgeVerdicts, ctx.model, ctx.params) for r in todo], pre
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any
 
 from pipeline.fileio import canonical_json, sha256_file  # noqa: F401  (re-exported)
 

@@ -29,80 +29,36 @@ the stage's normal pass run from the cache (see docs/batch.md).
 from __future__ import annotations
 
 import asyncio
-import dataclasses
-import fcntl
 import json
 import logging
-import os
 import random
 import threading
 import time
-import uuid
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Iterable, TypeVar
-
-import openai
+from typing import Any, Iterable
 
 from pipeline.errors import InfirError
 from pipeline.fileio import write_bytes_atomic
 from pipeline.llm.client import LLMClient
-from pipeline.llm.openai_api.backend import OpenAIBackend, retry_after_seconds
+from pipeline.llm.openai_api.backend import OpenAIBackend
+from pipeline.llm.openai_api.batch_collect import _Collect
+from pipeline.llm.openai_api.batch_remote import (  # noqa: F401  (the Batch API's limits, re-exported)
+    ENDPOINT,
+    MAX_BYTES_PER_FILE,
+    MAX_REQUESTS_PER_FILE,
+    NOT_ANSWERED,
+    BatchReport,
+    _Entry,
+    _Failure,
+    _RemoteCalls,
+)
+from pipeline.llm.openai_api.batch_state import _StateFile
 from pipeline.llm.openai_api.parse import parse_response, repair_body
 from pipeline.llm.openai_api.request import build_body, cache_key
 from pipeline.llm.tokens import estimate_prompt_tokens, max_output_tokens
-from pipeline.llm.types import BATCH_FIELD, BackendError, LLMTask, Usage
-from pipeline.llm.ratelimit import backoff_delay
+from pipeline.llm.types import BackendError, LLMTask
 
 log = logging.getLogger(__name__)
-
-# The Batch API's limits for one input file (OpenAI API reference, batches.create / files.create).
-MAX_REQUESTS_PER_FILE = 50_000
-MAX_BYTES_PER_FILE = 200_000_000  # "200 MB": the decimal reading, the stricter of the two
-ENDPOINT = "/v1/chat/completions"
-COMPLETION_WINDOW = "24h"
-STATE_VERSION = 1
-NOT_ANSWERED = "not answered by the batch API"
-TERMINAL = ("completed", "failed", "expired", "cancelled")
-# Per-request error codes that say nothing about the request itself: worth another round.
-RETRYABLE_CODES = {"batch_expired", "batch_cancelled", "server_error", "rate_limit_exceeded", "timeout"}
-_LONG_TIMEOUT_S = 600.0  # uploads and downloads of up to 200 MB
-_T = TypeVar("_T")
-
-
-@dataclass
-class BatchReport:
-    requests: int = 0  # distinct requests needed (first requests and repairs), cached ones included
-    cached_before: int = 0  # of those, in the cache when first looked at
-    submitted: int = 0  # lines sent in batches created by this call
-    answered: int = 0  # answers written to the cache by this call (resumed batches included)
-    failed: int = 0  # requests left without an answer (see `failures`)
-    batches: int = 0  # batches created by this call
-    files: int = 0  # input files uploaded by this call
-    resumed: int = 0  # batches of an earlier call polled by this one
-    rounds: int = 0  # submission rounds of this call
-    prompt_tokens: int = 0  # of the answers written by this call
-    completion_tokens: int = 0
-    cost_usd: float = 0.0  # of the answers written by this call, at batch prices
-    failures: dict[str, str] = field(default_factory=dict)  # cache key -> reason
-
-    def as_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-
-@dataclass
-class _Failure:
-    reason: str
-    retryable: bool
-
-
-@dataclass
-class _Entry:
-    """One distinct first request of the tasks."""
-
-    body: dict[str, Any]
-    output_model: Any
-    key_id: str
 
 
 class _CacheOnlyBackend:
@@ -119,7 +75,7 @@ class _CacheOnlyBackend:
         raise BackendError(reason, retryable=False, kind="batch")
 
 
-class BatchRunner:
+class BatchRunner(_StateFile, _Collect, _RemoteCalls):
     def __init__(
         self,
         client: LLMClient,
@@ -376,33 +332,6 @@ class BatchRunner:
         log.info("%s: submitted batch %s (%d requests, %s, round %d)", self.label, batch.id, len(keys), model, round_no)
         return sid
 
-    async def _create_batch(self, sid: str, sub: dict[str, Any]) -> Any:
-        sdk = self._client()
-        metadata = {"infir_submission": f"{self._state['token']}:{sid}", "infir_label": self.label[:500]}
-        tried = False
-
-        async def create() -> Any:
-            nonlocal tried
-            if tried:  # the last attempt may have created it before failing: never create twice
-                found = await self._find_remote(sub["input_file_id"])
-                if found is not None:
-                    return found
-            tried = True
-            return await sdk.batches.create(
-                input_file_id=sub["input_file_id"], endpoint=ENDPOINT, completion_window=COMPLETION_WINDOW,
-                metadata=metadata,
-            )
-
-        return await self._call(f"create the batch of {sid}", create)
-
-    async def _find_remote(self, input_file_id: str) -> Any:
-        sdk = self._client()
-        page = await self._call("list batches", lambda: sdk.batches.list(limit=100))
-        for b in page.data:
-            if b.input_file_id == input_file_id:
-                return b
-        return None
-
     async def _recover(self) -> None:
         """Submissions a killed run left half-done: adopt a batch created from an uploaded file,
         drop the rest (their requests are planned again)."""
@@ -416,280 +345,6 @@ class BatchRunner:
             else:
                 self._drop(sid)
         self._save()
-
-    def _drop(self, sid: str) -> None:
-        sub = self._state["submissions"].pop(sid)
-        for name in (sub["keys_file"], f"{sid}.jsonl"):
-            (self.state_dir / name).unlink(missing_ok=True)
-        self._keys.pop(sid, None)
-
-    # -- polling and results -------------------------------------------------------------------
-    async def _wait(
-        self, sids: list[str], report: BatchReport, failures: dict[str, _Failure], once: bool = False
-    ) -> None:
-        """Poll until every batch of `sids` has finished and is ingested (`once`: one poll each)."""
-        from pipeline.progress import progress_bar
-
-        sdk = self._client()
-        pending = list(dict.fromkeys(sids))
-        total = sum(self._sub(sid)["requests"] for sid in pending)
-        finished = 0
-        with progress_bar(f"{self.label}: batch API", total) as (bar, task_id):
-            while pending:
-                progressed = finished
-                for sid in list(pending):
-                    sub = self._sub(sid)
-                    try:
-                        b = await self._call(f"poll {sub['batch_id']}", lambda: sdk.batches.retrieve(sub["batch_id"]))
-                    except _Gone as e:
-                        await self._finish(sid, None, str(e), report, failures)
-                        pending.remove(sid)
-                        finished += sub["requests"]
-                        continue
-                    counts = b.request_counts
-                    sub["counts"] = counts.model_dump() if counts is not None else None
-                    if b.status != sub["status"]:
-                        sub["status"] = b.status
-                        self._save()
-                    if b.status in TERMINAL:
-                        await self._finish(sid, b, None, report, failures)
-                        pending.remove(sid)
-                        finished += sub["requests"]
-                    elif counts is not None:
-                        progressed += min(sub["requests"], (counts.completed or 0) + (counts.failed or 0))
-                states = [self._sub(s)["status"] for s in pending]
-                info = f"{len(pending)} batch(es) running ({', '.join(sorted(set(states))) or 'done'})"
-                bar.update(task_id, completed=progressed if pending else finished, info=info)
-                if once:
-                    return
-                if pending:
-                    await asyncio.sleep(self.poll_interval_s)
-
-    async def _finish(
-        self, sid: str, batch: Any, gone: str | None, report: BatchReport, failures: dict[str, _Failure]
-    ) -> None:
-        """Download a finished batch's output and error files into the cache; record what failed."""
-        sub = self._sub(sid)
-        keys = set(self._sub_keys(sid))
-        answered: set[str] = set()
-        reported: set[str] = set()
-        if batch is not None:
-            for file_id in (batch.output_file_id, batch.error_file_id):
-                if file_id:
-                    await self._ingest(sid, sub, batch.id, file_id, keys, answered, reported, report, failures)
-            why = f"batch {batch.id} ended {batch.status}"
-            errors = getattr(getattr(batch, "errors", None), "data", None) or []
-            if errors:
-                why += ": " + "; ".join(f"{e.code}: {e.message}" for e in errors[:3] if e is not None)
-        else:
-            why = gone or NOT_ANSWERED
-        for k in keys - answered - reported:
-            failures[k] = _Failure(f"{NOT_ANSWERED} ({why})", True)
-        sub["done"] = True
-        sub["answered"] = len(answered)
-        self._save()
-        (self.state_dir / sub["keys_file"]).unlink(missing_ok=True)
-        self._keys.pop(sid, None)
-        log.info("%s: batch %s %s: %d answered, %d not", self.label, sub["batch_id"], sub["status"],
-                 len(answered), len(keys) - len(answered))
-
-    async def _ingest(
-        self, sid: str, sub: dict[str, Any], batch_id: str, file_id: str, keys: set[str], answered: set[str],
-        reported: set[str], report: BatchReport, failures: dict[str, _Failure],
-    ) -> None:
-        path = self.state_dir / f"{sid}.{file_id}.download"
-        await self._download(file_id, path)
-        rows: list[tuple[str, dict[str, Any], str | None]] = []
-        try:
-            with open(path, encoding="utf-8") as f:
-                for n, raw in enumerate(f, 1):
-                    if not raw.strip():
-                        continue
-                    try:
-                        entry = json.loads(raw)
-                        cid = entry["custom_id"]
-                    except (ValueError, KeyError, TypeError):
-                        log.warning("%s: result file %s line %d is not a batch result; skipped", self.label, file_id, n)
-                        continue
-                    if cid not in keys:
-                        log.warning("%s: result file %s line %d: custom_id %r is not in batch %s; skipped",
-                                    self.label, file_id, n, cid, batch_id)
-                        continue
-                    resp = entry.get("response") or {}
-                    status = resp.get("status_code")
-                    body = resp.get("body")
-                    if status == 200 and isinstance(body, dict) and isinstance(body.get("choices"), list):
-                        body[BATCH_FIELD] = batch_id
-                        rows.append((cid, body, sub["model"]))
-                        answered.add(cid)
-                        failures.pop(cid, None)
-                        u = Usage.of(body)
-                        report.prompt_tokens += u.prompt_tokens
-                        report.completion_tokens += u.completion_tokens
-                        report.cost_usd += self.client.prices.cost(
-                            sub["model"], u.prompt_tokens, u.completion_tokens, u.cached_tokens, batch=True,
-                            response_model=body.get("model"),
-                        )
-                        if len(rows) >= 1000:
-                            self._store(rows, report)
-                    elif cid not in answered:
-                        reported.add(cid)
-                        failures[cid] = _classify(status, entry.get("error"), body)
-            self._store(rows, report)
-        finally:
-            path.unlink(missing_ok=True)
-
-    def _store(self, rows: list[tuple[str, dict[str, Any], str | None]], report: BatchReport) -> None:
-        if not rows:
-            return
-        try:
-            report.answered += self.cache.put_many(rows)
-        except Exception as e:  # sqlite3.Error / OSError: paying for answers we cannot keep must stop
-            raise InfirError(f"LLM cache {self.cache.path}: write failed: {e} (rerun to download again)") from None
-        rows.clear()
-
-    async def _download(self, file_id: str, path: Path) -> None:
-        sdk = self._client()
-
-        async def fetch() -> None:
-            tmp = path.with_name(path.name + ".part")
-            async with sdk.files.with_streaming_response.content(file_id, timeout=self._long_timeout()) as resp:
-                with open(tmp, "wb") as f:
-                    async for chunk in resp.iter_bytes():
-                        f.write(chunk)
-            os.replace(tmp, path)
-
-        await self._call(f"download {file_id}", fetch)
-
-    async def _interrupted(self) -> None:
-        from pipeline.progress import console
-
-        running = [(sid, s["batch_id"]) for sid, s in self._state.get("submissions", {}).items()
-                   if not s["done"] and s["batch_id"]]
-        if not running:
-            return
-        ids = ", ".join(b for _, b in running)
-        if self.cancel_on_interrupt:
-            sdk = self._client()
-            for _, bid in running:
-                try:
-                    await asyncio.wait_for(sdk.batches.cancel(bid), 10)
-                except Exception as e:  # best effort: the rerun polls it either way
-                    log.warning("%s: could not cancel batch %s: %s", self.label, bid, type(e).__name__)
-            console.print(f"[{self.label}] interrupted: cancel requested for {ids}; a rerun collects what they "
-                          f"answered and resubmits the rest (state: {self.state_dir})")
-        else:
-            console.print(f"[{self.label}] interrupted: {ids} keep running on the server; rerun to resume "
-                          f"polling them (state: {self.state_dir})")
-
-    # -- SDK calls -----------------------------------------------------------------------------
-    def _client(self) -> Any:
-        if self._api is None:
-            # Same construction as online mode: base_url, key env var, organization/project, timeouts.
-            self._api = OpenAIBackend(self.client.settings)
-        if self._sdk is None:
-            self._sdk = self._api._get_client()
-        return self._sdk
-
-    async def _close_sdk(self) -> None:
-        if self._api is not None:
-            await self._api.aclose()
-        self._sdk = None
-
-    def _long_timeout(self) -> float:
-        return max(_LONG_TIMEOUT_S, self.client.settings.request_timeout_s)
-
-    async def _call(self, what: str, fn: Callable[[], Awaitable[_T]]) -> _T:
-        """One Files/Batches API call with the settings' retry policy (the SDK itself never retries)."""
-        s = self.client.settings
-        attempt = 0
-        while True:
-            attempt += 1
-            try:
-                return await fn()
-            except openai.APIStatusError as e:
-                status = e.status_code
-                message = self._redact(str(getattr(e, "message", "") or e))[:300]
-                if status == 404 and what.startswith("poll"):
-                    raise _Gone(f"{what}: HTTP 404: {message}") from None
-                if not (status in (408, 409, 429) or status >= 500) or attempt >= s.max_attempts:
-                    raise InfirError(f"{self.label}: batch API: {what}: HTTP {status}: {message}") from None
-                wait = retry_after_seconds(e.response.headers, status)
-            except (openai.APIConnectionError, openai.APITimeoutError) as e:
-                if attempt >= s.max_attempts:
-                    raise InfirError(
-                        f"{self.label}: batch API: {what}: {type(e).__name__} after {attempt} attempts"
-                        f" (state kept in {self.state_dir}; rerun to resume)"
-                    ) from None
-                wait = None
-            if wait is None:
-                wait = backoff_delay(attempt, s.backoff_base_s, s.backoff_max_s, self._rng)
-            log.debug("%s: %s failed (attempt %d); retry in %.2fs", self.label, what, attempt, wait)
-            await asyncio.sleep(wait)
-
-    def _redact(self, text: str) -> str:
-        return self._api._redact(text) if self._api is not None else text
-
-    # -- state ---------------------------------------------------------------------------------
-    def _lock(self) -> Any:
-        f = open(self.state_dir / ".lock", "a+")
-        try:
-            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            f.close()
-            raise InfirError(f"batch state {self.state_dir}: in use by another process") from None
-        return f
-
-    def _load(self) -> dict[str, Any]:
-        path = self.state_dir / "state.json"
-        if not path.exists():
-            return {"version": STATE_VERSION, "token": uuid.uuid4().hex[:12], "label": self.label, "next": 1,
-                    "submissions": {}}
-        try:
-            state = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as e:
-            raise InfirError(f"batch state {path}: unreadable ({e}); move it away to start over") from None
-        if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
-            raise InfirError(f"batch state {path}: unknown format (version {state.get('version')!r})")
-        return state
-
-    def _save(self) -> None:
-        st = {**self._state, "submissions": {
-            sid: {k: v for k, v in sub.items() if k != "this_run"} for sid, sub in self._state["submissions"].items()
-        }}
-        write_bytes_atomic(self.state_dir / "state.json", json.dumps(st, indent=1, sort_keys=True).encode("utf-8"))
-
-    def _sub(self, sid: str) -> dict[str, Any]:
-        return self._state["submissions"][sid]
-
-    def _unfinished(self) -> list[str]:
-        return [sid for sid, s in self._state["submissions"].items() if not s["done"] and s["batch_id"]]
-
-    def _sub_keys(self, sid: str) -> list[str]:
-        if sid not in self._keys:
-            path = self.state_dir / self._sub(sid)["keys_file"]
-            try:
-                self._keys[sid] = path.read_text(encoding="utf-8").split()
-            except OSError as e:
-                raise InfirError(f"batch state {path}: {e}") from None
-        return self._keys[sid]
-
-
-class _Gone(Exception):
-    """The batch no longer exists on the server."""
-
-
-def _classify(status: Any, error: Any, body: Any) -> _Failure:
-    """A failed line of a result file: its reason, and whether another round may succeed."""
-    if isinstance(body, dict) and isinstance(body.get("error"), dict):
-        error = body["error"]
-    err = error if isinstance(error, dict) else {}
-    code = err.get("code")
-    message = str(err.get("message") or "no message")[:300]
-    if isinstance(status, int):
-        retryable = status in (408, 409, 429) or status >= 500
-        return _Failure(f"HTTP {status}: {message}", retryable)
-    return _Failure(f"{code or 'error'}: {message}", code in RETRYABLE_CODES)
 
 
 __all__ = ["BatchReport", "BatchRunner", "MAX_BYTES_PER_FILE", "MAX_REQUESTS_PER_FILE", "NOT_ANSWERED"]

@@ -12,6 +12,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from pipeline.errors import InfirError
 from pipeline.fileio import canonical_json as _canonical_json
 from pipeline.llm.types import CACHE_KEY_VERSION, LLMTask
 

@@ -1,0 +1,165 @@
+"""The Batch API runner's collecting side: polling until batches end, downloading their output
+and error files, storing answers in the cache, and Ctrl-C (a mixin of `BatchRunner`)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from typing import Any
+
+from pipeline.errors import InfirError
+from pipeline.llm.types import BATCH_FIELD, Usage
+
+from pipeline.llm.openai_api.batch_remote import NOT_ANSWERED, TERMINAL, BatchReport, _classify, _Failure, _Gone
+
+log = logging.getLogger("pipeline.llm.openai_api.batch")
+
+
+class _Collect:
+    async def _wait(
+        self, sids: list[str], report: BatchReport, failures: dict[str, _Failure], once: bool = False
+    ) -> None:
+        """Poll until every batch of `sids` has finished and is ingested (`once`: one poll each)."""
+        from pipeline.progress import progress_bar
+
+        sdk = self._client()
+        pending = list(dict.fromkeys(sids))
+        total = sum(self._sub(sid)["requests"] for sid in pending)
+        finished = 0
+        with progress_bar(f"{self.label}: batch API", total) as (bar, task_id):
+            while pending:
+                progressed = finished
+                for sid in list(pending):
+                    sub = self._sub(sid)
+                    try:
+                        b = await self._call(f"poll {sub['batch_id']}", lambda: sdk.batches.retrieve(sub["batch_id"]))
+                    except _Gone as e:
+                        await self._finish(sid, None, str(e), report, failures)
+                        pending.remove(sid)
+                        finished += sub["requests"]
+                        continue
+                    counts = b.request_counts
+                    sub["counts"] = counts.model_dump() if counts is not None else None
+                    if b.status != sub["status"]:
+                        sub["status"] = b.status
+                        self._save()
+                    if b.status in TERMINAL:
+                        await self._finish(sid, b, None, report, failures)
+                        pending.remove(sid)
+                        finished += sub["requests"]
+                    elif counts is not None:
+                        progressed += min(sub["requests"], (counts.completed or 0) + (counts.failed or 0))
+                states = [self._sub(s)["status"] for s in pending]
+                info = f"{len(pending)} batch(es) running ({', '.join(sorted(set(states))) or 'done'})"
+                bar.update(task_id, completed=progressed if pending else finished, info=info)
+                if once:
+                    return
+                if pending:
+                    await asyncio.sleep(self.poll_interval_s)
+
+    async def _finish(
+        self, sid: str, batch: Any, gone: str | None, report: BatchReport, failures: dict[str, _Failure]
+    ) -> None:
+        """Download a finished batch's output and error files into the cache; record what failed."""
+        sub = self._sub(sid)
+        keys = set(self._sub_keys(sid))
+        answered: set[str] = set()
+        reported: set[str] = set()
+        if batch is not None:
+            for file_id in (batch.output_file_id, batch.error_file_id):
+                if file_id:
+                    await self._ingest(sid, sub, batch.id, file_id, keys, answered, reported, report, failures)
+            why = f"batch {batch.id} ended {batch.status}"
+            errors = getattr(getattr(batch, "errors", None), "data", None) or []
+            if errors:
+                why += ": " + "; ".join(f"{e.code}: {e.message}" for e in errors[:3] if e is not None)
+        else:
+            why = gone or NOT_ANSWERED
+        for k in keys - answered - reported:
+            failures[k] = _Failure(f"{NOT_ANSWERED} ({why})", True)
+        sub["done"] = True
+        sub["answered"] = len(answered)
+        self._save()
+        (self.state_dir / sub["keys_file"]).unlink(missing_ok=True)
+        self._keys.pop(sid, None)
+        log.info("%s: batch %s %s: %d answered, %d not", self.label, sub["batch_id"], sub["status"],
+                 len(answered), len(keys) - len(answered))
+
+    async def _ingest(
+        self, sid: str, sub: dict[str, Any], batch_id: str, file_id: str, keys: set[str], answered: set[str],
+        reported: set[str], report: BatchReport, failures: dict[str, _Failure],
+    ) -> None:
+        path = self.state_dir / f"{sid}.{file_id}.download"
+        await self._download(file_id, path)
+        rows: list[tuple[str, dict[str, Any], str | None]] = []
+        try:
+            with open(path, encoding="utf-8") as f:
+                for n, raw in enumerate(f, 1):
+                    if not raw.strip():
+                        continue
+                    try:
+                        entry = json.loads(raw)
+                        cid = entry["custom_id"]
+                    except (ValueError, KeyError, TypeError):
+                        log.warning("%s: result file %s line %d is not a batch result; skipped", self.label, file_id, n)
+                        continue
+                    if cid not in keys:
+                        log.warning("%s: result file %s line %d: custom_id %r is not in batch %s; skipped",
+                                    self.label, file_id, n, cid, batch_id)
+                        continue
+                    resp = entry.get("response") or {}
+                    status = resp.get("status_code")
+                    body = resp.get("body")
+                    if status == 200 and isinstance(body, dict) and isinstance(body.get("choices"), list):
+                        body[BATCH_FIELD] = batch_id
+                        rows.append((cid, body, sub["model"]))
+                        answered.add(cid)
+                        failures.pop(cid, None)
+                        u = Usage.of(body)
+                        report.prompt_tokens += u.prompt_tokens
+                        report.completion_tokens += u.completion_tokens
+                        report.cost_usd += self.client.prices.cost(
+                            sub["model"], u.prompt_tokens, u.completion_tokens, u.cached_tokens, batch=True,
+                            response_model=body.get("model"),
+                        )
+                        if len(rows) >= 1000:
+                            self._store(rows, report)
+                    elif cid not in answered:
+                        reported.add(cid)
+                        failures[cid] = _classify(status, entry.get("error"), body)
+            self._store(rows, report)
+        finally:
+            path.unlink(missing_ok=True)
+
+    def _store(self, rows: list[tuple[str, dict[str, Any], str | None]], report: BatchReport) -> None:
+        if not rows:
+            return
+        try:
+            report.answered += self.cache.put_many(rows)
+        except Exception as e:  # sqlite3.Error / OSError: paying for answers we cannot keep must stop
+            raise InfirError(f"LLM cache {self.cache.path}: write failed: {e} (rerun to download again)") from None
+        rows.clear()
+
+    async def _interrupted(self) -> None:
+        from pipeline.progress import console
+
+        running = [(sid, s["batch_id"]) for sid, s in self._state.get("submissions", {}).items()
+                   if not s["done"] and s["batch_id"]]
+        if not running:
+            return
+        ids = ", ".join(b for _, b in running)
+        if self.cancel_on_interrupt:
+            sdk = self._client()
+            for _, bid in running:
+                try:
+                    await asyncio.wait_for(sdk.batches.cancel(bid), 10)
+                except Exception as e:  # best effort: the rerun polls it either way
+                    log.warning("%s: could not cancel batch %s: %s", self.label, bid, type(e).__name__)
+            console.print(f"[{self.label}] interrupted: cancel requested for {ids}; a rerun collects what they "
+                          f"answered and resubmits the rest (state: {self.state_dir})")
+        else:
+            console.print(f"[{self.label}] interrupted: {ids} keep running on the server; rerun to resume "
+                          f"polling them (state: {self.state_dir})")
+
+    # -- SDK calls -----------------------------------------------------------------------------
