@@ -24,6 +24,8 @@ for p in (str(TESTS), str(REPO)):
     if p not in sys.path:
         sys.path.insert(0, p)
 
+from pipeline.declaration import PIPELINE
+from pipeline.runner.shape import RowStage
 from openai_server import data_block  # noqa: E402
 from pipeline.generation.models import CHECKS  # noqa: E402
 
@@ -86,9 +88,8 @@ def infir_args(stage: str, base_url: str, msmarco: Path, *, queries: int = 120, 
         "llm.backoff_base_s": 0.01,
         "llm.backoff_max_s": 0.05,
         "llm.cache_path": ".cache/llm.sqlite3",
-        "generate.shard_rows": shard_rows,
-        "mine.shard_rows": shard_rows,
-        "verify.shard_rows": shard_rows,
+        # every row stage of the declaration (LLM stages and the deterministic ones between them)
+        **{f"{s.section}.shard_rows": shard_rows for s in PIPELINE if isinstance(s, RowStage)},
         "train.batch_size": 8,
         "train.max_rows": 16,
         "train.max_seq_length": 64,

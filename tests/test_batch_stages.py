@@ -12,14 +12,14 @@ from conftest import run_infir
 from openai_server import FakeOpenAIServer
 from pipeline.declaration import PIPELINE
 from pipeline.runner.run import run_stage
+from stage_helpers import run_until
 from test_generation import openai_cfg, responder
 
 KEY = "sk-test-batch-stages"
 
 
 def build(cfg):
-    for stage in ("source", "generate", "mine", "verify"):
-        run_stage(PIPELINE, stage, cfg)
+    run_until(cfg, "verify")
 
 
 def accepted(run_dir):

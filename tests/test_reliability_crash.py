@@ -23,6 +23,7 @@ import pytest
 
 from openai_server import FakeOpenAIServer
 from pipeline.release import verify_release
+from stage_helpers import names_between
 from reliability_helpers import (
     KEY_ENV,
     LLM_STAGES,
@@ -39,7 +40,7 @@ from reliability_helpers import (
 QUERIES = 60
 CONCURRENCY = 4
 KILLS = 5
-STAGES = ("source", "generate", "mine", "verify", "write")
+STAGES = tuple(names_between("source", "write"))
 RELEASE = Path("releases/inf-ir-sample/1.0.0")
 SECRETS = ("sk-test-crash-5f0c1d2e3b4a", "hf_testcrash9a8b7c6d5e")
 

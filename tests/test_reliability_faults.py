@@ -10,16 +10,17 @@ import pytest
 from conftest import make_config
 from openai_server import CONTENT_FAULTS, RETRYABLE_FAULTS, FakeOpenAIServer
 from pipeline.release import verify_release
-from stage_helpers import run_generate
-from stage_helpers import run_mine
-from stage_helpers import run_source
-from stage_helpers import run_verify
-from stage_helpers import run_write
+from stage_helpers import names_between, run_source, run_write, runner
 from pipeline.store import read_stage_table
 from reliability_helpers import KEY_ENV, query_of, responder, stage_of
 
 ROWS = 300
-LLM = (run_generate, run_mine, run_verify)
+# Every stage from generate to verify, in declared order (LLM stages and any deterministic ones between).
+STAGES = names_between("generate", "verify")
+
+
+def run_stages(cfg) -> dict:
+    return {name: runner(name)(cfg) for name in STAGES}
 
 
 def _cfg(server, msmarco, request_timeout_s=0.3):
@@ -59,7 +60,7 @@ def test_mixed_faults_then_rerun_retries_only_failed_rows(tmp_path, msmarco, mon
                           retry_after="0.05", timeout_sleep=1.0) as srv:
         cfg = _cfg(srv, msmarco)
         run_source(cfg)
-        first = [f(cfg) for f in LLM]
+        first = run_stages(cfg)
         faults = Counter(r.fault for r in srv.chat_requests())
         sent = srv.count
 
@@ -68,7 +69,7 @@ def test_mixed_faults_then_rerun_retries_only_failed_rows(tmp_path, msmarco, mon
         assert 0.2 < (sent - faults[None]) / sent < 0.4
         gen, mine, ver = _rows("generate"), _rows("mine"), _rows("verify")
         assert len(gen) == len(mine) == len(ver) == ROWS
-        s = first[2].success["summary"]
+        s = first["verify"].success["summary"]
         assert s["accepted"] + s["rejected"] + s["failed"] == s["candidates"] == ROWS
         for r in ver.values():
             if r["accepted"]:
@@ -94,7 +95,7 @@ def test_mixed_faults_then_rerun_retries_only_failed_rows(tmp_path, msmarco, mon
         # Client settings are not part of a stage's identity; a roomy timeout keeps a slow machine
         # from turning a healthy answer into one more failure.
         cfg = _cfg(srv, msmarco, request_timeout_s=30.0)
-        second = [f(cfg) for f in LLM]
+        second = run_stages(cfg)
         reqs = _requests(srv)
         assert set(reqs["generate"]) == failed["generate"]
         assert set(reqs["mine"]) == failed["mine"] | failed["generate"]
@@ -104,8 +105,9 @@ def test_mixed_faults_then_rerun_retries_only_failed_rows(tmp_path, msmarco, mon
         affected = {"generate": failed["generate"]}
         affected["mine"] = affected["generate"] | failed["mine"]
         affected["verify"] = affected["mine"] | failed["verify"]
-        for res, stage in zip(second, ("generate", "mine", "verify")):
-            summary = res.success["summary"]
+        for stage in ("generate", "mine", "verify"):
+            summary = second[stage].success["summary"]
+            res = second[stage]
             assert not res.skipped and summary["failed rows retried"] == len(failed[stage])
             assert summary["failed"] == 0
             # Only the shards (10 rows each) holding a failed row or a row changed upstream were redone.
@@ -119,6 +121,6 @@ def test_mixed_faults_then_rerun_retries_only_failed_rows(tmp_path, msmarco, mon
 
         # Nothing left to retry: every stage is skipped and nothing is sent.
         srv.reset()
-        assert all(f(cfg).skipped for f in LLM) and srv.count == 0
+        assert all(r.skipped for r in run_stages(cfg).values()) and srv.count == 0
         newer = run_write(cfg, bump="patch").success["summary"]
-        assert newer["version"] == "1.0.1" and verify_release(newer["release"]).rows == second[2].success["summary"]["accepted"]
+        assert newer["version"] == "1.0.1" and verify_release(newer["release"]).rows == second["verify"].success["summary"]["accepted"]

@@ -13,6 +13,7 @@ from pipeline.runner.chunks import run_chunks
 from pipeline.runner.pipeline import Pipeline
 from pipeline.runner.shape import Context, LLMStage, RowStage, Stage, StageResult
 from pipeline.store import StageOutput, identity_hash, read_success
+from pipeline.store.lock import StageLock
 
 
 def run_dir(cfg) -> Path:
@@ -43,12 +44,21 @@ def run_stage(pipe: Pipeline, name: str, cfg, *, force: bool = False, options: d
     """Run (or skip, or resume) one stage of the pipeline, then save the effective config."""
     stage = pipe[name]
     ctx = context(pipe, stage, cfg, force=force, options=options)
+    # The lock first: what a stage reads to know its identity (an upstream release, say) may be
+    # in the middle of being written by the process that holds it.
+    with StageLock(ctx.run_dir / stage.name):
+        result = _run_locked(ctx, stage, force)
+    save_effective_config(cfg)  # after the stage: a process refused by the stage lock must not overwrite it
+    return result
+
+
+def _run_locked(ctx: Context, stage: Stage, force: bool) -> StageResult:
     if isinstance(stage, LLMStage):
         llm_prepare(ctx, stage)
     prompts = {ctx.prompt.name: ctx.prompt.sha} if ctx.prompt is not None else {}
     out = StageOutput(ctx.run_dir, stage.name, stage.input_fingerprint(ctx),
                       identity_hash(*stage.identity(ctx)), prompts,
-                      force=force or stage.always_run)
+                      force=force or stage.always_run, lock_held=True)
     if stage.redo_on_change and not out.force:
         previous = read_success(out.dir)
         out.force = previous is not None and not out.same_identity(previous)
@@ -57,14 +67,11 @@ def run_stage(pipe: Pipeline, name: str, cfg, *, force: bool = False, options: d
         done = out.start()
         if done:
             stage.on_skip(ctx, done)
-            result = StageResult(stage.name, True, done)
-        else:
-            summary = _run(ctx, stage)
-            success = out.finish(summary, rows=summary.get("rows") if not isinstance(stage, RowStage) else None)
-            stage.print_summary(ctx, summary)
-            result = StageResult(stage.name, False, success)
-    save_effective_config(cfg)  # after the stage: a process refused by the stage lock must not overwrite it
-    return result
+            return StageResult(stage.name, True, done)
+        summary = _run(ctx, stage)
+        success = out.finish(summary, rows=summary.get("rows") if not isinstance(stage, RowStage) else None)
+    stage.print_summary(ctx, summary)
+    return StageResult(stage.name, False, success)
 
 
 def llm_prepare(ctx: Context, stage: LLMStage) -> None:

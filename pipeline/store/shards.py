@@ -114,6 +114,7 @@ class StageOutput:
     prompt_hashes: dict[str, str] = field(default_factory=dict)
     force: bool = False
     shards: list[dict] = field(default_factory=list)
+    lock_held: bool = False  # the caller already holds this stage's lock (taken before reading inputs)
 
     def __post_init__(self) -> None:
         self.dir = Path(self.run_dir) / self.stage
@@ -136,11 +137,13 @@ class StageOutput:
         }
 
     def __enter__(self) -> "StageOutput":
-        self._lock.__enter__()
+        if not self.lock_held:
+            self._lock.__enter__()
         return self
 
     def __exit__(self, *exc) -> None:
-        self._lock.__exit__(*exc)
+        if not self.lock_held:
+            self._lock.__exit__(*exc)
 
     def completed(self) -> dict | None:
         """The success record if this exact stage already finished with nothing left to retry;
