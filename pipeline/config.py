@@ -14,7 +14,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from pipeline.errors import InfirError
-from pipeline.generation.settings import GenerateSettings, MineSettings, VerifySettings
+from pipeline.generation.settings import FilterSettings, GenerateSettings, MineSettings, VerifySettings
 from pipeline.llm.settings import LLMSettings
 from pipeline.release.settings import WriteSettings
 from pipeline.sources.settings import ColumnMap, HFSource, SourceSettings  # noqa: F401  (re-exported)
@@ -45,6 +45,7 @@ class RunConfig(Section):
     llm: LLMSettings = LLMSettings()
     generate: GenerateSettings = GenerateSettings()
     mine: MineSettings = MineSettings()
+    filter: FilterSettings = FilterSettings()
     verify: VerifySettings = VerifySettings()
     write: WriteSettings = WriteSettings()
     train: TrainSettings = TrainSettings()

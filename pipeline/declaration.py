@@ -7,13 +7,14 @@ read the lines below) all come from this list. A new stage is one module and one
 from __future__ import annotations
 
 from pipeline.runner.pipeline import Pipeline
-from pipeline.stages import generate, mine, source, train, verify, write
+from pipeline.stages import filter, generate, mine, source, train, verify, write
 
 PIPELINE = Pipeline(
     [
         source.STAGE,
         generate.STAGE,
         mine.STAGE,
+        filter.STAGE,
         verify.STAGE,
         write.STAGE,
         train.STAGE,

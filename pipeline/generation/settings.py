@@ -50,3 +50,29 @@ class VerifySettings(_Section):
     near_equal_threshold: float = 95.0
     near_copy_threshold: float = 90.0
     answer_copy_threshold: float = 90.0
+
+
+class FilterSettings(_Section):
+    """The deterministic filters (`[filter]`), run before any judge request. Ratios are of word counts."""
+
+    shard_rows: int = Field(1000, ge=1)
+    max_instruction_words: int = Field(80, ge=1)
+    max_query_words: int = Field(40, ge=1)
+    max_passage_words: int = Field(400, ge=1)
+    # rapidfuzz ratios (0-100) over normalised text
+    near_equal_threshold: float = Field(95.0, ge=0, le=100, description="I- this close to I+ is a copy")
+    near_copy_threshold: float = Field(90.0, ge=0, le=100, description="HN this close to P+ (or HN1 to HN2) is a copy")
+    answer_copy_threshold: float = Field(90.0, ge=0, le=100, description="I+ quoting P+ this closely gives the answer away")
+    # Minimal edits: words changed (word-level edit distance) at most this share of I+ / Q+ (and at
+    # least `min_edit_allowance` words), and the length kept within the ratio.
+    max_instruction_edit_fraction: float = Field(0.5, gt=0)
+    max_query_edit_fraction: float = Field(0.6, gt=0)
+    min_edit_allowance: int = Field(2, ge=1)
+    instruction_length_ratio: tuple[float, float] = (0.5, 2.0)
+    query_length_ratio: tuple[float, float] = (0.5, 2.0)
+    # Hard negatives far shorter or longer than P+ (a stub, a dump) teach length, not relevance.
+    negative_length_ratio: tuple[float, float] = (0.05, 20.0)
+    # I+ sharing this many consecutive words with P+ leaks its answer.
+    leak_ngram_words: int = Field(8, ge=2)
+    # Filter names to switch off (e.g. ["hard_negative_document_1_length_ratio"]).
+    disabled: list[str] = []
