@@ -137,13 +137,37 @@ def test_unrelated_negatives_are_rejected_before_any_judge_request(tmp_path, mon
     assert rc == 0 and "query_negative_not_minimal" in out + err and f"{len(bad):,} rejected before the judge" in out + err
 
 
+def old_prefilter(row: dict) -> list[str]:
+    """verify's pre-filters as they were before the filter stage (its defaults), kept as this
+    test's reference: the filter stage must reject at least what they rejected."""
+    from rapidfuzz import fuzz
+
+    from pipeline.columns import INFIR_COLUMNS
+    from pipeline.sources.text import match_key, word_count
+
+    failed = [f"empty_{f}" for f in INFIR_COLUMNS if not (row.get(f) or "").strip()]
+    if failed:
+        return failed
+    limits = {"instruction_positive": 80, "instruction_negative": 80, "query_negative": 40,
+              "hard_negative_document_1": 400, "hard_negative_document_2": 400}
+    failed += [f"too_long_{f}" for f, n in limits.items() if word_count(row[f]) > n]
+    ipos, ineg = match_key(row["instruction_positive"]), match_key(row["instruction_negative"])
+    if ipos == ineg or fuzz.ratio(ipos, ineg) >= 95:
+        failed.append("ineg")
+    if match_key(row["query_positive"]) == match_key(row["query_negative"]):
+        failed.append("qneg")
+    pos = match_key(row["document_positive"])
+    failed += [f for f in ("hard_negative_document_1", "hard_negative_document_2") if fuzz.ratio(pos, match_key(row[f])) >= 90]
+    if fuzz.partial_ratio(ipos, pos) >= 90 and word_count(ipos) >= 8:
+        failed.append("copies")
+    return failed
+
+
 @pytest.mark.slow
 def test_filter_rejects_every_row_the_old_prefilters_rejected_on_msmarco(tmp_path, msmarco):
-    from pipeline.generation.prefilters import prefilter
-
     cfg = make_config(**{"source.path": str(msmarco), "source.max_passage_words": 250})
     run_until(cfg, "filter")
     rows = [r for p in sorted((tmp_path / "runs/sample/filter").glob("part-*.parquet")) for r in pq.read_table(p).to_pylist()]
-    old = {r["id"] for r in rows if not r["mine_error"] and prefilter(r, cfg.verify)}
+    old = {r["id"] for r in rows if not r["mine_error"] and old_prefilter(r)}
     new = {r["id"] for r in rows if r["failed_filters"]}
     assert old and old <= new, sorted(old - new)[:5]

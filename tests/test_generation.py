@@ -218,13 +218,14 @@ def test_offline_judge_rejects_deliberate_corruptions(offline_run):
         corrupt.append({**base, "id": r["id"] + "-ineg", "instruction_negative": r["instruction_positive"]})
         unrelated = other_queries[i] if other_queries[i] != r["query_positive"] else other_queries[i - 1]
         corrupt.append({**base, "id": r["id"] + "-qneg", "query_negative": unrelated})
+    # The judge itself catches each kind (verify runs no filter of its own) ...
     out = verify_rows(corrupt, cfg)
     assert len(out) == 3 * len(accepted) > 0
     assert not [r["id"] for r in out if r["accepted"]]
-    # The judge itself (not only the pre-filters) catches each kind.
-    without_prefilter = cfg.verify.model_copy(update={"near_equal_threshold": 101.0, "near_copy_threshold": 101.0})
-    out = verify_rows(corrupt, cfg.model_copy(update={"verify": without_prefilter}))
-    assert not [r["id"] for r in out if r["accepted"]]
+    # ... and the filter stage catches each kind before the judge is paid.
+    from pipeline.generation.filters import run_filters
+
+    assert all(run_filters(r, cfg.filter) for r in corrupt)
 
 
 def test_injection_stays_inside_the_datadata_block():

@@ -42,14 +42,7 @@ class VerifySettings(_Section):
     reasoning_effort: Literal["minimal", "low", "medium", "high"] = "medium"
     max_completion_tokens: int = 4000
     prompt: str = "judge"
-    # Cheap deterministic pre-filters, applied before any judge call.
-    max_instruction_words: int = 80
-    max_query_words: int = 40
-    max_passage_words: int = 400
     shard_rows: int = Field(1000, ge=1)
-    near_equal_threshold: float = 95.0
-    near_copy_threshold: float = 90.0
-    answer_copy_threshold: float = 90.0
 
 
 class FilterSettings(_Section):

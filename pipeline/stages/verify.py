@@ -1,4 +1,4 @@
-"""`infir verify`: the reasoning judge on every check of every candidate that reached it.
+"""`infir verify`: the reasoning judge on every check of every candidate the filters let through.
 
 A row is accepted only if every check passes. Rejected rows are kept with the checks they failed
 (`verify/rejected/`), accepted ones go to `verify/accepted/`; `verify/part-*` holds all rows.
@@ -13,7 +13,6 @@ import pyarrow.compute as pc
 
 from pipeline.columns import REJECTIONS
 from pipeline.generation.models import CHECKS, JudgeVerdicts
-from pipeline.generation.prefilters import prefilter
 from pipeline.runner import llm
 from pipeline.runner.shape import Context, LLMStage
 from pipeline.store import shard_name
@@ -51,7 +50,7 @@ class Verify(LLMStage):
     section = "verify"
     adds = ("verdicts", "failed_checks", "accepted", "judge_model", "prompt_judge", "verify_error", "usage_verify")
     make_help = "stage 4: the judge"
-    doc = """Pre-filter, then judge every candidate on every check (prompts/judge.md; default o3-mini).
+    doc = """Judge every candidate the filters let through on every check (prompts/judge.md; default o3-mini).
 
     Input: the upstream stage's rows. Output: runs/<run>/verify/ (all rows with verdicts and
     reasons), verify/accepted/ and verify/rejected/ (with the failed checks). One LLM call per
@@ -63,12 +62,9 @@ class Verify(LLMStage):
         return llm.params_for(model, max_tokens=s.max_completion_tokens, reasoning_effort=s.reasoning_effort)
 
     def tasks(self, ctx: Context, rows: list[dict]) -> tuple[list, dict]:
-        """A judge request for every row the pre-filters let through, and each row's failed pre-filters."""
-        v = ctx.settings
-        # Stand-ins of a dry run would trip the pre-filters (I- equals I+): every row is judged.
-        # A row an upstream stage rejected (its failed filters) is never sent.
-        pre = {r["id"]: ([] if (upstream_error(r) or ctx.stand_ins) else (list(r.get(REJECTIONS) or []) or prefilter(r, v)))
-               for r in rows}
+        """A judge request for every row no upstream stage rejected, and each row's upstream rejections
+        (the deterministic filters it failed: it is rejected with their names, never sent)."""
+        pre = {r["id"]: ([] if upstream_error(r) else list(r.get(REJECTIONS) or [])) for r in rows}
         todo = [r for r in rows if not upstream_error(r) and not pre[r["id"]]]
         return [llm.task(r["id"], ctx.prompt, judge_variables(r), JudgeVerdicts, ctx.model, ctx.params) for r in todo], pre
 
