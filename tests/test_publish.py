@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 import uuid
 from pathlib import Path
@@ -9,8 +10,10 @@ from pathlib import Path
 import pytest
 
 try:
+    from hub_lfs import pointer
     from hub_server import HubServer
 except ImportError:  # tests/ imported as a package
+    from tests.hub_lfs import pointer
     from tests.hub_server import HubServer
 from pipeline.errors import InfirError
 from pipeline.release import publish_release, write_release
@@ -57,7 +60,7 @@ def _scan_for(root: Path, needle: str) -> list[str]:
 
 
 def test_publish_delivers_release_commit_and_tag(release, token, tmp_path):
-    with HubServer() as hub:
+    with HubServer(lfs_dir=tmp_path / "hub-lfs") as hub:
         res = publish_release(release, REPO, token=token, endpoint=hub.endpoint, retry_wait=0.01)
         assert hub.unhandled == []
         repo = hub.repo(REPO)
@@ -65,7 +68,7 @@ def test_publish_delivers_release_commit_and_tag(release, token, tmp_path):
         assert {"README.md", "manifest.json", "plots/lengths.png", "plots/rejections.png"} <= set(local)
         assert sum(k.startswith("data/") for k in local) == 3
         for rel, data in local.items():
-            assert repo.files.get(rel) == data, f"{rel} not delivered intact"
+            assert hub.read(REPO, rel) == data, f"{rel} not delivered intact"
         commit = repo.commits[-1]
         assert commit.message == "Release inf-ir 1.0.0"
         assert set(commit.added) == set(local)  # one commit with every file
@@ -74,10 +77,25 @@ def test_publish_delivers_release_commit_and_tag(release, token, tmp_path):
         assert hub.validated_yaml and hub.validated_yaml[0] == local["README.md"].decode()
         assert not repo.private
 
-        # the token travels only as a bearer header
-        assert hub.requests
+        # Parquet and PNG files (the repo's .gitattributes) went through LFS: the commit holds their pointers,
+        # the store the objects; README and manifest went inline, as regular files
+        big = {rel for rel in local if rel.endswith((".parquet", ".png"))}
+        assert res.transport == "lfs" and big and set(commit.lfs) == big
+        for rel in big:
+            oid = hashlib.sha256(local[rel]).hexdigest()
+            assert commit.lfs[rel] == (oid, len(local[rel]))
+            assert commit.added[rel] == pointer(oid, len(local[rel]))
+        assert sorted(oid for _, oid, _ in hub.lfs_uploads) == sorted(hashlib.sha256(local[r]).hexdigest() for r in big)
+        assert commit.added["README.md"] == local["README.md"] and commit.added["manifest.json"] == local["manifest.json"]
+
+        # the token travels only as a bearer header to the Hub API; never to the storage host
+        storage = [r for r in hub.requests if r.storage]
+        assert len(storage) == len(big) and all(r.method == "PUT" and r.status == 200 for r in storage)
         for req in hub.requests:
-            assert req.headers.get("authorization") == f"Bearer {token}"
+            if req.storage:
+                assert "authorization" not in req.headers
+            else:
+                assert req.headers.get("authorization") == f"Bearer {token}"
             others = {k: v for k, v in req.headers.items() if k != "authorization"}
             assert token not in str(others) and token not in req.path and token not in str(req.query)
             assert token.encode() not in req.body
@@ -98,7 +116,7 @@ def test_token_from_env_and_private(release, token, tmp_path, monkeypatch):
         monkeypatch.setenv("HF_ENDPOINT", hub.endpoint)  # endpoint from the environment too
         publish_release(release, REPO, private=True, retry_wait=0.01)
         assert hub.repo(REPO).private
-        assert all(r.headers.get("authorization") == f"Bearer {token}" for r in hub.requests)
+        assert all(r.headers.get("authorization") == f"Bearer {token}" for r in hub.requests if not r.storage)
     assert _scan_for(tmp_path, token) == []
 
 
