@@ -95,6 +95,7 @@ class LfsStore:
         self.uploads: list[tuple[str, str, int]] = []  # (repo_id, oid, size) of each object stored
         self._lock = threading.Lock()
         self._hold_after: int | None = None
+        self._admitted = 0  # uploads let through (stored, or being checked and stored)
         self.reached = threading.Event()  # set once `hold_after` objects are stored
         self._released = threading.Event()
 
@@ -111,7 +112,10 @@ class LfsStore:
         return self._path(repo_key, oid).read_bytes()
 
     def hold_after(self, n: int) -> threading.Event:
-        self._hold_after = n
+        """Let `n` more objects be stored, then hold further uploads; the event is set when they are."""
+        with self._lock:
+            self._admitted = len(self.uploads)
+            self._hold_after = len(self.uploads) + n
         self.reached.clear()
         self._released.clear()
         return self.reached
@@ -122,21 +126,28 @@ class LfsStore:
 
     def put(self, repo_key: tuple[str, str], oid: str, size: int, data: bytes) -> str | None:
         """Store an uploaded object; the reason it is refused, or None. Blocks while held (see class doc)."""
-        with self._lock:
-            held = self._hold_after is not None and len(self.uploads) >= self._hold_after
+        with self._lock:  # admission is counted under the lock so that exactly `hold_after` get through
+            held = self._hold_after is not None and self._admitted >= self._hold_after
+            if not held:
+                self._admitted += 1
         if held:
             self._released.wait()
             return "storage unavailable (held by the test)"
+        refused = None
         if len(data) != size:
-            return f"size mismatch: announced {size}, received {len(data)}"
-        if hashlib.sha256(data).hexdigest() != oid:
-            return "sha256 mismatch: the object is not the one announced"
-        p = self._path(repo_key, oid)
-        p.parent.mkdir(parents=True, exist_ok=True)
-        tmp = p.with_name(p.name + ".part")
-        tmp.write_bytes(data)
-        tmp.replace(p)
+            refused = f"size mismatch: announced {size}, received {len(data)}"
+        elif hashlib.sha256(data).hexdigest() != oid:
+            refused = "sha256 mismatch: the object is not the one announced"
+        else:
+            p = self._path(repo_key, oid)
+            p.parent.mkdir(parents=True, exist_ok=True)
+            tmp = p.with_name(f"{p.name}.{threading.get_ident()}.part")
+            tmp.write_bytes(data)
+            tmp.replace(p)
         with self._lock:
+            if refused:
+                self._admitted -= 1
+                return refused
             self.uploads.append((repo_key[1], oid, size))
             if self._hold_after is not None and len(self.uploads) >= self._hold_after:
                 self.reached.set()
