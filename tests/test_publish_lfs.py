@@ -148,6 +148,7 @@ def test_publish_killed_after_first_object_resumes_without_resending(tmp_path):
         for rel, data in local.items():
             assert hub.read(REPO, rel, "1.0.0") == data
     assert TOKEN not in out.decode() + err.decode() + rerun.stdout + rerun.stderr
+    assert [p for p in tmp_path.rglob("*") if p.is_file() and TOKEN.encode() in p.read_bytes()] == []
 
 
 def test_new_version_replaces_files_and_old_version_stays_loadable_by_tag(tmp_path):

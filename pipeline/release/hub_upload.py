@@ -147,7 +147,7 @@ def transport_for(endpoint: str, repo_id: str, headers: dict[str, str]) -> Itera
 
     # huggingface_hub's own test (utils._runtime.is_xet_available, not exported): hf_xet importable and
     # HF_HUB_DISABLE_XET unset
-    if hf_constants.HF_HUB_DISABLE_XET or importlib.util.find_spec("hf_xet") is None:
+    if getattr(hf_constants, "HF_HUB_DISABLE_XET", False) or importlib.util.find_spec("hf_xet") is None:
         yield "lfs"
         return
     if xet_offered(endpoint, repo_id, headers):
@@ -193,7 +193,7 @@ def upload_files(
         hub_call(
             f"upload of {op.path_in_repo}",
             lambda: api.preupload_lfs_files(
-                repo_id, additions=[op], repo_type="dataset", revision="main", num_threads=1, free_memory=False
+                repo_id, additions=[op], repo_type="dataset", revision="main", num_threads=1
             ),
             token=token,
             attempts=attempts,
