@@ -47,7 +47,7 @@ def _resolve_token(token: str | None) -> str:
     cached = get_token()
     if cached:
         return cached
-    raise InfirError("no Hugging Face token: pass --token, set HF_TOKEN, or run `hf auth login`")
+    raise InfirError("no Hugging Face token: set HF_TOKEN (a token with write access) or run `hf auth login`")
 
 
 def publish_release(
