@@ -171,7 +171,10 @@ def publish(
             f"dry run: {len(result.files)} file(s), {result.total_bytes:,} bytes would be uploaded to {repo} as {result.version}"
         )
     else:
-        console.print(f"[green]published[/] {result.version} to {repo}: commit {result.commit_oid}, tag {result.tag}")
+        console.print(
+            f"[green]published[/] {result.version} to {repo}: {len(result.files)} file(s), {result.total_bytes:,} bytes "
+            f"(large files by {result.transport}), commit {result.commit_oid}, tag {result.tag}"
+        )
 
 
 @app.command("eval")

@@ -8,11 +8,13 @@ from typing import Iterator
 from rich.console import Console
 from rich.progress import (
     BarColumn,
+    DownloadColumn,
     MofNCompleteColumn,
     Progress,
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
+    TransferSpeedColumn,
 )
 from rich.table import Table
 
@@ -35,6 +37,25 @@ def progress_bar(description: str, total: int | None) -> Iterator[tuple[Progress
     )
     with progress:
         task = progress.add_task(description, total=total, info="")
+        yield progress, task
+
+
+@contextmanager
+def transfer_bar(description: str, total_bytes: int) -> Iterator[tuple[Progress, int]]:
+    """A bar in bytes (done / total, speed, time left) with a free-text field (e.g. files done)."""
+    progress = Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TextColumn("{task.fields[info]}"),
+        TimeRemainingColumn(),
+        console=console,
+        transient=False,
+        disable=not console.is_terminal,
+    )
+    with progress:
+        task = progress.add_task(description, total=total_bytes, info="")
         yield progress, task
 
 

@@ -1,17 +1,28 @@
-"""A tiny in-memory Hugging Face Hub for tests (the endpoints huggingface_hub 2.x calls to publish).
+"""A tiny Hugging Face Hub for tests: the endpoints huggingface_hub 2.x calls to publish and download.
 
-    with HubServer() as hub:
+    with HubServer(lfs_dir=tmp_path / "hub-lfs") as hub:
         publish_release(path, "org/name", token=..., endpoint=hub.endpoint)
-        hub.repos["dataset", "org/name"].files  # path -> bytes at head
+        hub.read("org/name", "data/train-00000-of-00001.parquet", rev="1.0.0")   # bytes, LFS resolved
 
-Implemented (repo_type in models|datasets|spaces):
+Two listening sockets, as on the Hub: the API (`hub.endpoint`) and object storage (`hub.storage`, another
+origin, like the S3/CDN URLs the Hub hands out: huggingface_hub sends no token there and follows no
+redirect to it with the token). Implemented (repo_type in models|datasets|spaces):
   POST /api/repos/create                              create_repo (409 if it exists)
   GET  /api/{type}s/{ns}/{name}[/revision/{rev}]      repo_info / dataset_info
   GET  /api/{type}s/{ns}/{name}/refs                  list_repo_refs
   POST /api/validate-yaml                             README.md front matter check (create_commit)
-  POST /api/{type}s/{ns}/{name}/preupload/{rev}       upload modes: always "regular" (no LFS/Xet needed)
-  POST /api/{type}s/{ns}/{name}/commit/{rev}          NDJSON commit, base64 "file" lines
+  POST /api/{type}s/{ns}/{name}/preupload/{rev}       "lfs" for .gitattributes matches and files > 10 MB
+  POST /{prefix}{ns}/{name}.git/info/lfs/objects/batch    LFS batch API, "basic" transfer: an upload and a
+                                                      verify action per missing object, none for a stored one
+  PUT  storage /upload/{sig}                          presigned upload: sha256 and size checked, stored on disk
+  POST /{prefix}{ns}/{name}.git/info/lfs/objects/verify   200 once the object is stored
+  POST /api/{type}s/{ns}/{name}/commit/{rev}          NDJSON commit: base64 "file" lines (refused for a path
+                                                      that must be LFS), "lfsFile" pointers (object must be stored)
   POST /api/{type}s/{ns}/{name}/tag/{rev}             create_tag (409 if the tag exists)
+  GET|HEAD /{prefix}{ns}/{name}/resolve/{rev}/{path}  hf_hub_download: regular files inline, LFS -> 302 to storage
+Xet is never offered: no xet-*-token endpoint, no Xet headers, `xetEnabled: false`, LFS batch answers
+"basic". (huggingface_hub 2.x picks Xet on its own when hf_xet is importable; infir's publish asks the
+xet-write-token endpoint first and uploads by LFS when, as here, it answers 404.)
 Everything else answers 404 and is recorded in `unhandled`. Every request is recorded in `requests`.
 """
 
@@ -21,16 +32,20 @@ import base64
 import hashlib
 import json
 import re
+import shutil
+import tempfile
 import threading
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import yaml
 
-
-def git_blob_oid(content: bytes) -> str:
-    return hashlib.sha1(b"blob %d\0" % len(content) + content).hexdigest()
+try:
+    from hub_lfs import DEFAULT_GITATTRIBUTES, LfsEndpoints, LfsStore, git_blob_oid, is_lfs, parse_pointer, pointer
+except ImportError:  # tests/ imported as a package
+    from tests.hub_lfs import DEFAULT_GITATTRIBUTES, LfsEndpoints, LfsStore, git_blob_oid, is_lfs, parse_pointer, pointer
 
 
 @dataclass
@@ -39,8 +54,10 @@ class Commit:
     parent: str | None
     message: str
     description: str
-    added: dict[str, bytes]
+    added: dict[str, bytes]  # path -> git content (the pointer, for an LFS file)
     deleted: list[str]
+    tree: dict[str, bytes] = field(default_factory=dict)  # the whole tree after this commit
+    lfs: dict[str, tuple[str, int]] = field(default_factory=dict)  # path -> (sha256, size) of LFS files added
 
 
 @dataclass
@@ -48,9 +65,13 @@ class Repo:
     repo_type: str
     repo_id: str
     private: bool
-    files: dict[str, bytes] = field(default_factory=dict)
+    files: dict[str, bytes] = field(default_factory=dict)  # the tree at main: path -> git content
     commits: list[Commit] = field(default_factory=list)
     tags: dict[str, tuple[str, str | None]] = field(default_factory=dict)  # name -> (oid, message)
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return self.repo_type, self.repo_id
 
     @property
     def head(self) -> str:
@@ -63,6 +84,10 @@ class Repo:
             return self.tags[rev][0]
         return next((c.oid for c in self.commits if c.oid == rev), None)
 
+    def tree(self, rev: str) -> dict[str, bytes] | None:
+        oid = self.resolve(rev)
+        return next((c.tree for c in self.commits if c.oid == oid), None)
+
 
 @dataclass
 class Request:
@@ -72,17 +97,23 @@ class Request:
     headers: dict[str, str]  # lower-case names
     body: bytes
     status: int = 0
+    storage: bool = False  # sent to the storage origin, not the Hub API
 
 
-_REPO_RE = re.compile(r"^/api/(models|datasets|spaces)/([^/]+/[^/]+?)(?:/(refs|preupload|commit|tag|revision)(?:/(.+))?)?/?$")
+_REPO_RE = re.compile(r"^/api/(models|datasets|spaces)/([^/]+/[^/]+?)(?:/(refs|preupload|commit|tag|revision|xet-write-token|xet-read-token)(?:/(.+))?)?/?$")
+_LFS_RE = re.compile(r"^/(datasets/|spaces/)?([^/]+/[^/]+)\.git/info/lfs/objects/(batch|verify)$")
+_RESOLVE_RE = re.compile(r"^/(datasets/|spaces/)?([^/]+/[^/]+)/resolve/([^/]+)/(.+)$")
 
-
-class HubServer:
-    def __init__(self) -> None:
+class HubServer(LfsEndpoints):
+    def __init__(self, lfs_dir: Path | str | None = None) -> None:
         self.repos: dict[tuple[str, str], Repo] = {}
         self.requests: list[Request] = []
         self.unhandled: list[str] = []
         self.validated_yaml: list[str] = []
+        self.lfs_batches: list[dict] = []  # per batch call: repo, asked (oids), upload (oids told to upload)
+        self._own_dir = lfs_dir is None
+        self.lfs = LfsStore(Path(lfs_dir) if lfs_dir is not None else Path(tempfile.mkdtemp(prefix="hub-lfs-")))
+        self._signed: dict[str, tuple[str, tuple[str, str], str, int]] = {}  # sig -> (op, repo key, oid, size)
         self._faults: list[list] = []  # [method, path regex, status, remaining]
         self._lock = threading.Lock()
         hub = self
@@ -95,12 +126,12 @@ class HubServer:
 
             def _body(self) -> bytes:
                 if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
-                    out = b""
+                    out = bytearray()
                     while True:
                         size = int(self.rfile.readline().strip().split(b";")[0], 16)
                         if size == 0:
                             self.rfile.readline()
-                            return out
+                            return bytes(out)
                         out += self.rfile.read(size)
                         self.rfile.readline()
                 n = int(self.headers.get("Content-Length") or 0)
@@ -114,41 +145,64 @@ class HubServer:
                     query=parse_qs(parts.query),
                     headers={k.lower(): v for k, v in self.headers.items()},
                     body=self._body(),
+                    storage=self.server is hub._storage_server,
                 )
                 with hub._lock:
                     hub.requests.append(req)
-                    status, payload, extra = hub._dispatch(req)
+                if req.storage:  # outside the lock: an upload may be held (LfsStore.hold_after)
+                    status, payload, extra = hub._storage(req)
+                else:
+                    with hub._lock:
+                        status, payload, extra = hub._dispatch(req)
                 req.status = status
-                data = json.dumps(payload).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                for k, v in extra.items():
-                    self.send_header(k, v)
-                self.end_headers()
-                self.wfile.write(data)
+                raw = isinstance(payload, bytes)
+                data = payload if raw else json.dumps(payload).encode()
+                try:
+                    self.send_response(status)
+                    if "Content-Type" not in extra:
+                        self.send_header("Content-Type", "application/octet-stream" if raw else "application/json")
+                    self.send_header("Content-Length", str(len(data)))
+                    for k, v in extra.items():
+                        self.send_header(k, v)
+                    self.end_headers()
+                    if self.command != "HEAD":
+                        self.wfile.write(data)
+                except OSError:  # the client is gone (a test killed it)
+                    pass
 
             do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = _handle
 
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        self._thread: threading.Thread | None = None
+        self._storage_server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        for s in (self._server, self._storage_server):
+            s.daemon_threads = True
+        self._threads: list[threading.Thread] = []
 
     # --- lifecycle ----------------------------------------------------------------------------
     @property
     def endpoint(self) -> str:
         return f"http://127.0.0.1:{self._server.server_address[1]}"
 
+    @property
+    def storage(self) -> str:
+        return f"http://127.0.0.1:{self._storage_server.server_address[1]}"
+
     def __enter__(self) -> HubServer:
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-        self._thread.start()
+        for s in (self._server, self._storage_server):
+            t = threading.Thread(target=s.serve_forever, daemon=True)
+            t.start()
+            self._threads.append(t)
         return self
 
     def __exit__(self, *exc) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        if self._thread:
-            self._thread.join(timeout=5)
+        self.lfs.release()
+        for s in (self._server, self._storage_server):
+            s.shutdown()
+            s.server_close()
+        for t in self._threads:
+            t.join(timeout=5)
+        if self._own_dir:
+            shutil.rmtree(self.lfs.root, ignore_errors=True)
 
     # --- test helpers -------------------------------------------------------------------------
     def fail(self, method: str, path_regex: str, status: int = 503, times: int = 1) -> None:
@@ -158,37 +212,67 @@ class HubServer:
     def repo(self, repo_id: str, repo_type: str = "dataset") -> Repo:
         return self.repos[repo_type, repo_id]
 
+    def read(self, repo_id: str, path: str, rev: str = "main", repo_type: str = "dataset") -> bytes | None:
+        """A file's content at `rev` (an LFS file's object, read from the store), or None."""
+        repo = self.repo(repo_id, repo_type)
+        content = (repo.tree(rev) or {}).get(path)
+        ptr = parse_pointer(content) if content is not None else None
+        return self.lfs.read(repo.key, ptr[0]) if ptr else content
+
+    @property
+    def lfs_uploads(self) -> list[tuple[str, str, int]]:
+        """(repo_id, sha256, size) of every object stored, in order."""
+        return list(self.lfs.uploads)
+
     # --- dispatch -----------------------------------------------------------------------------
-    def _dispatch(self, req: Request) -> tuple[int, object, dict]:
+    def _injected(self, req: Request) -> int | None:
         for fault in self._faults:
             if fault[3] > 0 and fault[0] == req.method and fault[1].search(req.path):
                 fault[3] -= 1
-                return fault[2], {"error": "injected failure"}, {}
+                return fault[2]
+        return None
+
+    def _dispatch(self, req: Request) -> tuple[int, object, dict]:
+        status = self._injected(req)
+        if status is not None:
+            return status, {"error": "injected failure"}, {}
         if req.method == "POST" and req.path == "/api/repos/create":
             return self._create_repo(req)
         if req.method == "POST" and req.path == "/api/validate-yaml":
             return self._validate_yaml(req)
-        m = _REPO_RE.match(req.path)
-        if m:
-            type_s, repo_id, action, rest = m.groups()
-            repo_type = type_s[:-1]
-            repo = self.repos.get((repo_type, repo_id))
-            if repo is None:
-                return 404, {"error": "Repository not found"}, {"X-Error-Code": "RepoNotFound"}
-            if req.method == "GET" and action is None:
-                return self._repo_info(repo, "main")
-            if req.method == "GET" and action == "revision" and rest:
-                return self._repo_info(repo, rest)
-            if req.method == "GET" and action == "refs":
-                return self._refs(repo)
-            if req.method == "POST" and action == "preupload" and rest:
-                return self._preupload(repo, rest, req)
-            if req.method == "POST" and action == "commit" and rest:
-                return self._commit(repo, rest, req)
-            if req.method == "POST" and action == "tag" and rest:
-                return self._tag(repo, rest, req)
+        for regex, handler in ((_REPO_RE, self._api), (_LFS_RE, self._lfs_api), (_RESOLVE_RE, self._resolve)):
+            m = regex.match(req.path)
+            if m:
+                answer = handler(req, *m.groups())
+                if answer is not None:
+                    return answer
+                break
         self.unhandled.append(f"{req.method} {req.path}")
         return 404, {"error": f"not implemented by the test hub: {req.method} {req.path}"}, {}
+
+    def _find(self, type_prefix: str | None, repo_id: str) -> Repo | None:
+        repo_type = (type_prefix or "models/").rstrip("/")[:-1]
+        return self.repos.get((repo_type, repo_id))
+
+    def _api(self, req: Request, type_s: str, repo_id: str, action: str | None, rest: str | None):
+        repo = self._find(type_s + "/", repo_id)
+        if repo is None:
+            return 404, {"error": "Repository not found"}, {"X-Error-Code": "RepoNotFound"}
+        if req.method == "GET" and action is None:
+            return self._repo_info(repo, "main")
+        if req.method == "GET" and action == "revision" and rest:
+            return self._repo_info(repo, rest)
+        if req.method == "GET" and action == "refs":
+            return self._refs(repo)
+        if req.method == "POST" and action == "preupload" and rest:
+            return self._preupload(repo, rest, req)
+        if req.method == "POST" and action == "commit" and rest:
+            return self._commit(repo, rest, req)
+        if req.method == "POST" and action == "tag" and rest:
+            return self._tag(repo, rest, req)
+        if req.method == "GET" and action in ("xet-write-token", "xet-read-token"):
+            return 404, {"error": "Xet storage is not enabled on this hub"}, {}  # i.e. not offered: use LFS
+        return None
 
     def _url(self, repo: Repo) -> str:
         prefix = "" if repo.repo_type == "model" else f"{repo.repo_type}s/"
@@ -202,9 +286,10 @@ class HubServer:
         if (repo_type, repo_id) in self.repos:
             return 409, {"error": "You already created this repo", "url": self._url(self.repos[repo_type, repo_id])}, {}
         repo = Repo(repo_type=repo_type, repo_id=repo_id, private=body.get("visibility") == "private")
-        init = {".gitattributes": b"*.parquet filter=lfs diff=lfs merge=lfs -text\n"}
+        init = {".gitattributes": DEFAULT_GITATTRIBUTES}
         repo.files.update(init)
-        repo.commits.append(Commit(hashlib.sha1(f"init:{repo_id}".encode()).hexdigest(), None, "initial commit", "", init, []))
+        oid = hashlib.sha1(f"init:{repo_id}".encode()).hexdigest()
+        repo.commits.append(Commit(oid, None, "initial commit", "", init, [], dict(init)))
         self.repos[repo_type, repo_id] = repo
         return 200, {"url": self._url(repo), "name": repo_id, "id": repo_id}, {}
 
@@ -216,8 +301,9 @@ class HubServer:
             "id": repo.repo_id,
             "sha": sha,
             "private": repo.private,
-            "siblings": [{"rfilename": p} for p in sorted(repo.files)],
+            "siblings": [{"rfilename": p} for p in sorted(repo.tree(sha) or {})],
             "tags": [],
+            "xetEnabled": False,
         }, {}
 
     def _refs(self, repo: Repo):
@@ -251,12 +337,15 @@ class HubServer:
         files = []
         for f in body.get("files", []):
             existing = repo.files.get(f["path"])
+            ptr = parse_pointer(existing) if existing is not None else None
+            lfs = is_lfs(f["path"], int(f.get("size") or 0), repo.files.get(".gitattributes"))
             files.append(
                 {
                     "path": f["path"],
-                    "uploadMode": "regular",
+                    "uploadMode": "lfs" if lfs else "regular",
                     "shouldIgnore": False,
-                    "oid": git_blob_oid(existing) if existing is not None else None,
+                    # the Hub's oid of a file at head: sha256 for an LFS file, the git blob sha1 otherwise
+                    "oid": ptr[0] if ptr else (git_blob_oid(existing) if existing is not None else None),
                 }
             )
         return 200, {"files": files, "commitOid": repo.head}, {}
@@ -266,7 +355,9 @@ class HubServer:
             return 404, {"error": "only main is supported"}, {"X-Error-Code": "RevisionNotFound"}
         header: dict = {}
         added: dict[str, bytes] = {}
+        lfs: dict[str, tuple[str, int]] = {}
         deleted: list[str] = []
+        gitattributes = repo.files.get(".gitattributes")
         for line in req.body.splitlines():
             if not line.strip():
                 continue
@@ -277,11 +368,20 @@ class HubServer:
             elif key == "file":
                 if value.get("encoding") != "base64":
                     return 400, {"error": "expected base64 encoding"}, {}
-                added[value["path"]] = base64.b64decode(value["content"])
+                content = base64.b64decode(value["content"])
+                if content and is_lfs(value["path"], len(content), gitattributes):
+                    return 400, {"error": f"{value['path']} must be uploaded through LFS (.gitattributes / size)"}, {}
+                added[value["path"]] = content
+            elif key == "lfsFile":
+                oid, size = value.get("oid", ""), value.get("size")
+                if value.get("algo") != "sha256" or not isinstance(size, int) or not self.lfs.has(repo.key, oid, size):
+                    return 400, {"error": f"LFS object {oid} ({size} bytes) of {value.get('path')} was not uploaded"}, {}
+                added[value["path"]] = pointer(oid, size)
+                lfs[value["path"]] = (oid, size)
             elif key in ("deletedFile", "deletedFolder"):
                 deleted.append(value["path"])
             else:
-                return 400, {"error": f"unsupported commit operation {key!r} (test hub has no LFS)"}, {}
+                return 400, {"error": f"unsupported commit operation {key!r}"}, {}
         if not header.get("summary"):
             return 400, {"error": "missing commit summary"}, {}
         parent = header.get("parentCommit")
@@ -295,7 +395,8 @@ class HubServer:
             for k in [k for k in repo.files if k == p or k.startswith(p.rstrip("/") + "/")]:
                 del repo.files[k]
         repo.files.update(added)
-        repo.commits.append(Commit(oid, repo.head, header["summary"], header.get("description", ""), added, deleted))
+        commit = Commit(oid, repo.head, header["summary"], header.get("description", ""), added, deleted, dict(repo.files), lfs)
+        repo.commits.append(commit)
         return 200, {"commitUrl": f"{self._url(repo)}/commit/{oid}", "commitOid": oid, "pullRequestUrl": None}, {}
 
     def _tag(self, repo: Repo, rev: str, req: Request):

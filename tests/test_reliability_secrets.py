@@ -60,7 +60,7 @@ def test_full_run_leaks_no_secret_keeps_injection_in_data_and_no_local_path(tmp_
 
     env = child_env(**{KEY_ENV: key, "HF_TOKEN": hf_token, "HF_HOME": str(tmp_path / "hf-home")})
     outputs = []
-    with FakeOpenAIServer(responder=responder) as llm, HubServer() as hub:
+    with FakeOpenAIServer(responder=responder) as llm, HubServer(lfs_dir=tmp_path / "hub-lfs") as hub:
         build = subprocess.run(
             infir_cmd("build", "--until", "write", "--set", f'source.path="{corpus_dir}"', "--set", "source.sample_queries=12",
                       "--set", "llm.backend=openai", "--set", f'llm.base_url="{llm.base_url}"',
@@ -78,7 +78,12 @@ def test_full_run_leaks_no_secret_keeps_injection_in_data_and_no_local_path(tmp_
         assert publish.returncode == 0, publish.stderr[-2000:]
         # Both secrets really were used, so finding neither below means something.
         assert llm.requests and all(r.headers["authorization"] == f"Bearer {key}" for r in llm.requests)
-        assert hub.requests and all(r.headers.get("authorization") == f"Bearer {hf_token}" for r in hub.requests)
+        # the Hub API got the token as a bearer header; the storage host, where the LFS objects (Parquet
+        # shards, plots) went by presigned URL, got no Authorization at all
+        api_requests = [r for r in hub.requests if not r.storage]
+        assert api_requests and all(r.headers.get("authorization") == f"Bearer {hf_token}" for r in api_requests)
+        assert hub.lfs_uploads and all("authorization" not in r.headers for r in hub.requests if r.storage)
+        hub_traffic = [(r.path, str(r.query), str(r.headers), r.body) for r in hub.requests]
         attacks_seen = sum(_data_blocks_hold_the_attack(r.body) for r in llm.chat_requests())
     assert attacks_seen >= len(llm.requests)  # every request carried at least one attacked passage
 
@@ -91,6 +96,9 @@ def test_full_run_leaks_no_secret_keeps_injection_in_data_and_no_local_path(tmp_
             assert s.encode() not in data, f"secret found in {p}"
     for out in outputs:
         assert not any(s in out for s in secrets)
+    for path, query, headers, body in hub_traffic:  # only ever the bearer header, nowhere else in a request
+        headers = headers.replace(f"Bearer {hf_token}", "Bearer <token>")
+        assert not any(s in path + query + headers or s.encode() in body for s in secrets)
 
     cache = tmp_path / ".cache/llm.sqlite3"
     for p in [cache, *cache.parent.glob("llm.sqlite3-*")]:
