@@ -24,7 +24,7 @@ ALLOWED: dict[str, set[str]] = {
     "llm": {"errors", "fileio", "progress"},
     "retrieval": {"errors"},
     "sources": {"errors", "progress", "store"},
-    "release": {"__init__", "errors", "fileio", "columns"},
+    "release": {"__init__", "errors", "fileio", "columns", "progress"},
     "train": {"errors", "fileio", "columns", "release", "progress"},
     "generation": {"errors", "columns", "llm", "retrieval", "sources", "release"},
     "config": {"errors", "sources", "generation", "llm", "release", "train", "retrieval"},
