@@ -62,6 +62,7 @@ ConcurrencyOpt = typer.Option(None, "--concurrency", help="LLM requests in fligh
 ModeOpt = typer.Option(
     None, "--mode", help="online (default) or batch: through the Batch API at batch prices, resumable (needs --backend openai)."
 )
+JsonOpt = typer.Option(False, "--json", help="With --dry-run: print the estimate as JSON on stdout (for scripts).")
 DryRunOpt = typer.Option(
     False, "--dry-run", help="Estimate calls, tokens and cost (online and batch prices); send nothing."
 )
@@ -88,6 +89,7 @@ _LLM = [
     _param("max_cost_usd", MaxCostOpt, Optional[float]),
     _param("concurrency", ConcurrencyOpt, Optional[int]),
     _param("dry_run", DryRunOpt, bool),
+    _param("json_", JsonOpt, bool),
     _param("mode", ModeOpt, Optional[str]),
 ]
 
@@ -117,7 +119,7 @@ def _run_stage_command(stage, kw: dict[str, Any]) -> None:
     if isinstance(stage, LLMStage) and kw["dry_run"]:
         from pipeline.runner.estimate import dry_run as estimate
 
-        estimate(PIPELINE, cfg, [stage.name])
+        estimate(PIPELINE, cfg, [stage.name], as_json=kw["json_"])
         return
     options = {o.dest: kw.get(o.dest) for o in stage.options if o.key is None}
     run_stage(PIPELINE, stage.name, cfg, force=kw["force"], options=options)
@@ -214,6 +216,7 @@ def build(
     until: Optional[str] = typer.Option(None, "--until", help="Stop after this stage (e.g. verify)."),
     set_: Optional[list[str]] = SetOpt,
     force: bool = ForceOpt,
+    json_: bool = JsonOpt,
     dry_run: bool = typer.Option(
         False, "--dry-run",
         help="Run only the stages before the first LLM stage (no LLM), then estimate the LLM stages' calls, tokens and cost; send nothing.",
@@ -233,7 +236,7 @@ def build(
             if isinstance(stage, LLMStage):
                 break
             run_stage(PIPELINE, stage.name, cfg, force=force)
-        estimate(PIPELINE, cfg, [s.name for s in stages])
+        estimate(PIPELINE, cfg, [s.name for s in stages], as_json=json_)
         return
     for stage in stages:
         run_stage(PIPELINE, stage.name, cfg, force=force)

@@ -11,7 +11,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from pipeline.errors import InfirError
 from pipeline.generation.settings import FilterSettings, GenerateSettings, MineSettings, VerifySettings
@@ -34,6 +34,8 @@ class RunSettings(Section):
     seed: int = 13
     # None: the bundled prompts/ folder. Prompt hashes are part of every cache key and row.
     prompts_dir: Path | None = None
+    # Seconds between plain progress lines when stderr is not a terminal (a log file, a cluster job).
+    progress_interval_s: float = Field(30.0, gt=0)
 
 
 class RunConfig(Section):

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
 from pipeline.errors import InfirError
+from pipeline.llm.budget import SpendLedger
 from pipeline.llm.cache import Cache
 from pipeline.llm.openai_api.parse import parse_response, repair_body
 from pipeline.llm.pricing import PriceTable
@@ -73,6 +74,9 @@ class LLMClient:
         self.limiter = RateLimiter(settings.requests_per_minute, settings.tokens_per_minute)
         self.totals = Totals()
         self.budget_exhausted = False
+        # The run's spend ledger (`budget.SpendLedger`): with one, the cap holds across stages,
+        # processes and resumes; without, `max_cost_usd` caps this client's own spending.
+        self.ledger: SpendLedger | None = None
         self.stop_reason: str | None = None  # set by a fatal backend error or a cache write failure
         self._rng = rng or random.Random()
         self._inflight: dict[str, asyncio.Future[dict[str, Any]]] = {}
@@ -180,18 +184,19 @@ class LLMClient:
             rows.append((t, *request_of(t)))
         cached_keys = self.cache.contains_many(k for _, _, k in rows) if self.cache is not None else set()
         seen: set[str] = set()
-        out = {"calls": 0, "prompt_tokens": 0, "completion_tokens": 0, "cost_usd": 0.0, "batch_cost_usd": 0.0,
-               "cached": 0}
+        out = {"calls": 0, "prompt_tokens": 0, "completion_tokens": 0, "reasoning_tokens": 0, "cost_usd": 0.0,
+               "batch_cost_usd": 0.0, "cached": 0}
         for t, body, key in rows:
             if key in cached_keys or key in seen:
                 out["cached"] += 1
                 continue
             seen.add(key)
-            pt = estimate_prompt_tokens(body["messages"], t.model, exact=True)
-            ct = t.prompt.expected_output_tokens or (max_output_tokens(body) // 2) or 256
+            pt, visible, reasoning = self.expected_tokens(body, t)
+            ct = visible + reasoning  # billed output: the answer and the hidden reasoning
             out["calls"] += 1
             out["prompt_tokens"] += pt
             out["completion_tokens"] += ct
+            out["reasoning_tokens"] += reasoning
             out["cost_usd"] += self.prices.cost(t.model, pt, ct)
             out["batch_cost_usd"] += self.prices.cost(t.model, pt, ct, batch=True)
         return out
@@ -329,12 +334,36 @@ class LLMClient:
     def _check_can_send(self) -> None:
         if self.stop_reason is not None:
             raise _RequestFailed(self.stop_reason)
-        cap = self.settings.max_cost_usd
-        if cap is not None and self.totals.cost_usd >= cap:
-            if not self.budget_exhausted:
-                log.warning("LLM budget of $%.4f reached: no further requests are sent", cap)
-            self.budget_exhausted = True
+        if self.budget_exhausted:
             raise _RequestFailed(BUDGET_EXHAUSTED)
+        cap = self.settings.max_cost_usd
+        if self.ledger is None and cap is not None and self.totals.cost_usd >= cap:
+            self._exhausted(cap)
+
+    def _exhausted(self, cap: float | None) -> None:
+        if not self.budget_exhausted:
+            log.warning("LLM budget of $%.4f reached: no further requests are sent", cap or 0.0)
+        self.budget_exhausted = True
+        raise _RequestFailed(BUDGET_EXHAUSTED)
+
+    def expected_tokens(self, body: dict[str, Any], task: LLMTask) -> tuple[int, int, int]:
+        """(prompt, visible output, hidden reasoning) tokens to expect from one request: the prompt
+        counted, the answer from the prompt's `expected_output_tokens` hint (else half the max
+        tokens), reasoning from the price table's expectation for the model and effort."""
+        pt = estimate_prompt_tokens(body["messages"], task.model, exact=True)
+        visible = task.prompt.expected_output_tokens or (max_output_tokens(body) // 2) or 256
+        reasoning = self.prices.expected_reasoning(body["model"], body.get("reasoning_effort"))
+        return pt, visible, reasoning
+
+    def _reserve(self, body: dict[str, Any], task: LLMTask) -> int | None:
+        """Reserve a request's expected cost in the run's ledger before it is sent."""
+        if self.ledger is None:
+            return None
+        pt, visible, reasoning = self.expected_tokens(body, task)
+        reservation = self.ledger.reserve(self.prices.cost(body["model"], pt, visible + reasoning))
+        if reservation is None:
+            self._exhausted(self.ledger.cap)
+        return reservation
 
     async def _send(self, body: dict[str, Any], task: LLMTask, acc: _Acc) -> dict[str, Any]:
         """HTTP with retries: the only retry layer (the SDK runs with max_retries=0).
@@ -368,6 +397,7 @@ class LLMClient:
                 remaining = deadline - loop.time()
                 if remaining <= 0:
                     raise _RequestFailed(f"deadline of {s.deadline_s:g}s exceeded after {attempt - 1} attempt(s)")
+                reservation = self._reserve(body, task)
                 acc.calls += 1
                 self.totals.http_calls += 1
                 try:
@@ -382,14 +412,21 @@ class LLMClient:
                     raise _RequestFailed(f"backend error: {type(e).__name__}: {e}") from None
                 else:
                     cost = self._price(body, response)
+                    if self.ledger is not None:
+                        self.ledger.settle(reservation, cost)
+                        reservation = None
                     u = Usage.of(response)
                     t = self.totals
                     t.prompt_tokens += u.prompt_tokens
                     t.completion_tokens += u.completion_tokens
                     t.cached_tokens += u.cached_tokens
+                    t.reasoning_tokens += u.reasoning_tokens
                     t.cost_usd += cost
                     acc.cost += cost
                     return response
+                finally:
+                    if self.ledger is not None and reservation is not None:
+                        self.ledger.release(reservation)
             # -- the attempt failed (semaphore released: waiting holds no slot)
             if err.fatal:
                 if self.stop_reason is None:

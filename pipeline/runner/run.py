@@ -87,7 +87,7 @@ def _run(ctx: Context, stage: Stage) -> dict:
     upstream = ctx.upstream_success()
     batch = None
     if isinstance(stage, LLMStage):
-        ctx.client = llm.make_client(ctx.cfg)
+        ctx.client = llm.make_client(ctx.cfg, ctx.run_dir, stage.name)
         batch = llm.prefetch_batch(ctx, stage)
     summary = run_chunks(ctx, stage, upstream["rows"])
     if ctx.client is not None:
