@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import fcntl
 import json
 import logging
 import os
@@ -44,6 +43,7 @@ from pathlib import Path
 from typing import Any, Awaitable, Callable, Iterable, TypeVar
 
 import openai
+from filelock import FileLock, Timeout
 
 from pipeline.errors import InfirError
 from pipeline.llm.client import (
@@ -246,7 +246,7 @@ class BatchRunner:
                 sub.pop("this_run", None)
             await self._close_sdk()
             self.cache.flush()
-            lock.close()  # releases the flock
+            lock.release()
 
     def _plan(self, tasks: list[LLMTask]) -> dict[str, _Entry]:
         plan: dict[str, _Entry] = {}
@@ -639,14 +639,13 @@ class BatchRunner:
         return self._api._redact(text) if self._api is not None else text
 
     # -- state ---------------------------------------------------------------------------------
-    def _lock(self) -> Any:
-        f = open(self.state_dir / ".lock", "a+")
+    def _lock(self) -> FileLock:
+        lock = FileLock(self.state_dir / ".lock", timeout=0)  # filelock: flock on POSIX, msvcrt on Windows
         try:
-            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            f.close()
+            lock.acquire()
+        except Timeout:
             raise InfirError(f"batch state {self.state_dir}: in use by another process") from None
-        return f
+        return lock
 
     def _load(self) -> dict[str, Any]:
         path = self.state_dir / "state.json"
@@ -714,3 +713,4 @@ def _atomic_write(path: Path, data: bytes) -> None:
 
 
 __all__ = ["BatchReport", "BatchRunner", "MAX_BYTES_PER_FILE", "MAX_REQUESTS_PER_FILE", "NOT_ANSWERED"]
+

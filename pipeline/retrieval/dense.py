@@ -10,7 +10,6 @@ A text is encoded at most once per model, whatever collection or query set it co
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import os
@@ -20,6 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+from filelock import FileLock
 
 from .errors import RetrievalError
 
@@ -108,12 +108,8 @@ class EmbeddingStore:
 
     @contextlib.contextmanager
     def _lock(self):
-        with open(self.path / ".lock", "a") as f:
-            fcntl.flock(f, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(f, fcntl.LOCK_UN)
+        with FileLock(self.path / ".lock"):  # blocking; filelock: flock on POSIX, msvcrt on Windows
+            yield
 
     def __len__(self) -> int:
         return self.vec_path.stat().st_size // (4 * self.dim)
