@@ -17,7 +17,8 @@ import pyarrow.parquet as pq
 
 from pipeline.sources.settings import SourceSettings
 from pipeline.errors import InfirError
-from pipeline.progress import console, print_summary, progress_bar
+from pipeline.progress import print_summary, progress_bar
+from pipeline.sources.hf import provenance as hf_provenance
 from pipeline.sources.quarantine import Quarantine
 from pipeline.sources.readers import SourceReader
 from pipeline.sources.text import NearDupIndex, normalize, word_count
@@ -129,6 +130,8 @@ def run_source(cfg, force: bool = False) -> StageResult:
             return skipped("source", done)
         summary = _build(cfg, s, reader, q, out)
         out.write_shard("quarantine.parquet", q.table())
+        if not summary["rows"]:
+            raise InfirError(no_rows_message(q, out.dir / "quarantine.parquet"))
         success = out.finish(summary)
     _print(summary)
     return StageResult("source", False, success)
@@ -254,21 +257,33 @@ def _build(cfg, s: SourceSettings, reader: SourceReader, q: Quarantine, out: Sta
                     "positive_ids": sorted(candidates[qid]),
                 }
             )
-    if not rows:
-        console.print(
-            f"[yellow]warning[/]: no usable (query, positive passage) rows; every drop and its reason is in "
-            f"{out.dir / 'quarantine.parquet'}"
-        )
     for i in range(0, len(rows), s.shard_rows):
         out.write_shard(shard_name(i // s.shard_rows), pa.Table.from_pylist(rows[i : i + s.shard_rows], schema=ROW_SCHEMA))
 
     summary = {
         "rows": len(rows),
         "queries kept": len(kept),
+        **{f"hf {part}": hf_provenance(spec) for part, spec in
+           (("corpus", s.hf_corpus), ("queries", s.hf_queries), ("qrels", s.hf_qrels)) if s.format == "hf" and spec},
         **{k: v for k, v in sorted(stats.items())},
         "quarantined": dict(sorted(q.counts.items())),
     }
     return summary
+
+
+def no_rows_message(q: Quarantine, quarantine_path: Path) -> str:
+    """Why a source ended empty: the most frequent quarantine reason, with its first example."""
+    if not q.counts:
+        return "source: 0 usable (query, positive passage) rows and nothing quarantined: are the qrels empty?"
+    kind, n = q.counts.most_common(1)[0]
+    first = next(r for r in q.rows if r["reason"].split(":", 1)[0] == kind)
+    others = sum(q.counts.values()) - n
+    return (
+        f"source: 0 usable (query, positive passage) rows; main reason: {kind} ({n:,} lines, e.g. "
+        f"{first['file']}:{first['line']}: {first['reason']})"
+        + (f", {others:,} more for other reasons" if others else "")
+        + f"; every drop is in {quarantine_path}"
+    )
 
 
 def _print(summary: dict) -> None:
