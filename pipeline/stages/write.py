@@ -69,6 +69,8 @@ def release_stats(cfg, rd: Path) -> dict:
         "backend": cfg.llm.backend,
         "config": content_config,
         "code_version": __version__,
+        "license_name": cfg.write.license_name,
+        "license_link": cfg.write.license_link,
     }
 
 
@@ -76,6 +78,11 @@ def run_write(cfg, force: bool = False, version: str | None = None, bump: str | 
     from pipeline.release import write_release
 
     w = cfg.write
+    if w.license == "other" and not (w.license_name and w.license_link):
+        raise InfirError(
+            'write.license = "other": set write.license_name and write.license_link too '
+            "(the Hugging Face Hub requires both for a custom licence)"
+        )
     rd = run_dir(cfg)
     verify = require_stage(rd, "verify")["summary"]
     if not verify.get("accepted"):
