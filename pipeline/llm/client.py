@@ -746,7 +746,6 @@ class LLMClient:
         errors (400, 422, ...) fail at once; fatal ones (401, 403, 404, insufficient_quota) also stop
         the client from sending anything more."""
         s = self.settings
-        loop = asyncio.get_running_loop()
         deadline: list[float] = []  # starts at the first attempt: queueing is not the request's time
 
         def on_retry(err: BaseException, attempt: int, wait: float) -> None:
