@@ -223,7 +223,8 @@ class SourceReader:
             if self.root is None:
                 raise InfirError(f"source.path is required for format '{settings.format}'")
             if not self.root.is_dir():
-                raise InfirError(f"{self.root}: source directory not found (source.path)")
+                hint = " (`infir init DIR` writes a config for the bundled sample)" if str(settings.path) == "data/sample" else ""
+                raise InfirError(f"{self.root}: source directory not found (source.path){hint}")
 
     def _candidates(self, part: str) -> list[str]:
         fmt, split = self.s.format, self.s.qrels_split
