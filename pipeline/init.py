@@ -4,7 +4,6 @@ on request, copies of the prompts to edit. Everything comes from the installed p
 from __future__ import annotations
 
 import importlib.resources
-import shutil
 from pathlib import Path
 
 from pipeline.errors import InfirError
