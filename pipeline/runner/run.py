@@ -53,6 +53,7 @@ def run_stage(pipe: Pipeline, name: str, cfg, *, force: bool = False, options: d
 
 
 def _run_locked(ctx: Context, stage: Stage, force: bool) -> StageResult:
+    stage.check(ctx)
     if isinstance(stage, LLMStage):
         llm_prepare(ctx, stage)
     prompts = {ctx.prompt.name: ctx.prompt.sha} if ctx.prompt is not None else {}

@@ -63,6 +63,9 @@ class Stage:
     def settings(self, cfg) -> Any:
         return getattr(cfg, self.section) if self.section else None
 
+    def check(self, ctx: "Context") -> None:
+        """Refuse settings this stage cannot run with (one clear error), before it reads anything."""
+
     def identity(self, ctx: "Context") -> tuple:
         """What, besides its input, decides this stage's output (its config section by default)."""
         return (self.settings(ctx.cfg),)
