@@ -237,6 +237,11 @@ def build(
     set_: Optional[list[str]] = SetOpt,
     force: bool = ForceOpt,
     json_: bool = JsonOpt,
+    target_accepted: Optional[int] = typer.Option(
+        None, "--target-accepted",
+        help="Size the run for this many accepted rows from a cached pilot (see `infir plan`); refuses if the projection passes --max-cost-usd.",
+    ),
+    pilot: int = typer.Option(200, "--pilot", help="With --target-accepted: queries in the pilot."),
     dry_run: bool = typer.Option(
         False, "--dry-run",
         help="Run only the stages before the first LLM stage (no LLM), then estimate the LLM stages' calls, tokens and cost; send nothing.",
@@ -248,6 +253,13 @@ def build(
 
     stages = PIPELINE.until(until)
     cfg = _config(config, run, set_, **_llm_flags(backend, max_cost_usd, concurrency, mode))
+    if target_accepted is not None:
+        from pipeline.runner.plan import describe, sized_config
+
+        cfg, the_plan = sized_config(PIPELINE, cfg, target_accepted, pilot)
+        for line in describe(the_plan, cfg.llm.max_cost_usd):
+            typer.echo(line, err=True)
+        typer.echo(f"build: sampling {cfg.source.sample_queries:,} source queries", err=True)
     if dry_run:
         from pipeline.runner.estimate import dry_run as estimate
         from pipeline.runner.shape import LLMStage
@@ -258,8 +270,45 @@ def build(
             run_stage(PIPELINE, stage.name, cfg, force=force)
         estimate(PIPELINE, cfg, [s.name for s in stages], as_json=json_)
         return
-    for stage in stages:
-        run_stage(PIPELINE, stage.name, cfg, force=force)
+    results = [run_stage(PIPELINE, stage.name, cfg, force=force) for stage in stages]
+    if target_accepted is not None:
+        judged = [r.success.get("summary", {}) for r in results if "accepted" in r.success.get("summary", {})]
+        got = judged[-1]["accepted"] if judged else 0
+        if got < target_accepted:
+            why = ("not enough source queries" if not the_plan.enough_queries
+                   else "the acceptance came out below the pilot's interval")
+            typer.echo(f"build: {got:,} accepted, short of --target-accepted {target_accepted:,}: {why}", err=True)
+        else:
+            typer.echo(f"build: {got:,} accepted (target {target_accepted:,})", err=True)
+
+
+@app.command("plan")
+def plan_(
+    config: Optional[Path] = ConfigOpt,
+    run: Optional[str] = RunOpt,
+    backend: Optional[str] = BackendOpt,
+    max_cost_usd: Optional[float] = MaxCostOpt,
+    concurrency: Optional[int] = ConcurrencyOpt,
+    target_accepted: int = typer.Option(..., "--target-accepted", help="Accepted rows wanted."),
+    pilot: int = typer.Option(200, "--pilot", help="Queries in the pilot (run in runs/<run>-pilot, cached)."),
+    set_: Optional[list[str]] = SetOpt,
+    force: bool = ForceOpt,
+    json_: bool = typer.Option(False, "--json", help="Print the plan as JSON on stdout."),
+) -> None:
+    """Size a run: a seeded pilot through every LLM stage (cached, never paid twice), then the source
+    queries needed for N accepted rows and the projected cost online and in batch mode, with intervals."""
+    import json
+
+    from pipeline.declaration import PIPELINE
+    from pipeline.runner.plan import describe, plan
+
+    cfg = _config(config, run, set_, **_llm_flags(backend, max_cost_usd, concurrency, None))
+    p = plan(PIPELINE, cfg, target_accepted, pilot, force=force)
+    if json_:
+        typer.echo(json.dumps(p.as_dict(), indent=2))
+    else:
+        for line in describe(p, cfg.llm.max_cost_usd):
+            typer.echo(line)
 
 
 @app.command()

@@ -299,7 +299,7 @@ def test_corrupt_upstream_shard_is_named(capsys, sourced):
 def test_corrupt_success_marker_and_state_file(capsys, sourced):
     Path("runs/sample/source/_SUCCESS.json").write_text('{"stage": "sou')
     rc, output = cli(capsys, "source", "--input", str(sourced), *SMALL)
-    assert_clean_error(rc, output, r"_SUCCESS.json: corrupt success marker; rerun the stage with --force")
+    assert_clean_error(rc, output, r"_SUCCESS.json: corrupt success marker \(not JSON\); rerun `infir source --force`")
     rc, output = cli(capsys, "source", "--input", str(sourced), *SMALL, "--force")
     assert rc == 0, output
     gen = Path("runs/sample/generate")
@@ -307,6 +307,22 @@ def test_corrupt_success_marker_and_state_file(capsys, sourced):
     (gen / "_STATE.json").write_bytes(b"\x00\x01garbage")
     rc, output = cli(capsys, "generate", "--set", f'source.path="{sourced}"', *SMALL)
     assert_clean_error(rc, output, r"generate/_STATE.json: corrupt state file")
+
+
+@pytest.mark.parametrize("content,why", [
+    ("[1, 2]", "the file"),
+    ('{"stage": "source", "rows": 3, "summary": null}', "summary"),
+    ('{"stage": "source", "rows": 3, "shards": "none"}', "shards"),
+    ('{"stage": "source", "rows": -4}', "rows"),
+])
+def test_wrongly_shaped_success_marker_is_one_clear_line_everywhere(capsys, sourced, content, why):
+    rc, output = cli(capsys, "source", "--input", str(sourced), *SMALL)
+    assert rc == 0, output
+    Path("runs/sample/source/_SUCCESS.json").write_text(content)
+    for args in (("status", "runs/sample"), ("build", "--set", f'source.path="{sourced}"', *SMALL, "--until", "write"),
+                 ("generate", "--set", f'source.path="{sourced}"', *SMALL)):
+        rc, output = cli(capsys, *args)
+        assert_clean_error(rc, output, rf"source/_SUCCESS.json: malformed success marker \({why}.*rerun `infir source --force`")
 
 
 def test_unreadable_llm_cache_and_missing_prompts(capsys, sourced):
@@ -384,7 +400,9 @@ def test_tiny_disk_build_fails_cleanly_then_resumes(limit_kib, where):
     expected = {
         "source": r"source/collection/part-00000.parquet: cannot write shard: .*File too large",
         "retrieval index": r"runs/sample/index: cannot write or read the retrieval index: .*File too large",
-        "LLM cache": r"runs/sample/generate: stopped: cache write failed: (disk I/O error|database or disk is full)",
+        # The answers' store runs out first: the LLM cache, or the run's spend ledger (naming its file).
+        "LLM cache": r"runs/sample/generate: stopped: (cache write failed|spend ledger failed: runs/sample/spend.sqlite3: "
+                     r"spend ledger): (disk I/O error|database or disk is full)",
     }[where]
     assert_clean_error(proc.returncode, output, expected)
     assert not Path("runs/sample/verify/_SUCCESS.json").exists()

@@ -361,14 +361,25 @@ class LLMClient:
         if self.ledger is None:
             return None
         pt, visible, reasoning = self.expected_tokens(body, task)
-        reservation = self.ledger.reserve(self.prices.cost(body["model"], pt, visible + reasoning))
+        reservation = self._ledger(self.ledger.reserve, self.prices.cost(body["model"], pt, visible + reasoning))
         if reservation is None:
             self._exhausted(self.ledger.cap)
         return reservation
 
+    def _ledger(self, fn, *args):
+        """A ledger call; a spend that cannot be recorded stops the client (paying for calls the
+        budget cannot count is worse than stopping), as a failed cache write does."""
+        try:
+            return fn(*args)
+        except InfirError as e:
+            if self.stop_reason is None:
+                self.stop_reason = f"spend ledger failed: {e}"
+                log.error("%s; no further requests are sent", e)
+            raise _RequestFailed(self.stop_reason) from None
+
     def _release(self, reservation: int | None) -> None:
         if self.ledger is not None:
-            self.ledger.release(reservation)  # nothing to pay for a failed attempt
+            self._ledger(self.ledger.release, reservation)  # nothing to pay for a failed attempt
 
     async def _send(self, body: dict[str, Any], task: LLMTask, acc: _Acc) -> dict[str, Any]:
         """HTTP with retries: the only retry layer (the SDK runs with max_retries=0).
@@ -446,7 +457,12 @@ class LLMClient:
                 raise _RequestFailed(f"backend error: {type(e).__name__}: {e}") from None
         cost = self._price(body, response)
         if self.ledger is not None:
-            self.ledger.settle(reservation, cost)
+            try:
+                self.ledger.settle(reservation, cost)
+            except InfirError as e:  # the answer is kept (and cached); nothing more is sent
+                if self.stop_reason is None:
+                    self.stop_reason = f"spend ledger failed: {e}"
+                    log.error("%s; no further requests are sent", e)
         u = Usage.of(response)
         t = self.totals
         t.prompt_tokens += u.prompt_tokens

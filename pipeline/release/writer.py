@@ -372,6 +372,28 @@ def _check_no_local_paths(root: Path) -> None:
                 raise InfirError(f"{p.name} would publish a local path ({n!r}); refusing to write the release")
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temp_dirs(name_dir: Path) -> list[Path]:
+    """Remove `.tmp-<version>-<pid>-<id>` folders whose writer died (killed mid-release)."""
+    removed = []
+    for p in name_dir.glob(".tmp-*"):
+        parts = p.name.split("-")
+        pid = next((int(x) for x in parts[2:-1] if x.isdigit()), None)
+        if p.is_dir() and pid is not None and pid != os.getpid() and not _alive(pid):
+            shutil.rmtree(p, ignore_errors=True)
+            removed.append(p)
+    return removed
+
+
 def write_release(
     table: pa.Table | Sequence[Path],
     stats: dict[str, Any],
@@ -439,7 +461,9 @@ def _write_versioned(
     rows.check_columns()
     sc = stream.scan(rows, seed, ratios)
     name_dir.mkdir(parents=True, exist_ok=True)
-    tmp = name_dir / f".tmp-{version}-{uuid.uuid4().hex[:12]}"
+    remove_stale_temp_dirs(name_dir)
+    # The writer's pid in the name: a later writer can tell a dead writer's leftovers from a live one's.
+    tmp = name_dir / f".tmp-{version}-{os.getpid()}-{uuid.uuid4().hex[:12]}"
     tmp.mkdir()
     try:
         manifest = _build_release(

@@ -96,6 +96,7 @@ class StageWatch:
         if "run_spent_usd" in f:
             cap = f" of ${f['run_cap_usd']:.2f} cap" if f["run_cap_usd"] is not None else ""
             parts.append(f"run ${f['run_spent_usd']:.4f}{cap}")
+        parts.append(f"elapsed {time.monotonic() - self._t0:.1f}s")
         return " | ".join(parts)
 
     # -- output ------------------------------------------------------------------------------
