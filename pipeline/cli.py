@@ -52,9 +52,29 @@ def _root(
     version: bool = typer.Option(
         False, "--version", callback=_print_version, is_eager=True, help="Print the version and exit."
     ),
+    verbose: int = typer.Option(0, "--verbose", "-v", count=True, help="More detail: retries and repairs of LLM requests."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Only errors: no progress lines, no warnings."),
 ) -> None:
     _state["debug"] = debug
     _state["prompts"] = str(prompts) if prompts else None
+    _set_verbosity(verbose, quiet)
+
+
+def _set_verbosity(verbose: int, quiet: bool) -> None:
+    """-q: errors only (no progress lines); default: warnings; -v: everything infir logs, retries
+    and repairs of the LLM client included (it logs them at DEBUG)."""
+    import logging
+
+    from pipeline.runner import watch
+
+    level = logging.ERROR if quiet else (logging.DEBUG if verbose else logging.WARNING)
+    log = logging.getLogger("pipeline")
+    log.setLevel(level)
+    if not log.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        log.addHandler(handler)
+    watch.QUIET = quiet
 
 
 def _overrides(sets: list[str] | None, **flags: Any) -> dict[str, Any]:

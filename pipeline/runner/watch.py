@@ -16,6 +16,10 @@ import time
 from pipeline.progress import console, progress_bar
 
 
+#: `-q`: no periodic progress lines (set by the CLI).
+QUIET = False
+
+
 def _duration(seconds: float) -> str:
     seconds = max(0, int(seconds))
     h, rem = divmod(seconds, 3600)
@@ -26,7 +30,7 @@ def _duration(seconds: float) -> str:
 class StageWatch:
     def __init__(self, name: str, total_rows: int, client=None, interval_s: float = 30.0, quiet: bool = False):
         self.name, self.total, self.client = name, max(int(total_rows or 0), 0), client
-        self.interval_s, self.quiet = interval_s, quiet
+        self.interval_s, self.quiet = interval_s, quiet or QUIET
         self.done = 0  # rows finished (adopted or processed)
         self.processed = 0  # rows processed by this attempt (not adopted from an earlier one)
         self._chunk_base = 0
