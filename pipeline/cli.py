@@ -290,7 +290,7 @@ def build(
             run_stage(PIPELINE, stage.name, cfg, force=force)
         estimate(PIPELINE, cfg, [s.name for s in stages], as_json=json_)
         return
-    results = [run_stage(PIPELINE, stage.name, cfg, force=force) for stage in stages]
+    results = _build_stages(PIPELINE, stages, cfg, force)
     if target_accepted is not None:
         judged = [r.success.get("summary", {}) for r in results if "accepted" in r.success.get("summary", {})]
         got = judged[-1]["accepted"] if judged else 0
@@ -300,6 +300,31 @@ def build(
             typer.echo(f"build: {got:,} accepted, short of --target-accepted {target_accepted:,}: {why}", err=True)
         else:
             typer.echo(f"build: {got:,} accepted (target {target_accepted:,})", err=True)
+
+
+def _build_stages(pipe, stages, cfg, force: bool) -> list:
+    """Run the stages in order. Once the stages before the first LLM stage are done, the LLM
+    stages are estimated from a sample of their input (sends nothing), so each one's progress lines
+    can show the build's projected total: spent so far + this stage's projection + the rest."""
+    from pipeline.runner.estimate import quick_estimates
+    from pipeline.runner.run import run_stage
+    from pipeline.runner.shape import LLMStage
+
+    results, estimates = [], None
+    llm_names = [s.name for s in stages if isinstance(s, LLMStage)]
+    for stage in stages:
+        options = {}
+        if isinstance(stage, LLMStage):
+            if estimates is None:
+                try:
+                    estimates = quick_estimates(pipe, cfg, llm_names)
+                except InfirError:
+                    estimates = {}  # a projection is a nicety: never a reason to stop
+            later = llm_names[llm_names.index(stage.name) + 1 :]
+            if estimates and all(n in estimates for n in later):
+                options["build_rest_usd"] = sum(estimates[n] for n in later)
+        results.append(run_stage(pipe, stage.name, cfg, force=force, options=options))
+    return results
 
 
 @app.command("plan")

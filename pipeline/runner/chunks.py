@@ -73,7 +73,7 @@ def run_chunks(ctx, stage, total_rows: int) -> Counter:
 
     try:
         interval = getattr(getattr(ctx.cfg, "run", None), "progress_interval_s", 30.0)
-        with StageWatch(stage.name, total_rows, client, interval, ctx.quiet) as watch:
+        with StageWatch(stage.name, total_rows, client, interval, ctx.quiet, ctx.options.get("build_rest_usd")) as watch:
             ctx.on_result = watch.on_result
             nxt = take()
             while nxt is not None:
