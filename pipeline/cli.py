@@ -269,62 +269,11 @@ def build(
 ) -> None:
     """Run every stage in pipeline order; finished ones are skipped."""
     from pipeline.declaration import PIPELINE
-    from pipeline.runner.run import run_stage
+    from pipeline.runner.build import run_build
 
-    stages = PIPELINE.until(until)
     cfg = _config(config, run, set_, **_llm_flags(backend, max_cost_usd, concurrency, mode))
-    if target_accepted is not None:
-        from pipeline.runner.plan import describe, sized_config
-
-        cfg, the_plan = sized_config(PIPELINE, cfg, target_accepted, pilot)
-        for line in describe(the_plan, cfg.llm.max_cost_usd):
-            typer.echo(line, err=True)
-        typer.echo(f"build: sampling {cfg.source.sample_queries:,} source queries", err=True)
-    if dry_run:
-        from pipeline.runner.estimate import dry_run as estimate
-        from pipeline.runner.shape import LLMStage
-
-        for stage in stages:  # free, and the estimate needs their rows
-            if isinstance(stage, LLMStage):
-                break
-            run_stage(PIPELINE, stage.name, cfg, force=force)
-        estimate(PIPELINE, cfg, [s.name for s in stages], as_json=json_)
-        return
-    results = _build_stages(PIPELINE, stages, cfg, force)
-    if target_accepted is not None:
-        judged = [r.success.get("summary", {}) for r in results if "accepted" in r.success.get("summary", {})]
-        got = judged[-1]["accepted"] if judged else 0
-        if got < target_accepted:
-            why = ("not enough source queries" if not the_plan.enough_queries
-                   else "the acceptance came out below the pilot's interval")
-            typer.echo(f"build: {got:,} accepted, short of --target-accepted {target_accepted:,}: {why}", err=True)
-        else:
-            typer.echo(f"build: {got:,} accepted (target {target_accepted:,})", err=True)
-
-
-def _build_stages(pipe, stages, cfg, force: bool) -> list:
-    """Run the stages in order. Once the stages before the first LLM stage are done, the LLM
-    stages are estimated from a sample of their input (sends nothing), so each one's progress lines
-    can show the build's projected total: spent so far + this stage's projection + the rest."""
-    from pipeline.runner.estimate import quick_estimates
-    from pipeline.runner.run import run_stage
-    from pipeline.runner.shape import LLMStage
-
-    results, estimates = [], None
-    llm_names = [s.name for s in stages if isinstance(s, LLMStage)]
-    for stage in stages:
-        options = {}
-        if isinstance(stage, LLMStage):
-            if estimates is None:
-                try:
-                    estimates = quick_estimates(pipe, cfg, llm_names)
-                except InfirError:
-                    estimates = {}  # a projection is a nicety: never a reason to stop
-            later = llm_names[llm_names.index(stage.name) + 1 :]
-            if estimates and all(n in estimates for n in later):
-                options["build_rest_usd"] = sum(estimates[n] for n in later)
-        results.append(run_stage(pipe, stage.name, cfg, force=force, options=options))
-    return results
+    run_build(PIPELINE, cfg, until, force=force, dry_run=dry_run, as_json=json_, target=target_accepted, pilot=pilot,
+              echo=lambda line: typer.echo(line, err=True))
 
 
 @app.command("plan")
