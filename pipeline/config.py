@@ -11,7 +11,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ValidationError
 
 from pipeline.errors import InfirError
 from pipeline.generation.settings import GenerateSettings, MineSettings, VerifySettings
@@ -19,17 +19,18 @@ from pipeline.llm.settings import LLMSettings
 from pipeline.release.settings import WriteSettings
 from pipeline.sources.settings import ColumnMap, HFSource, SourceSettings  # noqa: F401  (re-exported)
 from pipeline.train.settings import TrainSettings
+from pipeline.validate import SECTION_CONFIG, SafeName
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = REPO_ROOT / "configs" / "sample.toml"
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = SECTION_CONFIG
 
 
 class RunSettings(Section):
-    name: str = "sample"
+    name: SafeName = "sample"  # a folder under runs_dir: one safe path component
     runs_dir: Path = Path("runs")
     seed: int = 13
     # None: the bundled prompts/ folder. Prompt hashes are part of every cache key and row.
@@ -60,6 +61,8 @@ def _format_validation(err: ValidationError, origin: str) -> str:
         key = ".".join(str(p) for p in e["loc"])
         if e["type"] == "extra_forbidden":
             parts.append(f"unknown key '{key}'")
+        elif e["type"] == "value_error":  # our validators' messages, without pydantic's "Value error, "
+            parts.append(f"'{key}': {e['ctx']['error']}")
         else:
             parts.append(f"'{key}': {e['msg']}")
     return f"{origin}: invalid config: " + "; ".join(parts)

@@ -6,20 +6,21 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
 from pipeline.retrieval.types import MiningSettings
+from pipeline.validate import SECTION_CONFIG, SafeName
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = SECTION_CONFIG
 
 
 class GenerateSettings(_Section):
     model: str = "gpt-4o-mini"
     temperature: float = 0.7
     max_tokens: int = 300
-    prompt: str = "generate_instruction"
+    prompt: SafeName = "generate_instruction"  # prompts_dir/<prompt>.md
     # Hand the retriever's near misses to the prompt so that I+ excludes them.
     use_near_misses: bool = True
     near_misses: int = Field(8, ge=0, le=50)
@@ -30,7 +31,7 @@ class MineSettings(_Section):
     model: str = "gpt-4o-mini"
     temperature: float = 0.7
     max_tokens: int = 900
-    prompt: str = "poison"
+    prompt: SafeName = "poison"
     # Retrieved passages shown to the poison prompt (style examples; offline: HN sources).
     candidates: int = Field(8, ge=0, le=50)
     shard_rows: int = Field(1000, ge=1)
@@ -41,7 +42,7 @@ class VerifySettings(_Section):
     model: str = "o3-mini"
     reasoning_effort: Literal["minimal", "low", "medium", "high"] = "medium"
     max_completion_tokens: int = 4000
-    prompt: str = "judge"
+    prompt: SafeName = "judge"
     # Cheap deterministic pre-filters, applied before any judge call.
     max_instruction_words: int = 80
     max_query_words: int = 40

@@ -7,11 +7,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field, model_validator
+
+from pipeline.validate import SECTION_CONFIG, InnerPath, SafeName, check_min_max
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = SECTION_CONFIG
 
 
 class ColumnMap(_Section):
@@ -36,10 +38,10 @@ class SourceSettings(_Section):
     path: Path | None = Path("data/sample")
     name: str | None = None  # the `source` column; defaults to the input folder's name
     # File names inside `path` (beir/msmarco defaults apply when left empty).
-    corpus_file: str | None = None
-    queries_file: str | None = None
-    qrels_file: str | None = None
-    qrels_split: str = "test"
+    corpus_file: InnerPath | None = None
+    queries_file: InnerPath | None = None
+    qrels_file: InnerPath | None = None
+    qrels_split: SafeName = "test"  # beir: qrels/<split>.tsv
     columns: ColumnMap = ColumnMap()
     hf_corpus: HFSource | None = None
     hf_queries: HFSource | None = None
@@ -56,3 +58,9 @@ class SourceSettings(_Section):
     decontam_threshold: float = Field(95.0, ge=0, le=100)
     shard_rows: int = Field(50_000, ge=1)
     collection_shard_rows: int = Field(200_000, ge=1)
+
+    @model_validator(mode="after")
+    def _ranges(self) -> "SourceSettings":
+        check_min_max(self.min_query_words, self.max_query_words, "min_query_words", "max_query_words")
+        check_min_max(self.min_passage_words, self.max_passage_words, "min_passage_words", "max_passage_words")
+        return self
