@@ -88,15 +88,7 @@ def _as_str(value) -> str | None:
 
 
 def read_jsonl(path: Path, cols: ColumnMap, q: Quarantine, with_title: bool) -> Iterator[Record]:
-    for n, line in _open_text_lines(path, q):
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            q.add(path, n, f"malformed JSON: {e.msg} at column {e.colno}", line)
-            continue
-        if not isinstance(obj, dict):
-            q.add(path, n, "malformed JSON: not an object", line)
-            continue
+    for n, obj, line in _jsonl_objects(path, q):
         rid, text = _as_str(obj.get(cols.id)), obj.get(cols.text)
         if rid is None or not rid.strip():
             q.add(path, n, f"missing id: field '{cols.id}'", line)
@@ -287,18 +279,23 @@ class SourceReader:
             _check_columns(path, _parquet_columns(path), [cols.qrel_query_id, cols.qrel_passage_id])
             return _qrels_from_rows(_table_rows(path), cols, self.q, str(path))
         if path.suffix == ".jsonl":
-            return _qrels_from_rows(_jsonl_rows(path, self.q), cols, self.q, str(path))
+            return _qrels_from_rows(((n, o) for n, o, _ in _jsonl_objects(path, self.q)), cols, self.q, str(path))
         return read_qrels_text(path, self.q)
 
 
-def _jsonl_rows(path: Path, q: Quarantine) -> Iterator[tuple[int, dict]]:
+def _jsonl_objects(path: Path, q: Quarantine) -> Iterator[tuple[int, dict, str]]:
+    """(line number, object, raw line) of each JSON-object line; any other line is quarantined."""
     for n, line in _open_text_lines(path, q):
         try:
             obj = json.loads(line)
         except json.JSONDecodeError as e:
             q.add(path, n, f"malformed JSON: {e.msg} at column {e.colno}", line)
             continue
+        except RecursionError:
+            # json's decoder recurses once per nesting level: `[` x 1,500 exhausts the stack.
+            q.add(path, n, "malformed JSON: nested too deeply", line)
+            continue
         if isinstance(obj, dict):
-            yield n, obj
+            yield n, obj, line
         else:
             q.add(path, n, "malformed JSON: not an object", line)

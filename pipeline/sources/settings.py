@@ -52,6 +52,10 @@ class SourceSettings(_Section):
     max_query_words: int = Field(40, ge=1)
     min_passage_words: int = Field(5, ge=1)
     max_passage_words: int = Field(400, ge=1)
+    # The longest passage that may enter a prompt (a collection passage shown to the poison prompt,
+    # a positive): longer ones are cut to this many words, or quarantined.
+    prompt_passage_words: int = Field(2000, ge=1)
+    long_passages: Literal["truncate", "quarantine"] = "truncate"
     min_relevance: int = 1
     dedup_threshold: float = Field(95.0, ge=0, le=100)
     decontaminate: list[Path] = []

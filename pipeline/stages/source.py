@@ -20,7 +20,7 @@ from pipeline.errors import InfirError
 from pipeline.progress import console, print_summary, progress_bar
 from pipeline.sources.quarantine import Quarantine
 from pipeline.sources.readers import SourceReader
-from pipeline.sources.text import NearDupIndex, normalize, word_count
+from pipeline.sources.text import NearDupIndex, bound_words, has_visible, normalize, word_count
 from pipeline.sources.topics import read_topics
 from pipeline.stages.common import StageResult, run_dir, skipped
 from pipeline.store import StageOutput, content_id, file_fingerprint, identity_hash, shard_name
@@ -134,6 +134,22 @@ def run_source(cfg, force: bool = False) -> StageResult:
     return StageResult("source", False, success)
 
 
+def _bounded(text: str, rec, s: SourceSettings, q: Quarantine, stats: Counter) -> str | None:
+    """A passage as it may enter a prompt (every passage the LLM stages show comes from here), or None
+    when it is quarantined: empty to the eye, or over `prompt_passage_words` in quarantine mode."""
+    if not has_visible(text):
+        q.add(rec.file, rec.line, f"empty text: passage '{rec.id}' (empty after cleaning)", rec.text)
+        return None
+    cut = bound_words(text, s.prompt_passage_words)
+    if cut is None:
+        return text
+    if s.long_passages == "quarantine":
+        q.add(rec.file, rec.line, f"passage too long: '{rec.id}' over {s.prompt_passage_words} words", text)
+        return None
+    stats["passages truncated"] += 1
+    return cut
+
+
 def _build(cfg, s: SourceSettings, reader: SourceReader, q: Quarantine, out: StageOutput) -> dict:
     stats: Counter[str] = Counter()
     source_name = s.name or (Path(s.path).name if s.path else (s.hf_corpus.name if s.hf_corpus else "hf"))
@@ -154,9 +170,8 @@ def _build(cfg, s: SourceSettings, reader: SourceReader, q: Quarantine, out: Sta
     with progress_bar("source: corpus", None) as (bar, task):
         for rec in reader.corpus():
             stats["passages read"] += 1
-            text = normalize(rec.text)
-            if not text:
-                q.add(rec.file, rec.line, f"empty text: passage '{rec.id}'", rec.text)
+            text = _bounded(normalize(rec.text), rec, s, q, stats)
+            if text is None:
                 continue
             title = normalize(rec.title)
             writer.add(rec.id, title, text, rec.line)
@@ -177,8 +192,8 @@ def _build(cfg, s: SourceSettings, reader: SourceReader, q: Quarantine, out: Sta
     for rec in reader.queries():
         stats["queries read"] += 1
         text = normalize(rec.text)
-        if not text:
-            q.add(rec.file, rec.line, f"empty text: query '{rec.id}'", rec.text)
+        if not has_visible(text):
+            q.add(rec.file, rec.line, f"empty text: query '{rec.id}' (empty after cleaning)", rec.text)
         elif rec.id in queries:
             q.add(rec.file, rec.line, f"duplicate id: query '{rec.id}' already seen", rec.text)
         else:
