@@ -328,6 +328,8 @@ BAD_SETTINGS = [  # (--set or --run arguments, the error that names the key)
     (["--set", "llm.deadline_s=-inf"], r"'llm.deadline_s': Input should be a finite number"),
     (["--set", "mine.retrieval.margin=nan"], r"'mine.retrieval.margin': Input should be a finite number"),
     (["--set", "train.learning_rate=inf"], r"'train.learning_rate': Input should be a finite number"),
+    (["--set", "generate.temperature=5"], r"'generate.temperature': Input should be less than or equal to 2"),
+    (["--set", "verify.near_copy_threshold=150"], r"'verify.near_copy_threshold': Input should be less than or equal to 100"),
     (["--set", "a.b=1\nc.d=2"], r"--set 'a.b=1\\nc.d=2': a value cannot span lines"),
     (["--set", 'generate.prompt="../../etc/passwd"'], r"'generate.prompt': '../../etc/passwd' is not a safe name"),
     (["--set", 'source.qrels_file="/etc/passwd"'], r"'source.qrels_file': '/etc/passwd' must be a relative path inside"),

@@ -18,8 +18,8 @@ class _Section(BaseModel):
 
 class GenerateSettings(_Section):
     model: str = "gpt-4o-mini"
-    temperature: float = 0.7
-    max_tokens: int = 300
+    temperature: float = Field(0.7, ge=0, le=2)  # the API's range: outside it every request is a 400
+    max_tokens: int = Field(300, ge=1)
     prompt: SafeName = "generate_instruction"  # prompts_dir/<prompt>.md
     # Hand the retriever's near misses to the prompt so that I+ excludes them.
     use_near_misses: bool = True
@@ -29,8 +29,8 @@ class GenerateSettings(_Section):
 
 class MineSettings(_Section):
     model: str = "gpt-4o-mini"
-    temperature: float = 0.7
-    max_tokens: int = 900
+    temperature: float = Field(0.7, ge=0, le=2)
+    max_tokens: int = Field(900, ge=1)
     prompt: SafeName = "poison"
     # Retrieved passages shown to the poison prompt (style examples; offline: HN sources).
     candidates: int = Field(8, ge=0, le=50)
@@ -41,13 +41,13 @@ class MineSettings(_Section):
 class VerifySettings(_Section):
     model: str = "o3-mini"
     reasoning_effort: Literal["minimal", "low", "medium", "high"] = "medium"
-    max_completion_tokens: int = 4000
+    max_completion_tokens: int = Field(4000, ge=1)
     prompt: SafeName = "judge"
     # Cheap deterministic pre-filters, applied before any judge call.
-    max_instruction_words: int = 80
-    max_query_words: int = 40
-    max_passage_words: int = 400
+    max_instruction_words: int = Field(80, ge=1)
+    max_query_words: int = Field(40, ge=1)
+    max_passage_words: int = Field(400, ge=1)
     shard_rows: int = Field(1000, ge=1)
-    near_equal_threshold: float = 95.0
-    near_copy_threshold: float = 90.0
-    answer_copy_threshold: float = 90.0
+    near_equal_threshold: float = Field(95.0, ge=0, le=100)  # rapidfuzz ratios: 0..100
+    near_copy_threshold: float = Field(90.0, ge=0, le=100)
+    answer_copy_threshold: float = Field(90.0, ge=0, le=100)
