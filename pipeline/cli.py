@@ -83,6 +83,9 @@ def _overrides(sets: list[str] | None, **flags: Any) -> dict[str, Any]:
         if "=" not in item:
             raise InfirError(f"--set {item!r}: expected KEY=VALUE, e.g. --set source.sample_queries=500")
         key, raw = item.split("=", 1)
+        if "\n" in item or "\r" in item:
+            # TOML would read `1\nc.d=2` as the value 1 and silently drop the rest.
+            raise InfirError(f"--set {item!r}: a value cannot span lines; give one --set per key")
         out[key.strip()] = parse_value(raw.strip())
     out.update({k: v for k, v in flags.items() if v is not None})
     return out

@@ -273,13 +273,31 @@ class LLMClient(SpendMixin):
             return response, True
         fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._inflight[key] = fut
+        claimed = False
         try:
+            if self.cache is not None and not fresh:
+                # Another process on this cache may be sending the same request: wait for its answer.
+                try:
+                    hit = await self.cache.claim_or_wait(key, self.settings.deadline_s + self.settings.request_timeout_s)
+                except (sqlite3.Error, OSError) as e:  # as for `put`: a cache we cannot write stops the sending
+                    self.stop_reason = f"cache write failed: {e}"
+                    raise _RequestFailed(self.stop_reason) from None
+                if hit is not None:
+                    self.totals.cache_hits += 1
+                    self.totals.saved_cost_usd += self._price(body, hit)
+                    fut.set_result(hit)
+                    return hit, True
+                claimed = True
             response = await self._send(body, task, acc)
         except _RequestFailed as e:
+            if claimed:
+                self.cache.release(key)
             fut.set_exception(e)
             fut.exception()  # retrieved: no "never retrieved" warning when nobody waits
             raise
         except BaseException:
+            if claimed:
+                self.cache.release(key)
             fut.cancel()
             raise
         finally:

@@ -21,7 +21,7 @@ from pipeline.sources.hf import provenance as hf_provenance
 from pipeline.sources.settings import SourceSettings
 from pipeline.sources.quarantine import Quarantine
 from pipeline.sources.readers import SourceReader
-from pipeline.sources.text import NearDupIndex, normalize, word_count
+from pipeline.sources.text import NearDupIndex, bound_words, has_visible, normalize, word_count
 from pipeline.sources.topics import read_topics
 from pipeline.store import StageOutput, content_id, shard_name
 
@@ -154,9 +154,8 @@ def _stream_corpus(st: _Pass, out: StageOutput) -> None:
     with progress_bar("source: corpus", None) as (bar, task):
         for rec in st.reader.corpus():
             stats["passages read"] += 1
-            text = normalize(rec.text)
-            if not text:
-                q.add(rec.file, rec.line, f"empty text: passage '{rec.id}'", rec.text)
+            text = _bounded(normalize(rec.text), rec, s, q, stats)
+            if text is None:
                 continue
             title = normalize(rec.title)
             writer.add(rec.id, title, text, rec.line)
@@ -172,13 +171,29 @@ def _stream_corpus(st: _Pass, out: StageOutput) -> None:
     stats["collection passages"] = writer.rows - stats["duplicate passage ids"]
 
 
+def _bounded(text: str, rec, s: SourceSettings, q: Quarantine, stats: Counter) -> str | None:
+    """A passage as it may enter a prompt (every passage the LLM stages show comes from here), or None
+    when it is quarantined: empty to the eye, or over `prompt_passage_words` in quarantine mode."""
+    if not has_visible(text):
+        q.add(rec.file, rec.line, f"empty text: passage '{rec.id}' (empty after cleaning)", rec.text)
+        return None
+    cut = bound_words(text, s.prompt_passage_words)
+    if cut is None:
+        return text
+    if s.long_passages == "quarantine":
+        q.add(rec.file, rec.line, f"passage too long: '{rec.id}' over {s.prompt_passage_words} words", text)
+        return None
+    stats["passages truncated"] += 1
+    return cut
+
+
 def _read_queries(st: _Pass) -> None:
     """3. queries: normalised, validated, unique ids."""
     for rec in st.reader.queries():
         st.stats["queries read"] += 1
         text = normalize(rec.text)
-        if not text:
-            st.q.add(rec.file, rec.line, f"empty text: query '{rec.id}'", rec.text)
+        if not has_visible(text):
+            st.q.add(rec.file, rec.line, f"empty text: query '{rec.id}' (empty after cleaning)", rec.text)
         elif rec.id in st.queries:
             st.q.add(rec.file, rec.line, f"duplicate id: query '{rec.id}' already seen", rec.text)
         else:
