@@ -113,7 +113,10 @@ def runs(tmp_path_factory):
     rng = random.Random(20240601)
     with FakeOpenAIServer(responder=responder, latency=0.01) as server:
         def args(stage):
-            return infir_args(stage, server.base_url, MSMARCO, queries=QUERIES, concurrency=CONCURRENCY)
+            # The filter stage has no LLM wait: small shards give it enough files (and time) for
+            # each kill to land before it finishes.
+            return infir_args(stage, server.base_url, MSMARCO, queries=QUERIES, concurrency=CONCURRENCY,
+                              extra=("--set", "filter.shard_rows=2"))
 
         # Stages run one after the other, so a stage's requests are the server's count over its
         # runs (a request cut off by a kill, with no readable body, included).
