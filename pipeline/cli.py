@@ -178,7 +178,7 @@ def write(
     run: Optional[str] = RunOpt,
     version: Optional[str] = typer.Option(None, "--version", help="Release version (default: write.version)."),
     bump: Optional[str] = typer.Option(None, "--bump", help="patch | minor | major: the next version."),
-    st_export: Optional[bool] = typer.Option(None, "--st-export/--no-st-export", help="Also write anchor/positive/negative files for sentence-transformers."),
+    st_export: Optional[bool] = typer.Option(None, "--st-export/--no-st-export", help="Write the `triplets` config (anchor, positive, negative_1, negative_2) that sentence-transformers trains on (default: on)."),
     verify_dir: Optional[Path] = typer.Option(None, "--verify", help="Only check a written release: every checksum and row count."),
     set_: Optional[list[str]] = SetOpt,
 ) -> None:

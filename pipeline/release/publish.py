@@ -19,7 +19,7 @@ T = TypeVar("T")
 
 RETRY_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 #: Top-level folders a release owns in the repo; stale files there are deleted when publishing.
-MANAGED_DIRS = ("data", "st", "plots")
+MANAGED_DIRS = ("data", "triplets", "st", "plots")  # "st": where releases before the triplets config kept them
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ from typing import Any
 
 from pipeline.train.data import DEFAULT_TEMPLATE
 from pipeline.train.evaluate import PMRR_SCALE, evaluate_release
+from pipeline.train.pool import DEFAULT_POOL_SAMPLE
 
 __all__ = ["compare", "METRICS", "markdown_table", "plot_comparison"]
 
@@ -34,6 +35,10 @@ def _label(model: Any) -> str:
 def markdown_table(results: dict[str, dict[str, Any]], metrics: tuple[str, ...] = METRICS) -> str:
     """Rows = model x metric; columns: model, metric, value (4 decimals)."""
     lines = ["| model | metric | value |", "|---|---|---|"]
+    first = next(iter(results.values()), {})
+    if "pool_size" in first:
+        lines.insert(0, f"Pool: {first['pool_size']} passages (split {first['pool']['split_passages']}, mined "
+                        f"negatives {first['pool']['mined_negatives']}, sampled {first['pool']['sampled']}).\n")
     for name, res in results.items():
         for m in metrics:
             lines.append(f"| {name} | {m} | {res[m]:.4f} |")
@@ -79,6 +84,8 @@ def compare(
     batch_size: int = 64,
     out_dir: str | Path | None = None,
     max_rows: int | None = None,
+    pool_sample: int = DEFAULT_POOL_SAMPLE,
+    collection: str | Path | None = None,
 ) -> dict[str, Any]:
     """Run :func:`evaluate_release` on both models (``base_model=None`` -> bundled MiniLM).
 
@@ -86,9 +93,10 @@ def compare(
     "delta": {metric: finetuned - base}, "markdown": str, "files": {...}}``. With ``out_dir``,
     also writes ``compare.json``, ``compare.md`` and ``compare.png`` there.
     """
+    kw = dict(max_rows=max_rows, pool_sample=pool_sample, collection=collection)
     results = {
-        "base": evaluate_release(base_model, release_dir, split, template, batch_size, max_rows=max_rows),
-        "finetuned": evaluate_release(finetuned_model, release_dir, split, template, batch_size, max_rows=max_rows),
+        "base": evaluate_release(base_model, release_dir, split, template, batch_size, **kw),
+        "finetuned": evaluate_release(finetuned_model, release_dir, split, template, batch_size, **kw),
     }
     results["base"]["model"] = _label(base_model)
     results["finetuned"]["model"] = _label(finetuned_model)
@@ -97,6 +105,8 @@ def compare(
         "template": template,
         "release_dir": str(release_dir),
         "pmrr_scale": PMRR_SCALE,
+        "pool_size": results["base"]["pool_size"],
+        "pool": results["base"]["pool"],
         "models": results,
         "delta": {m: results["finetuned"][m] - results["base"][m] for m in METRICS},
         "markdown": markdown_table(results),
