@@ -31,7 +31,7 @@ def run_train(cfg, force: bool = False, release: Path | None = None) -> StageRes
 
 
 def _run_train(cfg, force: bool, release: Path | None) -> StageResult:
-    from pipeline.train import compare, train
+    from pipeline.train.check import training_check
 
     rd = run_dir(cfg)
     release = Path(release) if release else release_of_run(rd)
@@ -51,24 +51,25 @@ def _run_train(cfg, force: bool, release: Path | None) -> StageResult:
             shutil.rmtree(p) if p.is_dir() else p.unlink()
     with progress_bar("train", None) as (bar, task):
 
-        def on_step(info: dict) -> None:
-            bar.update(task, completed=info.get("step", 0), total=info.get("max_steps"),
+        def on_step(label: str, info: dict) -> None:
+            bar.update(task, description=f"train {label}", completed=info.get("step", 0), total=info.get("max_steps"),
                        info=f"loss {info.get('loss', float('nan')):.4f}" if info.get("loss") is not None else "")
 
-        result = train(release, out, settings, progress=on_step)
-    report = compare(settings.model, result.model_dir, release, split="test", template=settings.template,
-                     out_dir=out / "eval")
+        report = training_check(release, out, settings, progress=on_step)
+    primary = report["training"][report["primary"]]
     summary = {
         "release": str(release),
-        "train_pairs": result.train_pairs,
-        "steps": result.steps,
-        "final_loss": result.final_loss,
-        "runtime_s": round(result.runtime_s, 1),
+        "train_pairs": primary["train_pairs"],
+        "steps": primary["steps"],
+        "final_loss": primary["final_loss"],
+        "runtime_s": primary["runtime_s"],
+        "training": report["training"],
+        "pool_size": report["pool_size"],
         "metrics": report["models"],
         "delta": report["delta"],
         "markdown": report["markdown"],
     }
-    success = {"stage": "train", **identity, "rows": result.rows_used, "summary": summary}
+    success = {"stage": "train", **identity, "rows": primary["rows_used"], "summary": summary}
     write_json_atomic(success, out / "_SUCCESS.json")
     console.print(report["markdown"])
     return StageResult("train", False, success)

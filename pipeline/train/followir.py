@@ -13,7 +13,8 @@ Scoring (MTEB ``AbsTaskInstructionRetrieval``): each query re-ranks its ``top_ra
 twice, with ``template(text, instruction_og)`` and with ``template(text, instruction_changed)``.
 p-MRR is computed over the documents whose judgement differs between the two qrels
 (:func:`pipeline.train.metrics.followir_pmrr`); nDCG@5 and MAP@1000 are those of the original run
-against ``qrels_og`` (pytrec_eval), the figures FollowIR reports beside p-MRR.
+against ``qrels_og`` (pytrec_eval), the figures FollowIR reports beside p-MRR. Score ties are
+broken by candidate order everywhere (MTEB's p-MRR rule; trec_eval alone would use document ids).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import numpy as np
 from pipeline.errors import InfirError
 from pipeline.train.data import DEFAULT_TEMPLATE, check_template, format_query
 from pipeline.train.evaluate import PMRR_SCALE, doc_text, encode_texts
-from pipeline.train.metrics import followir_pmrr, ir_metrics, qrel_diff
+from pipeline.train.metrics import followir_pmrr, ir_metrics, qrel_diff, run_from_ranking
 from pipeline.train.readers import read_jsonl, read_qrels
 
 __all__ = ["evaluate_followir", "load_followir", "FOLLOWIR_TASKS"]
@@ -124,7 +125,9 @@ def evaluate_followir(
     run_changed = _rerank(q_emb[n:], emb_d, qids, top)
     changed = qrel_diff({q: data["qrels_og"][q] for q in qids}, data["qrels_changed"])
     pmrr, per_query = followir_pmrr(run_og, run_changed, changed)
-    og_scores = ir_metrics({q: data["qrels_og"][q] for q in qids}, run_og, ("ndcg_at_5", "map_at_1000"))
+    # pytrec_eval would break score ties by document id; hand it the runs in p-MRR's order instead
+    ranked_og = {q: run_from_ranking(list(r), list(r.values())) for q, r in run_og.items()}
+    og_scores = ir_metrics({q: data["qrels_og"][q] for q in qids}, ranked_og, ("ndcg_at_5", "map_at_1000"))
     return {
         "dataset": str(data["root"]),
         "split": split,

@@ -91,19 +91,20 @@ def ir_metrics(
     run: dict[str, dict[str, float]],
     metrics: Sequence[str] = ("ndcg_at_10", "mrr"),
 ) -> dict[str, float]:
-    """Mean over the qrels' queries of trec_eval measures, computed by pytrec_eval.
+    """Mean of trec_eval measures (computed by pytrec_eval) over the queries with a relevant document.
 
     ``metrics`` from ``ndcg_at_5``, ``ndcg_at_10``, ``map_at_1000``, ``mrr`` (reciprocal rank of the
     run as given: pass a run cut at 10 for MRR@10). Relevance is graded as in trec_eval (gain =
-    judgement, judgements <= 0 are not relevant). A query with judgements but no run counts 0, as
-    in trec_eval's ``-c``; a run query with no judgement is ignored.
+    judgement, judgements <= 0 are not relevant). A query with a relevant document but no run counts
+    0, as in trec_eval's ``-c``; a query with no relevant document, and a run query with no
+    judgement, are left out.
     """
     import pytrec_eval
 
     unknown = [m for m in metrics if m not in _TREC]
     if unknown:
         raise ValueError(f"unknown metric(s) {unknown}; known: {sorted(_TREC)}")
-    judged = {q: {d: int(g) for d, g in docs.items()} for q, docs in qrels.items() if docs}
+    judged = {q: {d: int(g) for d, g in docs.items()} for q, docs in qrels.items() if any(g > 0 for g in docs.values())}
     if not judged:
         return {m: 0.0 for m in metrics}
     evaluator = pytrec_eval.RelevanceEvaluator(judged, {_TREC[m][0] for m in metrics})
