@@ -339,7 +339,7 @@ def test_evaluate_release_real_model_ranges_and_ablation(synth_release, trained_
     assert rep["delta"]["pmrr"] == pytest.approx(rep["models"]["finetuned"]["pmrr"] - rep["models"]["base"]["pmrr"])
     for f in ("compare.json", "compare.md", "compare.png"):
         assert (tmp_path / "cmp" / f).stat().st_size > 0
-    assert json.loads((tmp_path / "cmp" / "compare.json").read_text())["delta"].keys() == rep["delta"].keys()
+    assert json.loads((tmp_path / "cmp" / "compare.json").read_text())["delta"]["finetuned"].keys() == rep["delta"].keys()
 
 
 def test_train_cached_mnrl_with_mined_negatives(synth_release, tmp_path):

@@ -123,6 +123,10 @@ def _training_section(manifest: dict[str, Any]) -> list[str]:
         "                           loss=losses.MultipleNegativesRankingLoss(model)).train()",
         "```",
         "",
+        "The default config holds every column InF-IR's training code (InF_Embed) reads, under the same "
+        "names; that code only loads its own Hub dataset ids, so it needs a one-branch change to its data "
+        "loader to read this dataset (positive passage column: `document_positive`).",
+        "",
     ]
 
 
