@@ -29,15 +29,19 @@ def readme_snippet() -> str:
 
 @pytest.fixture(scope="module")
 def sample_release(tmp_path_factory):
-    """`make build-corpus` up to the release: the real CLI, offline, in a fresh folder."""
+    """`make build-corpus` up to the release: the real CLI, offline, in a fresh folder. 50 of the
+    sample's 147 queries, so the README's one-epoch training is a few steps (~35 train rows, 4 steps)."""
     root = tmp_path_factory.mktemp("fresh")
     code, _, err = run_infir("build", "--until", "write", "--set", f"source.path={SAMPLE}",
+                             "--set", "source.sample_queries=50",
                              "--config", str(REPO / "configs" / "sample.toml"), cwd=root)
     assert code == 0, err[-2000:]
     assert (root / "releases" / "inf-ir-sample" / "1.0.0" / "triplets" / "train.parquet").is_file()
     return root
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(1800)  # builds the release (module fixture) and trains MiniLM on CPU
 def test_readme_snippet_trains_on_triplets_as_published(sample_release, monkeypatch):
     monkeypatch.chdir(sample_release)
     monkeypatch.setenv("HF_DATASETS_CACHE", str(sample_release / ".hf-datasets"))
