@@ -224,28 +224,27 @@ def eval_(
     model: Optional[str] = typer.Argument(None, help="A sentence-transformers model path (default: bundled MiniLM)."),
     release: Optional[Path] = typer.Option(None, "--release", help="An infir release directory."),
     beir: Optional[Path] = typer.Option(None, "--beir", help="A BEIR-layout dataset whose queries carry an `instruction`."),
+    followir: Optional[Path] = typer.Option(None, "--followir", help="A FollowIR-layout task folder (Robust04, Core17, News21)."),
     split: str = typer.Option("test", "--split"),
     template: str = typer.Option("{query} {instruction}", "--template", help="How query and instruction are joined (as in training)."),
+    out: Path = typer.Option(Path("eval-report"), "--out", help="Folder for the report (eval-<kind>.json and .md)."),
+    pool_sample: Optional[int] = typer.Option(None, "--pool-sample", help="Release only: passages sampled from the rest of the collection (default 10000)."),
+    collection: Optional[Path] = typer.Option(None, "--collection", help="Release only: a BEIR corpus.jsonl to sample the pool from (default: the release's passages)."),
 ) -> None:
-    """Evaluate any sentence-transformers model on a release's split or on a BEIR-layout dataset.
+    """Evaluate any sentence-transformers model on a release split, a BEIR dataset or a FollowIR task.
 
-    Release: nDCG@10, MRR@10, p-MRR and the no-instruction ablation. BEIR: nDCG@10 and MRR@10 with and
-    without the queries' instructions. Prints JSON.
+    Release: nDCG@10, MRR@10, p-MRR and the no-instruction ablation over a pool of the split's passages,
+    their mined negatives and a seeded sample of the collection. BEIR: nDCG@10 and MRR@10 with and without
+    the queries' instructions. FollowIR: p-MRR as MTEB computes it, nDCG@5 and MAP@1000. Prints JSON and
+    writes it with a Markdown table to --out.
     """
-    import json
-
     from pipeline.extras import require_extra
 
     require_extra("train", "infir eval")
-    from pipeline.train import evaluate_beir, evaluate_release
+    from pipeline.train.eval_command import run_eval
 
-    if (release is None) == (beir is None):
-        raise InfirError("give exactly one of --release DIR or --beir DIR")
-    if release is not None:
-        result = evaluate_release(model, release, split, template)
-    else:
-        result = evaluate_beir(model, beir, split, template)
-    typer.echo(json.dumps(result, indent=2, default=str))
+    run_eval(model, release=release, beir=beir, followir=followir, split=split, template=template, out=out,
+             pool_sample=pool_sample, collection=collection)
 
 
 @app.command()

@@ -97,6 +97,7 @@ def infir_args(stage: str, base_url: str, msmarco: Path, *, queries: int = 120, 
         "train.batch_size": 8,
         "train.max_rows": 16,
         "train.max_seq_length": 64,
+        "train.ablate_mined_negatives": False,
     }
     args = [stage]
     for k, v in sets.items():

@@ -21,7 +21,7 @@ class WriteSettings(BaseModel):
     split_ratios: tuple[float, float, float] = (0.8, 0.1, 0.1)
     seed: int = 13
     max_rows_per_shard: int = Field(50_000, ge=1)
-    st_export: bool = False
+    st_export: bool = True  # the `triplets` config (anchor, positive, negative_1, negative_2)
     # The dataset card's licence (a Hub licence id); the source corpus's terms decide it.
     license: str = "other"
     # Required by `infir write` when license = "other": the Hub shows them for a custom licence.

@@ -12,6 +12,7 @@ from pipeline.errors import InfirError
 from pipeline.release.card import linked_files, parse_front_matter
 from pipeline.release.manifest import MANIFEST_NAME, load_manifest, sha256_file
 from pipeline.release.schema import RELEASE_SCHEMA, SPLITS, ST_SCHEMA, schema_fingerprint
+from pipeline.release.triplets import TRIPLETS_DIR
 
 
 @dataclass(frozen=True)
@@ -101,9 +102,9 @@ def verify_release(path: Path | str) -> VerifyReport:
         digest = sha256_file(p)
         if digest != f["sha256"]:
             raise _fail(release, rel, f"sha256 mismatch (manifest {f['sha256'][:16]}…, file {digest[:16]}…)")
-        if rel.startswith("st/") and rel.endswith(".parquet"):
+        if rel.startswith(f"{TRIPLETS_DIR}/") and rel.endswith(".parquet"):
             if not pq.ParquetFile(p).schema_arrow.equals(ST_SCHEMA, check_metadata=False):
-                raise _fail(release, rel, "schema differs from (anchor, positive, negative)")
+                raise _fail(release, rel, "schema differs from (anchor, positive, negative_1, negative_2)")
 
     on_disk = sorted(p.relative_to(release).as_posix() for p in release.rglob("*") if p.is_file())
     for rel in on_disk:

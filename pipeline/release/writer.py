@@ -34,10 +34,11 @@ from pipeline.release.schema import (
     INFIR_COLUMNS,
     RELEASE_SCHEMA,
     SPLITS,
-    ST_SCHEMA,
+    TRIPLETS_SCHEMA,
     schema_fields,
     schema_fingerprint,
 )
+from pipeline.release.triplets import TRIPLETS_DIR, triplets_path, triplets_table
 from pipeline.release.rows import AcceptedRows
 from pipeline.release.splits import normalize_ratios
 from pipeline.release.stream import Scan
@@ -103,24 +104,6 @@ def _write_text_atomic(path: Path, text: str) -> None:
         write_bytes_atomic(path, text.encode("utf-8"), fsync=False)
 
 
-def st_triplets(t: pa.Table, template: str) -> pa.Table:
-    """Three (anchor, positive, negative) triplets per row, in row order."""
-
-    def fmt(q: str, i: str) -> str:
-        return template.format(query=q, instruction=i).strip()
-
-    anchors, positives, negatives = [], [], []
-    cols = {c: t.column(c).to_pylist() for c in INFIR_COLUMNS}
-    for k in range(t.num_rows):
-        qp, ip, pp = cols["query_positive"][k], cols["instruction_positive"][k], cols["document_positive"][k]
-        ineg, hn1 = cols["instruction_negative"][k], cols["hard_negative_document_1"][k]
-        qn, hn2 = cols["query_negative"][k], cols["hard_negative_document_2"][k]
-        anchors += [fmt(qp, ip), fmt(qp, ineg), fmt(qn, ip)]
-        positives += [pp, hn1, hn2]
-        negatives += [hn1, pp, pp]
-    return pa.table({"anchor": anchors, "positive": positives, "negative": negatives}, schema=ST_SCHEMA)
-
-
 def _check_template(template: str) -> None:
     try:
         template.format(query="q", instruction="i")
@@ -133,12 +116,12 @@ def _check_template(template: str) -> None:
 def _write_data(
     rows: AcceptedRows, sc: Scan, root: Path, max_rows: int, st_template: str | None
 ) -> tuple[list[dict], dict[str, dict], list[dict], list[dict]]:
-    """Data shards (and the sentence-transformers files), one output row group in memory at a time.
+    """Data shards (and the `triplets` config's files), one output row group in memory at a time.
 
     Returns the shard entries, the per-split counts, the st files and the card's example rows."""
     if st_template is not None:
         _check_template(st_template)
-        (root / "st").mkdir()
+        (root / TRIPLETS_DIR).mkdir()
     (root / "data").mkdir(parents=True)
     shards: list[dict] = []
     st_files: list[dict] = []
@@ -152,7 +135,7 @@ def _write_data(
 
     def close_st() -> None:
         st.close()
-        st_files.append({"path": f"st/{st.path.name}", "split": st_split, "rows": st.rows})
+        st_files.append({"path": triplets_path(st_split), "split": st_split, "rows": st.rows})
 
     split = st_split = None
     try:
@@ -168,13 +151,13 @@ def _write_data(
                 if st is not None:
                     close_st()
                 st_split = bk.split
-                st = ParquetOut(root / "st" / f"{bk.split}.parquet", ST_SCHEMA)
+                st = ParquetOut(root / triplets_path(bk.split), TRIPLETS_SCHEMA)
             t = stream.gather(bk)
             if not examples:
                 examples = t.slice(0, 3).select(["id", "split", *INFIR_COLUMNS]).to_pylist()
             shard.write(t)
             if st is not None:
-                st.write(st_triplets(t, st_template))
+                st.write(triplets_table(t, st_template))
             del t
         if shard is not None:
             close_shard()
@@ -329,7 +312,7 @@ def write_release(
     split_ratios: tuple[float, float, float] = (0.8, 0.1, 0.1),
     seed: int = 13,
     max_rows_per_shard: int = 50_000,
-    st_export: bool = False,
+    st_export: bool = True,
     *,
     st_template: str = DEFAULT_ST_TEMPLATE,
     license: str | None = None,
