@@ -41,6 +41,21 @@ def _fail(release: Path, rel: str, why: str) -> InfirError:
     return InfirError(f"release {release}: {rel}: {why}")
 
 
+def _check_splits(release: Path, manifest: dict, rows_per_split: dict, queries: dict) -> None:
+    """No query in two splits; each split's and the total row count as the manifest says."""
+    for i, a in enumerate(SPLITS):
+        for b in SPLITS[i + 1 :]:
+            leak = queries[a] & queries[b]
+            if leak:
+                raise _fail(release, "data/", f"query id {sorted(leak)[0]!r} appears in both {a} and {b}")
+    for s in SPLITS:
+        expected = manifest.get("splits", {}).get(s, {}).get("rows", 0)
+        if rows_per_split[s] != expected:
+            raise _fail(release, MANIFEST_NAME, f"split {s}: shards hold {rows_per_split[s]} rows, manifest says {expected}")
+    if sum(rows_per_split.values()) != manifest.get("rows"):
+        raise _fail(release, MANIFEST_NAME, f"shards hold {sum(rows_per_split.values())} rows, manifest says {manifest.get('rows')}")
+
+
 def verify_release(path: Path | str) -> VerifyReport:
     release = Path(path)
     if not release.is_dir():
@@ -81,17 +96,7 @@ def verify_release(path: Path | str) -> VerifyReport:
         queries[split].update(cols.column("query_id").to_pylist())
         rows_per_split[split] += shard["rows"]
 
-    for i, a in enumerate(SPLITS):
-        for b in SPLITS[i + 1 :]:
-            leak = queries[a] & queries[b]
-            if leak:
-                raise _fail(release, "data/", f"query id {sorted(leak)[0]!r} appears in both {a} and {b}")
-    for s in SPLITS:
-        expected = manifest.get("splits", {}).get(s, {}).get("rows", 0)
-        if rows_per_split[s] != expected:
-            raise _fail(release, MANIFEST_NAME, f"split {s}: shards hold {rows_per_split[s]} rows, manifest says {expected}")
-    if sum(rows_per_split.values()) != manifest.get("rows"):
-        raise _fail(release, MANIFEST_NAME, f"shards hold {sum(rows_per_split.values())} rows, manifest says {manifest.get('rows')}")
+    _check_splits(release, manifest, rows_per_split, queries)
 
     for f in manifest.get("files", []):
         rel = f["path"]

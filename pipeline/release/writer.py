@@ -43,7 +43,7 @@ from pipeline.release.rows import AcceptedRows
 from pipeline.release.splits import normalize_ratios
 from pipeline.release.stream import Scan
 from pipeline.validate import check_safe_name
-from pipeline.release.versions import bump_version, existing_versions, parse_version  # noqa: F401
+from pipeline.release.versions import remove_stale_temp_dirs, bump_version, existing_versions, parse_version  # noqa: F401
 
 DEFAULT_ST_TEMPLATE = "{query} {instruction}"
 SPLIT_METHOD = "sha256(f'{seed}:{query_id}')[:8] / 2**64 vs cumulative ratios"
@@ -247,6 +247,15 @@ def _build_release(
         manifest["plots_skipped"] = "matplotlib is not installed; pip install 'infir[plots]'"
     manifest = scrub(manifest)
 
+    _draw_plots(root, word_lengths, counts)
+    _write_text_atomic(root / "README.md", card_mod.render_card(manifest, examples))
+    manifest["files"] = _file_entries(root)
+    _write_text_atomic(root / MANIFEST_NAME, dumps(manifest))
+    _check_no_local_paths(root)
+    return manifest
+
+
+def _draw_plots(root: Path, word_lengths: dict, counts: dict) -> None:
     if plots_mod.available():
         (root / "plots").mkdir()
         with stream.named_io(root / card_mod.LENGTHS_PLOT):
@@ -254,17 +263,14 @@ def _build_release(
         with stream.named_io(root / card_mod.REJECTIONS_PLOT):
             plots_mod.plot_rejections(counts["failures"], counts["candidates"], root / card_mod.REJECTIONS_PLOT)
 
-    _write_text_atomic(root / "README.md", card_mod.render_card(manifest, examples))
 
-    files = []
-    for p in sorted(root.rglob("*")):
-        if p.is_file() and not p.name.startswith(".") and p.name != MANIFEST_NAME and p.parts[-2] != "data":
-            rel = p.relative_to(root).as_posix()
-            files.append({"path": rel, "bytes": p.stat().st_size, "sha256": sha256_file(p)})
-    manifest["files"] = files
-    _write_text_atomic(root / MANIFEST_NAME, dumps(manifest))
-    _check_no_local_paths(root)
-    return manifest
+def _file_entries(root: Path) -> list[dict]:
+    """Every file of the release beside the data shards and the manifest: path, bytes, sha256."""
+    return [
+        {"path": p.relative_to(root).as_posix(), "bytes": p.stat().st_size, "sha256": sha256_file(p)}
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and not p.name.startswith(".") and p.name != MANIFEST_NAME and p.parts[-2] != "data"
+    ]
 
 
 def _check_no_local_paths(root: Path) -> None:
@@ -278,28 +284,6 @@ def _check_no_local_paths(root: Path) -> None:
         for n in needles:
             if n and n != os.sep and n in text:
                 raise InfirError(f"{p.name} would publish a local path ({n!r}); refusing to write the release")
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def remove_stale_temp_dirs(name_dir: Path) -> list[Path]:
-    """Remove `.tmp-<version>-<pid>-<id>` folders whose writer died (killed mid-release)."""
-    removed = []
-    for p in name_dir.glob(".tmp-*"):
-        parts = p.name.split("-")
-        pid = next((int(x) for x in parts[2:-1] if x.isdigit()), None)
-        if p.is_dir() and pid is not None and pid != os.getpid() and not _alive(pid):
-            shutil.rmtree(p, ignore_errors=True)
-            removed.append(p)
-    return removed
 
 
 def write_release(
