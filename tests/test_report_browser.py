@@ -106,3 +106,30 @@ def test_report_cli_errors(tmp_path):
     assert code == 2 and "no finished stage" in err
     code, _, err = run_infir("report", "a", "b", "c")
     assert code == 2 and "give one run directory, or two" in err
+
+
+def test_write_copies_a_current_report_into_the_release(sample_report):
+    run = sample_report / "runs" / "sample"
+    code, _, err = run_infir("write", cwd=sample_report)
+    assert code == 0, err
+    release = sample_report / "releases" / "inf-ir-sample" / "1.0.0"
+    manifest = json.loads((release / "manifest.json").read_text())
+    listed = {f["path"] for f in manifest["files"]}
+    assert {"report.html", "report.json"} <= listed and "README.md" in listed
+    assert (release / "report.html").read_bytes() == (run / "report.html").read_bytes()
+    code, _, err = run_infir("write", "--verify", str(release), cwd=sample_report)
+    assert code == 0, err
+
+
+def test_stale_report_is_not_released(tmp_path):
+    from pipeline.report import release_files
+    from tests.test_report_measures import make_run
+
+    run = make_run(tmp_path)
+    assert release_files(run) == {}  # no report yet
+    code, _, err = run_infir("report", str(run), "--no-hardness")
+    assert code == 0, err
+    assert set(release_files(run)) == {"report.html", "report.json"}
+    success = run / "verify" / "_SUCCESS.json"
+    success.write_text(success.read_text().replace('"shards": []', '"shards": [{"name": "part-00000.parquet", "sha256": "0"}]'))
+    assert release_files(run) == {}  # verify changed after the report was made

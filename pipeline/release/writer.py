@@ -288,6 +288,7 @@ def _build_release(
     st_export: bool,
     st_template: str,
     license: str | None,
+    extra_files: dict[str, Path] | None = None,
 ) -> dict[str, Any]:
     shards, splits, st_files, examples = _write_data(rows, sc, root, max_rows, st_template if st_export else None)
     counts = _build_counts(stats, sc.rows, sc.checks)
@@ -344,6 +345,8 @@ def _build_release(
     plots_mod.plot_rejections(counts["failures"], counts["candidates"], root / card_mod.REJECTIONS_PLOT)
 
     _write_text_atomic(root / "README.md", card_mod.render_card(manifest, examples))
+    for rel, src in (extra_files or {}).items():  # e.g. the run's report.html, listed and checksummed below
+        shutil.copyfile(src, root / rel)
 
     files = []
     for p in sorted(root.rglob("*")):
@@ -383,6 +386,7 @@ def write_release(
     *,
     st_template: str = DEFAULT_ST_TEMPLATE,
     license: str | None = None,
+    extra_files: dict[str, Path] | None = None,
 ) -> ReleaseResult:
     """Write `releases_root/<name>/<version>/` atomically; identical content is a no-op.
 
@@ -415,7 +419,7 @@ def write_release(
 
     return _write_versioned(
         AcceptedRows(table), stats, name_dir, name, version, compare_to, seed, ratios,
-        max_rows_per_shard, st_export, st_template, license,
+        max_rows_per_shard, st_export, st_template, license, extra_files,
     )
 
 
@@ -432,6 +436,7 @@ def _write_versioned(
     st_export: bool,
     st_template: str,
     license: str | None,
+    extra_files: dict[str, Path] | None = None,
 ) -> ReleaseResult:
     rows.check_columns()
     sc = stream.scan(rows, seed, ratios)
@@ -440,7 +445,8 @@ def _write_versioned(
     tmp.mkdir()
     try:
         manifest = _build_release(
-            rows, sc, stats, tmp, name, version, seed, ratios, max_rows_per_shard, st_export, st_template, license
+            rows, sc, stats, tmp, name, version, seed, ratios, max_rows_per_shard, st_export, st_template, license,
+            extra_files,
         )
         if compare_to is not None:
             prev = load_manifest(name_dir / compare_to)

@@ -80,28 +80,37 @@ def funnel_section(f: dict) -> str:
     return "".join(parts) + "</section>"
 
 
-def cost_section(c: dict) -> str:
+def _prices_cell(at: dict | None) -> str:
+    return f"{_usd(at['online_usd'])} / {_usd(at['batch_usd'])}" if at else "no price"
+
+
+def cost_section(c: dict, accepted: int) -> str:
     rows = []
+    configured = any(s["at_configured_model"] for s in c["stages"])
     for s in c["stages"]:
-        at = s["at_recorded_model"] or s["at_configured_model"]
-        src = "" if s["at_recorded_model"] else (" (configured model)" if at else "")
         vis = None if s["reasoning_tokens"] is None else s["completion_tokens"] - s["reasoning_tokens"]
-        rows.append([s["stage"], escape(s["model"] or ""), s["mode"], f"{s['calls']:,}", f"{s['prompt_tokens']:,}",
-                     _int(s["cached_tokens"]), _int(vis) if vis is not None else f"{s['completion_tokens']:,} (all)",
-                     _int(s["reasoning_tokens"]), _usd(s["cost_usd"]),
-                     f"{_int(s['last_run_http_calls'])} / {_int(s['last_run_cache_hits'])}",
-                     (_usd(at["online_usd"]) + src) if at else "no price", _usd(at["batch_usd"]) if at else "no price"])
+        row = [s["stage"], escape(s["model"] or ""), s["mode"], f"{s['calls']:,}", f"{s['prompt_tokens']:,}",
+               _int(s["cached_tokens"]), _int(vis) if vis is not None else f"{s['completion_tokens']:,} (all)",
+               _int(s["reasoning_tokens"]), _usd(s["cost_usd"]), _usd(s["cost_usd"] / accepted) if accepted else "n/a",
+               f"{_int(s['last_run_http_calls'])} / {_int(s['last_run_cache_hits'])}", _prices_cell(s["at_recorded_model"])]
+        if configured:
+            at = s["at_configured_model"]
+            row.append(f"{escape(at['model'])}: {_prices_cell(at)}" if at else "")
+        rows.append(row)
     t, per = c["total"], c["per_accepted_row"]
     rows.append(["<b>total</b>", "", "", f"{t['calls']:,}", f"{t['prompt_tokens']:,}", _int(t["cached_tokens"]),
-                 f"{t['completion_tokens']:,}", _int(t["reasoning_tokens"]), f"<b>{_usd(t['cost_usd'])}</b>", "", "", ""])
+                 f"{t['completion_tokens']:,}", _int(t["reasoning_tokens"]), f"<b>{_usd(t['cost_usd'])}</b>",
+                 f"<b>{_usd(per['cost_usd'])}</b>", "", ""] + ([""] if configured else []))
     head = ["stage", "model", "mode", "calls", "input tok", "cached input", "visible output", "reasoning",
-            "cost (recorded)", "last run HTTP / cache hits", "online price", "batch price"]
+            "cost (recorded)", "per accepted row", "last run HTTP / cache hits", "online / batch price"]
+    if configured:
+        head.append("online / batch at the configured model")
     items = [("per accepted row (recorded)", _usd(per["cost_usd"])),
              ("tokens per accepted row", "n/a" if per["prompt_tokens"] is None else f"{per['prompt_tokens'] + per['completion_tokens']:,.0f}"),
              ("calls per accepted row", "n/a" if per["calls"] is None else f"{per['calls']:.2f}")]
     cl = c.get("configured_list_price")
     if cl:
-        items += [("per accepted row at configured models, online", _usd(cl["online_per_accepted_row"])),
+        items += [("per accepted row at the configured models, online", _usd(cl["online_per_accepted_row"])),
                   ("… in batch", _usd(cl["batch_per_accepted_row"]))]
     return (f'<section id="cost"><h2>Cost</h2><p class="note">{NOTES["cost"]} Prices: {escape(c["price_table"])}.</p>'
             + kpis(items) + table(head, rows) + "</section>")
@@ -194,6 +203,6 @@ def page(title: str, subtitle: str, body: str, rows: list[dict] | None = None) -
 def render_report(report: dict, rows: list[dict]) -> str:
     sub = (f"run <b>{escape(report['run'])}</b> · stages: {escape(', '.join(report['stages']))} · "
            f"{report['rows']:,} candidate rows (from {escape(report['row_stage'] or 'none')}) · made {escape(report['created_at'])}")
-    body = (funnel_section(report["funnel"]) + cost_section(report["cost"])
+    body = (funnel_section(report["funnel"]) + cost_section(report["cost"], report["funnel"]["status"]["accepted"])
             + quality_section(report["quality"], report.get("hardness")) + browser_section(report["browser"]))
     return page(f"infir report: {report['run']}", sub, body, rows)

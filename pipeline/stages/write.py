@@ -74,6 +74,7 @@ def release_stats(cfg, rd: Path) -> dict:
 
 def run_write(cfg, force: bool = False, version: str | None = None, bump: str | None = None) -> StageResult:
     from pipeline.release import write_release
+    from pipeline.report import release_files
 
     w = cfg.write
     rd = run_dir(cfg)
@@ -101,6 +102,7 @@ def run_write(cfg, force: bool = False, version: str | None = None, bump: str | 
         max_rows_per_shard=w.max_rows_per_shard,
         st_export=w.st_export,
         license=w.license,
+        extra_files=release_files(rd),  # report.html/.json made by `infir report`, if current
     )
     success = {
         "stage": "write",
