@@ -349,7 +349,7 @@ def report(
     runs: list[Path] = typer.Argument(..., help="A run directory (runs/<run>), or two to compare side by side."),
     out: Optional[Path] = typer.Option(None, "--out", help="Comparison page (default: runs/<a>/compare-<b>.html)."),
     browse_rows: int = typer.Option(2000, "--browse-rows", help="Rows the page's browser holds (a seeded sample beyond that)."),
-    hardness_rows: int = typer.Option(1000, "--hardness-rows", help="Rows embedded for the hardness measures (a seeded sample beyond that)."),
+    hardness_rows: int = typer.Option(500, "--hardness-rows", help="Rows embedded for the hardness measures (a seeded sample beyond that)."),
     seed: int = typer.Option(13, "--seed", help="Seed of both samples."),
     hardness: bool = typer.Option(True, "--hardness/--no-hardness", help="Embed rows with the bundled MiniLM for the hardness measures."),
 ) -> None:

@@ -155,3 +155,23 @@ def test_hardness_matches_direct_cosines(tmp_path):
     assert h["rows"] == 5 and not h["sampled"]
     assert h["easy_share"] == round(easy / 5, 4)
     assert h["hn1_outscores_positive_share"] == round(hn1 / 5, 4)
+
+
+def test_compare_two_runs_side_by_side(tmp_path):
+    a = make_run(tmp_path / "a")
+    b = make_run(tmp_path / "b")
+    # b: the third row's I- rewritten entirely (a bigger edit), and the failed row now accepted.
+    t = pq.read_table(b / "verify" / "part-00000.parquet").to_pylist()
+    t[2]["instruction_negative"] = "Completely different words appear here now instead."
+    t[4].update(verify_error=None, accepted=True)
+    pq.write_table(pa.Table.from_pylist(t), b / "verify" / "part-00000.parquet")
+    out = tmp_path / "cmp.html"
+    code, _, err = run_infir("report", str(a), str(b), "--no-hardness", "--out", str(out))
+    assert code == 0, err
+    deltas = {(d["section"], d["figure"]): d for d in json.loads(out.with_suffix(".json").read_text())["deltas"]}
+    assert deltas[("funnel", "accepted rows")] == {"section": "funnel", "figure": "accepted rows", "a": 1, "b": 2, "delta": 1}
+    assert deltas[("funnel", "failed rows")]["delta"] == -1
+    edit = deltas[("edit size", "words changed I- vs I+, mean")]
+    assert edit["delta"] > 0 and edit["b"] == round(edit["a"] + edit["delta"], 6)
+    html = out.read_text()
+    assert "fixture" in html and "delta (b − a)" in html

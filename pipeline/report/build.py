@@ -22,7 +22,7 @@ class ReportOptions:
     browse_rows: int = 2000  # rows the page's browser holds (a seeded sample beyond that)
     # Rows embedded for the hardness measures (a seeded sample beyond that): MiniLM on 2 CPU cores
     # encodes a few dozen passages a second, so every row of a 100k run would take hours.
-    hardness_rows: int = 1000
+    hardness_rows: int = 500
     mined_per_row: int = 1  # best-ranked retrieved negatives embedded per row (false-negative risk)
     leak_ngram: int = 6  # an I+ sharing this many consecutive words with P+ counts as leaking
     near_duplicate: float = 0.7  # word-bigram Jaccard above which two instructions are near-duplicates
@@ -37,21 +37,25 @@ def _present(run: RunData, name: str) -> list[str | None]:
 def quality(run: RunData, o: ReportOptions) -> dict:
     """The text measures, over every row that has the fields each one needs."""
     col = {f: _present(run, f) for f in FIELDS}
-    ip = [t for t in col["instruction_positive"] if t]
-    if not ip:
+    # Each field tokenized once: the measures below reuse P+ three times, I+ four times.
+    tok = {f: [m.tokens(t) if t else None for t in col[f]] for f in FIELDS}
+    ip_rows = [i for i, t in enumerate(col["instruction_positive"]) if t]
+    if not ip_rows:
         return {"rows": 0}
+    ip = [col["instruction_positive"][i] for i in ip_rows]
+    ip_tok = [tok["instruction_positive"][i] for i in ip_rows]
 
-    def pairs(a: str, b: str) -> tuple[list[str], list[str]]:
-        both = [(x, y) for x, y in zip(col[a], col[b]) if x and y]
+    def pairs(a: str, b: str) -> tuple[list[list[str]], list[list[str]]]:
+        both = [(x, y) for x, y in zip(tok[a], tok[b]) if x is not None and y is not None]
         return [x for x, _ in both], [y for _, y in both]
 
     out: dict = {"rows": len(ip)}
     out["diversity"] = {
-        "distinct_1": m.distinct_n(ip, 1),
-        "distinct_2": m.distinct_n(ip, 2),
-        "openings": m.openings(ip),
+        "distinct_1": m.distinct_n(ip_tok, 1),
+        "distinct_2": m.distinct_n(ip_tok, 2),
+        "openings": m.openings(ip_tok),
         "kinds": m.distribution([k for k, t in zip(_present(run, "instruction_kind"), col["instruction_positive"]) if t]),
-        "near_duplicates": m.near_duplicates(ip, o.near_duplicate, seed=o.seed),
+        "near_duplicates": m.near_duplicates(ip, o.near_duplicate, seed=o.seed, token_lists=ip_tok),
     }
     edits = {}
     for name, (a, b) in {"instruction": ("instruction_positive", "instruction_negative"),

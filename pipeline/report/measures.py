@@ -16,7 +16,10 @@ from rapidfuzz.distance import Levenshtein
 _WORD = re.compile(r"\w+")
 
 
-def tokens(text: str | None) -> list[str]:
+def tokens(text: str | list[str] | None) -> list[str]:
+    """A text's tokens; a list is taken as already tokenized (the report tokenizes each field once)."""
+    if isinstance(text, list):
+        return text
     return _WORD.findall((text or "").lower())
 
 
@@ -78,13 +81,13 @@ def jaccard(a: set, b: set) -> float:
 
 
 def near_duplicates(texts: list[str], threshold: float = 0.7, seed: int = 0, bands: int = 16,
-                    rows_per_band: int = 2, examples: int = 5) -> dict:
+                    rows_per_band: int = 2, examples: int = 5, token_lists: list[list[str]] | None = None) -> dict:
     """Rows whose text has a near-duplicate (Jaccard of word-bigram sets >= threshold) in another row.
 
     MinHash with banding proposes candidates (a few dozen lines of numpy; not worth a dependency):
     rows sharing a band bucket are each checked exactly against the bucket's first row and grouped
     with union-find, so a template used by every row costs one comparison per row, not n^2."""
-    sets = [_shingles(tokens(t)) for t in texts]
+    sets = [_shingles(tokens(t)) for t in (token_lists if token_lists is not None else texts)]
     k = bands * rows_per_band
     rng = np.random.default_rng(seed)
     a64 = rng.integers(1, 1 << 62, size=k, dtype=np.uint64) | np.uint64(1)  # odd multipliers
@@ -146,6 +149,8 @@ def longest_common_run(a: list[str], b: list[str]) -> int:
     best = 0
     for i, t in enumerate(a):
         for j in where.get(t, ()):
+            if i and j and a[i - 1] == b[j - 1]:
+                continue  # inside a run already measured from its start
             k = 1
             while i + k < len(a) and j + k < len(b) and a[i + k] == b[j + k]:
                 k += 1
