@@ -40,7 +40,9 @@ def _usage(tokens: int) -> dict:
     return {"prompt_tokens": tokens, "completion_tokens": tokens // 10, "cost_usd": tokens * 1e-6}
 
 
-def make_run(root: Path) -> Path:
+def make_run(root: Path, filter_stage: bool = False) -> Path:
+    """A run directory as the stages write it; `filter_stage`: with a `filter` stage (issue 14) whose
+    rows carry `failed_filters`, which verify's `failed_checks` then repeats."""
     run = root / "runs" / "fixture"
     rows = []
     for k, (q, ip, ineg, qn, h1, h2, status, failed, err) in enumerate(ROWS):
@@ -54,7 +56,12 @@ def make_run(root: Path) -> Path:
             "mined_negatives": [{"passage_id": "x", "text": P[(k + 1) % 5], "score": 1.0, "rank": 1, "method": "bm25"}],
             "usage_generate": _usage(1000), "usage_mine": _usage(2000), "usage_verify": None if failed and failed[0].startswith("prefilter_") else _usage(3000),
         })
-    for stage, n in (("source", 5), ("generate", 5), ("mine", 5), ("verify", 5)):
+        if filter_stage:
+            named = ["query_negative_not_minimal"] if failed and failed[0].startswith("prefilter_") else []
+            rows[-1]["failed_filters"] = named
+            rows[-1]["failed_checks"] = named + [c for c in failed if not c.startswith("prefilter_")]
+    stages = ("source", "generate", "mine") + (("filter",) if filter_stage else ()) + ("verify",)
+    for stage, n in ((s, 5) for s in stages):
         (run / stage).mkdir(parents=True)
         (run / stage / "_SUCCESS.json").write_text(json.dumps({"stage": stage, "rows": n, "shards": [], "summary": {}}))
     pq.write_table(pa.Table.from_pylist(rows), run / "verify" / "part-00000.parquet")
@@ -175,3 +182,15 @@ def test_compare_two_runs_side_by_side(tmp_path):
     assert edit["delta"] > 0 and edit["b"] == round(edit["a"] + edit["delta"], 6)
     html = out.read_text()
     assert "fixture" in html and "delta (b − a)" in html
+
+
+def test_filter_stage_shows_in_the_funnel(tmp_path):
+    run = make_run(tmp_path, filter_stage=True)
+    code, _, err = run_infir("report", str(run), "--no-hardness")
+    assert code == 0, err
+    f = json.loads((run / "report.json").read_text())["funnel"]
+    assert [s["step"] for s in f["steps"]][3] == "passed filters (filter stage)"
+    assert [s["rows"] for s in f["steps"]] == [5, 5, 5, 4, 3, 1]
+    assert f["filters"] == [{"filter": "query_negative_not_minimal", "rejected": 1, "pct_of_candidates": 20.0}]
+    assert "query_negative_not_minimal" not in {c["check"] for c in f["checks"]}
+    assert json.loads((run / "report.json").read_text())["stages"] == ["source", "generate", "mine", "filter", "verify"]
