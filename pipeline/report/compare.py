@@ -80,10 +80,10 @@ def render_compare(a: dict, b: dict, figures: list[dict]) -> str:
     rows = []
     for x in figures:
         d = x["delta"]
-        cls = "" if not d else ("up" if d > 0 else "down")
         sign = "+" if d and d > 0 else ""
-        rows.append([escape(x["section"]), escape(x["figure"]), _fmt(x["a"]), _fmt(x["b"]),
-                     f'<span class="{cls}">{sign}{_fmt(d)}</span>' if d is not None else "—"])
+        # No colour for better/worse: more rows failing a check is worse, more accepted rows better.
+        rows.append([escape(x["section"]), f'<span class="text">{escape(x["figure"])}</span>', _fmt(x["a"]), _fmt(x["b"]),
+                     f"{sign}{_fmt(d)}" if d is not None else "—"])
     side = "".join(
         f'<div><h3>{escape(r["run"])}</h3>'
         + svg.hbars([(s["step"], s["rows"], f"{s['rows']:,} ({s['pct_of_source']}%)") for s in r["funnel"]["steps"]], width=520)
