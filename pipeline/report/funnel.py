@@ -102,6 +102,6 @@ def funnel(run: RunData, reasons: list[dict]) -> dict:
         "checks": sorted(checks, key=lambda c: -c["failed"]),
         "status": {k: status.get(k, 0) for k in ("accepted", "rejected", "failed", "pending")},
         "failures": [{"stage": s, "kind": k, "rows": n} for (s, k), n in errors.most_common()],
-        "rejected_by_filter_only": sum(1 for r in reasons if r["status"] == "rejected" and r["filters"]),
+        "rejected_by_filters": sum(1 for r in reasons if r["status"] == "rejected" and r["filters"]),
         "rejected_by_judge": sum(1 for r in reasons if r["status"] == "rejected" and not r["filters"]),
     }
