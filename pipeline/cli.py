@@ -350,6 +350,7 @@ def report(
     out: Optional[Path] = typer.Option(None, "--out", help="Comparison page (default: runs/<a>/compare-<b>.html)."),
     browse_rows: int = typer.Option(2000, "--browse-rows", help="Rows the page's browser holds (a seeded sample beyond that)."),
     hardness_rows: int = typer.Option(500, "--hardness-rows", help="Rows embedded for the hardness measures (a seeded sample beyond that)."),
+    hardness_seconds: float = typer.Option(30.0, "--hardness-seconds", help="Stop embedding after this many seconds (0: no limit); the page says how many rows it covers."),
     seed: int = typer.Option(13, "--seed", help="Seed of both samples."),
     hardness: bool = typer.Option(True, "--hardness/--no-hardness", help="Embed rows with the bundled MiniLM for the hardness measures."),
 ) -> None:
@@ -363,7 +364,8 @@ def report(
     for o, name in ((browse_rows, "--browse-rows"), (hardness_rows, "--hardness-rows")):
         if o < 0:
             raise InfirError(f"{name} {o}: expected a number >= 0")
-    opts = ReportOptions(browse_rows=browse_rows, hardness_rows=hardness_rows, seed=seed, hardness=hardness)
+    opts = ReportOptions(browse_rows=browse_rows, hardness_rows=hardness_rows, hardness_seconds=hardness_seconds,
+                         seed=seed, hardness=hardness)
     if len(runs) == 2:
         path, _ = write_comparison(runs[0], runs[1], opts, out)
     else:

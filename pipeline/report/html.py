@@ -155,8 +155,13 @@ def hardness_block(h: dict | None) -> str:
         return '<h3>Hardness</h3><p class="muted">not computed (--no-hardness, or the run has no negatives yet)</p>'
     if not h["rows"]:
         return '<h3>Hardness</h3><p class="muted">no row has all of Q+, I+, P+, HN1, HN2</p>'
-    over = (f"a seeded sample of {h['rows']:,} of {h['total_rows']:,} rows (seed {h['seed']}): embedding every row "
-            "would not fit the report's time budget" if h["sampled"] else f"all {h['rows']:,} rows")
+    if not h["sampled"]:
+        over = f"all {h['rows']:,} rows"
+    else:
+        why = (f"embedding stopped at the {h['budget_s']:.0f} s time budget (--hardness-seconds)"
+               if h["stopped_by_time_budget"] else "at most --hardness-rows rows are embedded")
+        over = (f"a seeded random sample of {h['rows']:,} of {h['total_rows']:,} rows (seed {h['seed']}): embedding every "
+                f"row does not fit the report's time ({why})")
     return (f'<h3>Hardness under the base model</h3><p class="note">{NOTES["hardness"]} Over {over}.</p>'
             + kpis([("easy (P+ above HN1 and HN2)", _share(h["easy_share"])),
                     ("HN1 above P+", _share(h["hn1_outscores_positive_share"])),

@@ -76,6 +76,21 @@ def _shingles(tok: list[str]) -> set[int]:
     return {zlib.crc32(g.encode()) for g in grams}
 
 
+def _signatures(sets: list[set[int]], k: int, seed: int, chunk: int = 20_000) -> np.ndarray:
+    """MinHash signatures (k x rows) of non-empty shingle sets, `chunk` rows at a time in numpy.
+    (a*x + b) mod 2^64 with odd a is a universal-enough family for bucketing; Jaccard decides."""
+    rng = np.random.default_rng(seed)
+    a = rng.integers(1, 1 << 62, size=k, dtype=np.uint64) | np.uint64(1)
+    b = rng.integers(0, 1 << 62, size=k, dtype=np.uint64)
+    sig = np.empty((k, len(sets)), dtype=np.uint64)
+    for lo in range(0, len(sets), chunk):
+        part = sets[lo:lo + chunk]
+        flat = np.fromiter((x for s in part for x in s), dtype=np.uint64)
+        starts = np.cumsum([0] + [len(s) for s in part[:-1]])
+        sig[:, lo:lo + len(part)] = np.minimum.reduceat(a[:, None] * flat[None, :] + b[:, None], starts, axis=1)
+    return sig
+
+
 def jaccard(a: set, b: set) -> float:
     return len(a & b) / len(a | b) if (a or b) else 1.0
 
@@ -88,10 +103,7 @@ def near_duplicates(texts: list[str], threshold: float = 0.7, seed: int = 0, ban
     rows sharing a band bucket are each checked exactly against the bucket's first row and grouped
     with union-find, so a template used by every row costs one comparison per row, not n^2."""
     sets = [_shingles(tokens(t)) for t in (token_lists if token_lists is not None else texts)]
-    k = bands * rows_per_band
-    rng = np.random.default_rng(seed)
-    a64 = rng.integers(1, 1 << 62, size=k, dtype=np.uint64) | np.uint64(1)  # odd multipliers
-    b64 = rng.integers(0, 1 << 62, size=k, dtype=np.uint64)
+    sig = _signatures(sets, bands * rows_per_band, seed)
     parent = list(range(len(texts)))
 
     def find(i: int) -> int:
@@ -100,17 +112,12 @@ def near_duplicates(texts: list[str], threshold: float = 0.7, seed: int = 0, ban
             i = parent[i]
         return i
 
-    buckets: dict[tuple, int] = {}
-    for i, s in enumerate(sets):
-        if not s:
-            continue
-        x = np.fromiter(s, dtype=np.uint64)
-        # (a*x + b) mod 2^64 is a universal-enough hash family for bucketing; the exact Jaccard decides.
-        sig = (np.outer(a64, x) + b64[:, None]).min(axis=1)
-        for band in range(bands):
-            key = (band, sig[band * rows_per_band:(band + 1) * rows_per_band].tobytes())
-            j = buckets.setdefault(key, i)
-            if j != i and find(i) != find(j) and jaccard(s, sets[j]) >= threshold:
+    for band in range(bands):
+        buckets: dict[bytes, int] = {}
+        keys = np.ascontiguousarray(sig[band * rows_per_band:(band + 1) * rows_per_band].T)
+        for i, key in enumerate(keys):
+            j = buckets.setdefault(key.tobytes(), i)
+            if j != i and find(i) != find(j) and jaccard(sets[i], sets[j]) >= threshold:
                 parent[find(i)] = find(j)
     groups: dict[int, list[int]] = defaultdict(list)
     for i in range(len(texts)):
