@@ -27,7 +27,7 @@ NOTES = {
             "(the instruction quotes the passage, so a model can match strings instead of following it).",
     "hardness": "Cosine similarity under the bundled base model (all-MiniLM-L6-v2) of (Q+ I+) to P+, HN1 and HN2. "
                 "Easy: the base model already ranks P+ above both HN1 and HN2, so the row teaches it little. "
-                "False-negative risk: one of the best-ranked retrieved negatives scores above P+ (it may answer the query).",
+                "False-negative risk: the best-ranked retrieved negative scores above P+ (it may answer the query).",
 }
 
 
