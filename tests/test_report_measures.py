@@ -162,6 +162,14 @@ def test_hardness_matches_direct_cosines(tmp_path):
     assert h["rows"] == 5 and not h["sampled"]
     assert h["easy_share"] == round(easy / 5, 4)
     assert h["hn1_outscores_positive_share"] == round(hn1 / 5, 4)
+    # The time budget stops after whole chunks, at least one: a seeded prefix, and the figures say so.
+    from pipeline.report.hardness import CHUNK_ROWS, hardness
+
+    many = [{"query_positive": r[0], "instruction_positive": r[1], "document_positive": P[k % 5],
+             "hard_negative_document_1": r[4], "hard_negative_document_2": r[5], "pos": k}
+            for k, r in enumerate(ROWS * 12)]
+    cut = hardness(many, {}, total_rows=len(many), model=model, budget_s=1e-9)
+    assert cut["rows"] == CHUNK_ROWS < len(many) and cut["sampled"] and cut["stopped_by_time_budget"]
 
 
 def test_compare_two_runs_side_by_side(tmp_path):
@@ -194,11 +202,3 @@ def test_filter_stage_shows_in_the_funnel(tmp_path):
     assert f["filters"] == [{"filter": "query_negative_not_minimal", "rejected": 1, "pct_of_candidates": 20.0}]
     assert "query_negative_not_minimal" not in {c["check"] for c in f["checks"]}
     assert json.loads((run / "report.json").read_text())["stages"] == ["source", "generate", "mine", "filter", "verify"]
-    # The time budget stops after whole chunks, at least one: a seeded prefix, and the figures say so.
-    from pipeline.report.hardness import CHUNK_ROWS, hardness
-
-    many = [{"query_positive": r[0], "instruction_positive": r[1], "document_positive": P[k % 5],
-             "hard_negative_document_1": r[4], "hard_negative_document_2": r[5], "pos": k}
-            for k, r in enumerate(ROWS * 12)]
-    cut = hardness(many, {}, total_rows=len(many), model=model, budget_s=1e-9)
-    assert cut["rows"] == CHUNK_ROWS < len(many) and cut["sampled"] and cut["stopped_by_time_budget"]
