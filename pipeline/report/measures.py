@@ -140,14 +140,6 @@ def token_edit_distances(a: list[str], b: list[str]) -> list[int]:
     return [Levenshtein.distance(tokens(x), tokens(y)) for x, y in zip(a, b)]
 
 
-def length_ratios(num: list[str], den: list[str]) -> list[float | None]:
-    out = []
-    for x, y in zip(num, den):
-        d = len(tokens(y))
-        out.append(round(len(tokens(x)) / d, 4) if d else None)
-    return out
-
-
 def longest_common_run(a: list[str], b: list[str]) -> int:
     """Length of the longest run of consecutive tokens that `a` and `b` share."""
     where: dict[str, list[int]] = defaultdict(list)
