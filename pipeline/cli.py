@@ -349,6 +349,36 @@ def init(
     console.print(f"next: infir build --config {written[0]}")
 
 
+@app.command()
+def report(
+    runs: list[Path] = typer.Argument(..., help="A run directory (runs/<run>), or two to compare side by side."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Comparison page (default: runs/<a>/compare-<b>.html)."),
+    browse_rows: int = typer.Option(2000, "--browse-rows", help="Rows the page's browser holds (a seeded sample beyond that)."),
+    hardness_rows: int = typer.Option(500, "--hardness-rows", help="Rows embedded for the hardness measures (a seeded sample beyond that)."),
+    hardness_seconds: float = typer.Option(30.0, "--hardness-seconds", help="Stop embedding after this many seconds (0: no limit); the page says how many rows it covers."),
+    seed: int = typer.Option(13, "--seed", help="Seed of both samples."),
+    hardness: bool = typer.Option(True, "--hardness/--no-hardness", help="Embed rows with the bundled MiniLM for the hardness measures."),
+) -> None:
+    """A self-contained HTML page (runs/<run>/report.html, opens offline) and report.json of a run:
+    the funnel, cost, quality measures over every row, and a row browser. Two runs: side by side."""
+    from pipeline.progress import console
+    from pipeline.report import ReportOptions, write_comparison, write_report
+
+    if len(runs) > 2:
+        raise InfirError("give one run directory, or two to compare")
+    for o, name in ((browse_rows, "--browse-rows"), (hardness_rows, "--hardness-rows")):
+        if o < 0:
+            raise InfirError(f"{name} {o}: expected a number >= 0")
+    opts = ReportOptions(browse_rows=browse_rows, hardness_rows=hardness_rows, hardness_seconds=hardness_seconds,
+                         seed=seed, hardness=hardness)
+    if len(runs) == 2:
+        path, _ = write_comparison(runs[0], runs[1], opts, out)
+    else:
+        path, rep = write_report(runs[0], opts)
+        console.print(f"{rep['rows']:,} rows, {rep['funnel']['status']['accepted']:,} accepted; {rep['seconds']:.1f} s")
+    console.print(f"[green]report[/]: {path} ({path.stat().st_size / 1e6:.1f} MB)")
+
+
 def _click_exceptions(name: str) -> tuple[type[BaseException], ...]:
     """typer 0.2x raises from its own copy of click (typer._click): catch both copies."""
     found = [getattr(click.exceptions, name)]

@@ -170,7 +170,7 @@ def print_status(run: Path) -> None:
                f"{totals['tokens'] / accepted:,.0f} tokens, ${totals['cost_usd'] / accepted:.5f}" if accepted else "")
         )
         for check, rate in summ.get("pass_rate_per_check", {}).items():
-            console.print(f"  {check}: {rate:.1%} pass")
+            console.print(f"  {check}: {rate:.1%} pass ({summ.get('failed_checks', {}).get(check, 0):,} failed)")
     note = _release_note(run, states)
     if note:
         console.print(note)

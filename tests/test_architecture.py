@@ -35,10 +35,11 @@ ALLOWED: dict[str, set[str]] = {
     "config": {"errors", "sources", "generation", "llm", "release", "train", "retrieval", "validate"},
     "runner": {"errors", "fileio", "columns", "progress", "store", "config", "llm", "generation"},
     "stages": {"errors", "fileio", "columns", "progress", "store", "runner", "generation", "sources", "release",
-               "train", "llm", "__init__", "extras"},
+               "train", "llm", "__init__", "extras", "report"},
+    "report": {"errors", "generation", "llm", "progress", "store", "train", "columns"},
     "declaration": {"runner", "stages"},
     "status": {"errors", "progress", "store", "runner", "declaration", "llm"},
-    "cli": {"errors", "progress", "config", "runner", "declaration", "status", "release", "train", "llm", "extras",
+    "cli": {"errors", "progress", "config", "runner", "declaration", "status", "release", "train", "llm", "extras", "report",
             "init", "version"},
 }
 LLM_FORBIDDEN = {"stages", "generation", "sources", "retrieval", "release", "train", "runner", "declaration", "cli",

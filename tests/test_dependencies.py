@@ -23,6 +23,7 @@ LOCAL = {"pipeline", "tests", "bench"} | {p.stem for d in ("tests", "bench") for
 NOT_IMPORTED = {
     "pytest-timeout": "a pytest plugin, used through addopts --timeout",
     "setuptools": "the build backend tests/test_packaging.py builds the wheel with",
+    "playwright": "loaded with pytest.importorskip in tests/test_report_browser.py (skipped where absent)",
 }
 
 

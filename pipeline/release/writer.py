@@ -193,6 +193,7 @@ def _build_release(
     st_export: bool,
     st_template: str,
     license: str | None,
+    extra_files: dict[str, Path] | None = None,
 ) -> dict[str, Any]:
     shards, splits, st_files, examples = _write_data(rows, sc, root, max_rows, st_template if st_export else None)
     counts = _build_counts(stats, sc.rows, sc.checks)
@@ -249,6 +250,8 @@ def _build_release(
 
     _draw_plots(root, word_lengths, counts)
     _write_text_atomic(root / "README.md", card_mod.render_card(manifest, examples))
+    for rel, src in (extra_files or {}).items():  # e.g. the run's report.html, listed and checksummed below
+        shutil.copyfile(src, root / rel)
     manifest["files"] = _file_entries(root)
     _write_text_atomic(root / MANIFEST_NAME, dumps(manifest))
     _check_no_local_paths(root)
@@ -300,6 +303,7 @@ def write_release(
     *,
     st_template: str = DEFAULT_ST_TEMPLATE,
     license: str | None = None,
+    extra_files: dict[str, Path] | None = None,
 ) -> ReleaseResult:
     """Write `releases_root/<name>/<version>/` atomically; identical content is a no-op.
 
@@ -334,7 +338,7 @@ def write_release(
 
     return _write_versioned(
         AcceptedRows(table), stats, name_dir, name, version, compare_to, seed, ratios,
-        max_rows_per_shard, st_export, st_template, license,
+        max_rows_per_shard, st_export, st_template, license, extra_files,
     )
 
 
@@ -351,6 +355,7 @@ def _write_versioned(
     st_export: bool,
     st_template: str,
     license: str | None,
+    extra_files: dict[str, Path] | None = None,
 ) -> ReleaseResult:
     rows.check_columns()
     sc = stream.scan(rows, seed, ratios)
@@ -362,7 +367,8 @@ def _write_versioned(
     try:
         try:
             manifest = _build_release(
-                rows, sc, stats, tmp, name, version, seed, ratios, max_rows_per_shard, st_export, st_template, license
+                rows, sc, stats, tmp, name, version, seed, ratios, max_rows_per_shard, st_export, st_template, license,
+                extra_files,
             )
         except OSError as e:
             raise InfirError(_write_error(e, tmp, name_dir / version)) from None

@@ -119,6 +119,7 @@ class Write(Stage):
 
     def run(self, ctx: Context) -> dict:
         from pipeline.release import write_release
+        from pipeline.report import release_files
 
         w, bump = ctx.settings, ctx.options.get("bump")
         judged = ctx.upstream_success()["summary"]
@@ -138,6 +139,7 @@ class Write(Stage):
             version=None if bump else (ctx.options.get("version") or w.version), bump=bump,
             split_ratios=tuple(w.split_ratios), seed=w.seed, max_rows_per_shard=w.max_rows_per_shard,
             st_export=w.st_export, license=w.license,
+            extra_files=release_files(ctx.run_dir),  # report.html/.json made by `infir report`, if current
         )
         return {"release": str(result.path), "version": result.version, "created": result.created, "rows": nrows,
                 "candidates": stats["candidates"], "cost_usd": stats["cost_usd"], "llm_calls": stats["llm_calls"]}
