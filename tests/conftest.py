@@ -10,6 +10,11 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
+# Tests live in folders that mirror the package (tests/llm/, tests/stages/, ...); the shared helpers
+# (servers, fixtures) at tests/ and a few test modules other tests reuse are imported by plain name.
+for _d in [Path(__file__).resolve().parent, *sorted(p for p in Path(__file__).resolve().parent.iterdir() if p.is_dir() and not p.name.startswith((".", "_")))]:
+    if str(_d) not in sys.path:
+        sys.path.append(str(_d))
 SAMPLE = REPO / "data" / "sample"
 SHARED_DATA = REPO.parent / "shared" / "data"
 MSMARCO = SHARED_DATA / "msmarco-dev-sample"

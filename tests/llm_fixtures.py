@@ -1,4 +1,4 @@
-"""Shared helpers and fixtures for tests/test_llm_*.py (import with `from llm_fixtures import ...`).
+"""Shared helpers and fixtures for tests/llm/ (import with `from llm_fixtures import ...`).
 
 Also a subprocess entry point for the kill -9 test:
     python tests/llm_fixtures.py child --base-url URL --cache PATH --prompts-dir DIR --n 200 --out FILE

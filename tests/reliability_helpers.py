@@ -1,4 +1,4 @@
-"""Shared parts of tests/test_reliability_*.py: a crafted responder for the local OpenAI-compatible
+"""Shared parts of tests/reliability/: a crafted responder for the local OpenAI-compatible
 server, the `infir` command line those tests run, and kill -9 helpers.
 
 The responder answers like a well-behaved model: instructions, poisoned pairs and verdicts that the

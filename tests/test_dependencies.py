@@ -18,12 +18,12 @@ from conftest import REPO
 
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
 # Our own: the package and every helper module the tests and benchmarks import by name.
-LOCAL = {"pipeline", "tests", "bench"} | {p.stem for d in ("tests", "bench") for p in (REPO / d).glob("*.py")}
+LOCAL = {"pipeline", "tests", "bench"} | {p.stem for d in ("tests", "bench") for p in (REPO / d).rglob("*.py")}
 # Declared but never imported, on purpose.
 NOT_IMPORTED = {
     "pytest-timeout": "a pytest plugin, used through addopts --timeout",
     "setuptools": "the build backend tests/test_packaging.py builds the wheel with",
-    "playwright": "loaded with pytest.importorskip in tests/test_report_browser.py (skipped where absent)",
+    "playwright": "loaded with pytest.importorskip in tests/report/test_report_browser.py (skipped where absent)",
 }
 
 

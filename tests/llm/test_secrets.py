@@ -8,7 +8,7 @@ import os
 import stat
 import sys
 
-sys.path.insert(0, os.path.dirname(__file__))
+sys.path.insert(0, os.path.dirname(os.path.dirname(__file__)))
 
 from llm_fixtures import api_key, make_tasks, settings_for, write_prompt  # noqa: E402,F401
 from openai_server import FakeOpenAIServer  # noqa: E402

@@ -11,7 +11,7 @@ from pipeline.declaration import PIPELINE
 from pipeline.runner.estimate import dry_run
 from stage_helpers import run_generate
 from stage_helpers import run_source
-from test_generation import openai_cfg, responder
+from test_llm_stages import openai_cfg, responder
 
 
 @pytest.fixture

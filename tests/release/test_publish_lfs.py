@@ -27,7 +27,7 @@ from pipeline.release.sample import synthetic_accepted_table, synthetic_stats
 
 REPO = "infir-org/inf-ir-lfs"
 TOKEN = "hf_test_lfs_0123456789abcdef0123456789"
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(autouse=True)

@@ -13,7 +13,7 @@ import sys
 import time
 from dataclasses import replace
 
-sys.path.insert(0, os.path.dirname(__file__))
+sys.path.insert(0, os.path.dirname(os.path.dirname(__file__)))
 
 from llm_fixtures import (  # noqa: E402,F401
     PROMPT_TEXT,

@@ -13,7 +13,7 @@ from openai_server import FakeOpenAIServer
 from pipeline.declaration import PIPELINE
 from pipeline.runner.run import run_stage
 from stage_helpers import run_until
-from test_generation import openai_cfg, responder
+from test_llm_stages import openai_cfg, responder
 
 KEY = "sk-test-batch-stages"
 

@@ -1,6 +1,6 @@
 """Batch API mode (pipeline/llm/batch.py): the real openai SDK against FakeOpenAIServer's Files and
 Batches endpoints. Also a subprocess entry point for the kill -9 and Ctrl-C tests:
-    python tests/test_llm_batch.py child --base-url URL --cache PATH --prompts-dir DIR --state DIR --n 25
+    python tests/llm/test_batch.py child --base-url URL --cache PATH --prompts-dir DIR --state DIR --n 25
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, os.path.dirname(__file__))
+sys.path.insert(0, os.path.dirname(os.path.dirname(__file__)))
 
 import pytest  # noqa: E402
 

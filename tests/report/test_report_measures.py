@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.report import measures as m
-from tests.conftest import run_infir
+from conftest import run_infir
 
 P = [
     "The Danube flows through Vienna and Budapest before it reaches the Black Sea in Romania.",

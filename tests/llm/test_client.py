@@ -7,7 +7,7 @@ import os
 import sys
 from dataclasses import replace
 
-sys.path.insert(0, os.path.dirname(__file__))
+sys.path.insert(0, os.path.dirname(os.path.dirname(__file__)))
 
 import pytest  # noqa: E402
 from pydantic import BaseModel, Field  # noqa: E402

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import SAMPLE, run_infir
+from conftest import SAMPLE, run_infir
 
 CHROMIUM = next((p for p in ("/usr/bin/chromium", "/usr/bin/chromium-browser") if Path(p).exists()), None)
 
@@ -123,7 +123,7 @@ def test_write_copies_a_current_report_into_the_release(sample_report):
 
 def test_stale_report_is_not_released(tmp_path):
     from pipeline.report import release_files
-    from tests.test_report_measures import make_run
+    from test_report_measures import make_run
 
     run = make_run(tmp_path)
     assert release_files(run) == {}  # no report yet

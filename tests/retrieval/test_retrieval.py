@@ -25,7 +25,7 @@ from pipeline.retrieval import bm25 as bm25_mod  # noqa: E402
 from pipeline.retrieval.bm25 import BM25Index  # noqa: E402
 from pipeline.retrieval.dense import EmbeddingStore, text_key  # noqa: E402
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 MSMARCO = Path(REPO_ROOT).parent / "shared" / "data" / "msmarco-dev-sample"
 
 POS_EIFFEL = ("The Eiffel Tower in Paris was completed in 1889 and stands 330 metres tall. It was designed by the "
