@@ -21,7 +21,7 @@ from typing import Any, Callable, Iterable
 
 from pipeline.errors import InfirError
 from pipeline.llm.cache import Cache
-from pipeline.llm.openai_api.parse import parse_response, repair_body
+from pipeline.llm.openai_api.parse import logprobs_of, parse_response, repair_body
 from pipeline.llm.pricing import PriceTable
 from pipeline.llm.ratelimit import RateLimiter, backoff_delay
 from pipeline.llm.settings import LLMSettings
@@ -238,6 +238,7 @@ class LLMClient:
         usage = Usage.of(response)
         batch = bool(response.get(BATCH_FIELD))
         outcome = parse_response(response, task.output_model)
+        answered = response  # the response whose answer is used (the repair's, after a repair)
         repaired = False
         if outcome.error is not None and self.settings.repair:
             self.totals.repairs += 1
@@ -256,7 +257,7 @@ class LLMClient:
                     task, key, f"invalid after one repair: {second.error} (first answer: {outcome.error})",
                     acc, usage, second.text,
                 )
-            outcome, cached, repaired = second, cached and rcached, True
+            outcome, cached, repaired, answered = second, cached and rcached, True, rresponse
             batch = batch and bool(rresponse.get(BATCH_FIELD))
         if outcome.error is not None:
             if cached and self._can_ask_again(fresh):
@@ -265,7 +266,7 @@ class LLMClient:
         return LLMResult(
             key_id=task.key_id, ok=True, value=outcome.value, error=None, usage=usage, cost_usd=acc.cost,
             cached=cached, http_calls=acc.calls, cache_key=key, raw_text=outcome.text, repaired=repaired,
-            batch=batch,
+            batch=batch, logprobs=logprobs_of(answered),
         )
 
     def _can_ask_again(self, fresh: bool) -> bool:
@@ -387,6 +388,7 @@ class LLMClient:
                     t.prompt_tokens += u.prompt_tokens
                     t.completion_tokens += u.completion_tokens
                     t.cached_tokens += u.cached_tokens
+                    t.reasoning_tokens += u.reasoning_tokens
                     t.cost_usd += cost
                     acc.cost += cost
                     return response

@@ -26,23 +26,27 @@ BATCH_FIELD = "_infir_batch"
 class Usage:
     prompt_tokens: int = 0
     completion_tokens: int = 0
-    cached_tokens: int = 0
+    cached_tokens: int = 0  # of prompt_tokens, served from the provider's prompt cache
+    reasoning_tokens: int = 0  # of completion_tokens, hidden reasoning (billed as output)
 
     def __add__(self, other: Usage) -> Usage:
         return Usage(
             self.prompt_tokens + other.prompt_tokens,
             self.completion_tokens + other.completion_tokens,
             self.cached_tokens + other.cached_tokens,
+            self.reasoning_tokens + other.reasoning_tokens,
         )
 
     @classmethod
     def of(cls, response: dict[str, Any]) -> Usage:
         u = response.get("usage") or {}
         details = u.get("prompt_tokens_details") or {}
+        out_details = u.get("completion_tokens_details") or {}
         return cls(
             int(u.get("prompt_tokens") or 0),
             int(u.get("completion_tokens") or 0),
             int(details.get("cached_tokens") or 0),
+            int(out_details.get("reasoning_tokens") or 0),
         )
 
 
@@ -74,6 +78,9 @@ class LLMResult:
     raw_text: str | None = None  # text of the last answer
     repaired: bool = False
     batch: bool = False  # every response used came from the Batch API (priced at its discount)
+    # The answer's token log-probabilities (`choices[0].logprobs.content`: [{token, logprob,
+    # top_logprobs}]) when the request asked for them and the endpoint returned them; None otherwise.
+    logprobs: list[dict[str, Any]] | None = None
 
 
 @dataclass
@@ -85,6 +92,7 @@ class Totals:
     prompt_tokens: int = 0  # billed in this run (HTTP responses only)
     completion_tokens: int = 0
     cached_tokens: int = 0
+    reasoning_tokens: int = 0
     cost_usd: float = 0.0  # spent in this run
     saved_cost_usd: float = 0.0  # what the cache hits cost when they were made
     failures: int = 0
