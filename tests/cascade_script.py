@@ -57,3 +57,41 @@ def judge_queries(server) -> list[str]:
     """The Q+ of every reasoning-judge request the server received."""
     return [data_block(r.body["messages"][1]["content"], "Q+") for r in server.chat_requests()
             if r.body["response_format"]["json_schema"]["name"] == "JudgeVerdicts"]
+
+
+def _u(text: str, salt: str) -> float:
+    import hashlib
+
+    return int(hashlib.sha256(f"{salt}\x1f{text}".encode()).hexdigest()[:12], 16) / 16**12
+
+
+@dataclass
+class PaperScript:
+    """The paper's setting, by a hash of each row's Q+: the reasoning judge accepts `accept` of the
+    rows (InF-IR kept 38,759 of ~100k); the first judge fails `catch` of the rows the judge rejects,
+    and `false_reject` of those it accepts, on one check with probability `sure`; it also fails
+    `unsure_bad` / `unsure_good` of the others with probability 0.6 (below any sensible threshold)."""
+
+    accept: float = 0.38759
+    catch: float = 0.70
+    false_reject: float = 0.03
+    sure: float = 0.97
+    unsure_bad: float = 0.15
+    unsure_good: float = 0.10
+
+    def good(self, q: str) -> bool:
+        return _u(q, "judge") < self.accept
+
+    def respond(self, body):
+        name = body["response_format"]["json_schema"]["name"]
+        if name not in ("JudgeVerdicts", "FirstJudgeVerdicts"):
+            return stage_responder(body)
+        q = data_block(body["messages"][1]["content"], "Q+")
+        check = CHECKS[int(_u(q, "check") * len(CHECKS))]
+        good = self.good(q)
+        if name == "JudgeVerdicts":
+            return json.dumps({c: {"passed": good or c != check, "reason": f"judge: {c}"} for c in CHECKS})
+        u = _u(q, "first")
+        sure, unsure = (self.false_reject, self.unsure_good) if good else (self.catch, self.unsure_bad)
+        verdicts = {check: (False, self.sure)} if u < sure else {check: (False, 0.6)} if u < sure + unsure else {}
+        return first_answer(verdicts)

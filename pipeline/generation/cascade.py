@@ -215,6 +215,9 @@ def calibrate(pairs: list[tuple[FirstJudgment, list[str]]], max_false_reject: fl
         "per_check": check_figures(pairs, best["threshold"]),
         "confidence_sources": sorted({f.confidence_source for f, _ in pairs}),
         "curve": [row_figures(pairs, t) for t in sorted({round(x / 20, 2) for x in range(10, 21)})],
+        # Per sampled row: its most confident first-judge failure (None: none) and whether the judge
+        # accepts it, so the survival at any configured threshold can be read back (the dry run).
+        "points": [[f.min_fail_confidence(), not failed] for f, failed in pairs],
     }
 
 
@@ -249,12 +252,11 @@ def expected_survival(settings, run_dir: Path) -> tuple[float, str]:
     """The share of rows expected to reach the reasoning judge, and where it comes from."""
     cal = load_calibration(run_dir)
     if cal is not None and settings.cascade_threshold is None:
-        return float(cal["at_recommended"]["survival"]), f"calibration ({calibration_path(run_dir)})"
-    if cal is not None:
-        pairs_curve = {round(c["threshold"], 4): c["survival"] for c in cal.get("curve", [])}
-        s = pairs_curve.get(round(float(settings.cascade_threshold), 4))
-        if s is not None:
-            return float(s), f"calibration curve at threshold {settings.cascade_threshold}"
+        return float(cal["at_recommended"]["survival"]), f"the calibration, {calibration_path(run_dir)}"
+    if cal is not None and cal.get("points"):
+        t = float(settings.cascade_threshold)
+        through = sum(1 for conf, _ in cal["points"] if conf is None or conf < t)
+        return through / len(cal["points"]), f"the calibration's sample at threshold {t:g}"
     return float(settings.cascade_expected_survival), "verify.cascade_expected_survival"
 
 
