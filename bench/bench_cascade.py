@@ -93,11 +93,10 @@ def config(work: Path, base_url: str, rows: int, **over):
 
 
 def usage(run: Path) -> dict:
-    import pyarrow.parquet as pq
-
     from pipeline.runner.llm import sum_usage
+    from pipeline.store import read_stage_table
 
-    t = pq.read_table(run / "verify")
+    t = read_stage_table(run / "verify")  # the part shards (accepted/ and rejected/ repeat them)
     out = {c.removeprefix("usage_"): sum_usage(t, c) for c in t.column_names if c.startswith("usage_")}
     out["accepted"] = int(sum(t.column("accepted").to_pylist()))
     return out
@@ -155,6 +154,13 @@ def print_table(report: dict) -> None:
         total = up_cost + j["cost_usd"] + f["cost_usd"]
         print(f"| {label} | {j['calls']:,} | {f['calls']:,} | {r['accepted']:,} | {j['cost_usd']:.2f} | {f['cost_usd']:.2f} "
               f"| {cached / max(1, prompt):.1%} | {j['reasoning_tokens']:,} | {total:.2f} | **{1000 * total / max(1, r['accepted']):.2f}** |")
+    res = report["results"]
+    for mode in ("online", "batch"):
+        plain, casc = res[f"judge only, {mode}"], res[f"cascade, {mode}"]
+        per = [(up_cost + r["verify"]["cost_usd"] + (r.get("verify_first") or {"cost_usd": 0.0})["cost_usd"])
+               / max(1, r["accepted"]) for r in (plain, casc)]
+        print(f"{mode}: judge requests -{1 - casc['verify']['calls'] / max(1, plain['verify']['calls']):.1%}, "
+              f"accepted {plain['accepted']:,} -> {casc['accepted']:,}, $ / 1k accepted -{1 - per[1] / per[0]:.1%}")
     print(f"generate + mine: ${up_cost:.2f} ({up['generate']['calls']:,} + {up['mine']['calls']:,} calls); "
           f"cached share of their prompts: "
           f"{(up['generate']['cached_tokens'] + up['mine']['cached_tokens']) / max(1, up['generate']['prompt_tokens'] + up['mine']['prompt_tokens']):.1%}")

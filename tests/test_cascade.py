@@ -18,6 +18,7 @@ from pipeline.generation import cascade
 from pipeline.generation.models import CHECKS, FirstJudgeVerdicts
 from pipeline.llm.pricing import PriceTable
 from pipeline.runner.estimate import dry_run
+from pipeline.store import read_stage_table
 from stage_helpers import run_until, runner
 from test_generation import openai_cfg
 
@@ -31,7 +32,7 @@ def queries(tmp_path) -> list[str]:
 
 
 def verify_rows(run_dir) -> dict[str, dict]:
-    return {r["query_positive"]: r for r in pq.read_table(run_dir / "verify").to_pylist()}
+    return {r["query_positive"]: r for r in read_stage_table(run_dir / "verify").to_pylist()}
 
 
 def cascade_cfg(server, **over):
@@ -368,7 +369,28 @@ def test_msmarco_cascade_saves_judge_requests_and_the_dry_run_predicts_it(tmp_pa
         assert abs(predicted_saving - saving) <= 0.10 * saving
         # Precision cannot drop: every row accepted with the cascade is one the judge accepts alone.
         assert summary["accepted"] <= plain["accepted"]
-        accepted = [r for r in pq.read_table(tmp_path / "runs/sample/verify").to_pylist() if r["accepted"]]
+        accepted = [r for r in read_stage_table(tmp_path / "runs/sample/verify").to_pylist() if r["accepted"]]
         assert len(accepted) == summary["accepted"] and all(
             r["decided_by"] == "judge" and all(v["passed"] and v["reason"].startswith("judge:") for v in r["verdicts"])
             for r in accepted)
+
+
+def test_test_server_simulates_prefix_caching_as_openai_documents_it():
+    """>= 1,024 tokens of a prefix an earlier request (same model) began with are cached, in steps
+    of 128 tokens; shorter shared prefixes, other models and first requests get none."""
+    import urllib.request
+
+    def post(srv, model, system, user):
+        body = {"model": model, "messages": [{"role": "system", "content": system}, {"role": "user", "content": user}]}
+        req = urllib.request.Request(f"{srv.base_url}/chat/completions", json.dumps(body).encode(),
+                                     {"content-type": "application/json"})
+        with urllib.request.urlopen(req) as r:
+            return json.loads(r.read())["usage"]["prompt_tokens_details"]["cached_tokens"]
+
+    with FakeOpenAIServer(prefix_cache=True) as srv:
+        static = "x" * 6000  # 1,500 tokens at chars/4
+        assert post(srv, "gpt-4o-mini", static, "row 1") == 0
+        cached = post(srv, "gpt-4o-mini", static, "row 2")
+        assert cached % 128 == 0 and 1024 <= cached <= 1500 and cached == 1408
+        assert post(srv, "o3-mini", static, "row 3") == 0
+        assert post(srv, "gpt-4o-mini", "y" * 3000, "a") == 0 and post(srv, "gpt-4o-mini", "y" * 3000, "b") == 0
