@@ -17,6 +17,7 @@ from pipeline.declaration import PIPELINE
 from pipeline.generation import cascade
 from pipeline.generation.models import CHECKS, FirstJudgeVerdicts
 from pipeline.llm.pricing import PriceTable
+from pipeline.llm.prompts import load_prompt
 from pipeline.runner.estimate import dry_run
 from pipeline.store import read_stage_table
 from stage_helpers import run_until, runner
@@ -73,6 +74,7 @@ def test_cascade_sends_the_judge_exactly_the_rows_the_first_judge_does_not_confi
             r = rows[q[i]]
             assert (r["accepted"], r["decided_by"], r["judge_model"]) == (False, "first_judge", "gpt-4o-mini")
             assert r["usage_verify"] is None and r["usage_verify_first"]["prompt_tokens"] > 0
+            assert r["prompt_judge"] == load_prompt("judge_first").sha
         assert rows[q[0]]["failed_checks"] == ["positive_fits"]
         assert rows[q[2]]["failed_checks"] == ["hn2_fails_positive"]  # hn1_fits at 0.5: below the threshold
         assert [v["reason"] for v in rows[q[1]]["verdicts"]] == [f"first: {c}" for c in CHECKS]

@@ -161,10 +161,10 @@ class Verify(LLMStage):
     def first_judge_row(self, ctx: Context, first: cascade.FirstJudgment) -> dict:
         """A row the first judge rejected: its verdicts and reasons, the checks it failed with
         confidence, and no judge call."""
-        _, first_model, _ = self.first_judge(ctx)
+        prompt, first_model, _ = self.first_judge(ctx)
         return {"verdicts": [{k: v[k] for k in ("check", "passed", "reason")} for v in first.verdicts],
                 "failed_checks": first.failed(self.threshold(ctx)), "accepted": False, "judge_model": first_model,
-                "prompt_judge": ctx.prompt.sha, "verify_error": None, "usage_verify": None,
+                "prompt_judge": prompt.sha, "verify_error": None, "usage_verify": None,
                 "decided_by": cascade.FIRST_JUDGE}
 
     def estimate_notes(self, ctx: Context) -> list[str]:
