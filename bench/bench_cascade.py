@@ -84,7 +84,7 @@ class Server(FakeOpenAIServer):
 def config(work: Path, base_url: str, rows: int, **over):
     from pipeline.config import load_config
 
-    return load_config(REPO / "configs" / "msmarco.toml", {
+    return load_config(REPO / "pipeline" / "configs" / "msmarco.toml", {
         "run.runs_dir": str(work / "runs"), "run.name": "bench", "source.path": str(MSMARCO),
         "source.sample_queries": rows, "source.decontaminate": [], "llm.backend": "openai",
         "llm.base_url": base_url, "llm.concurrency": 32, "llm.cache_path": str(work / "base.sqlite3"),

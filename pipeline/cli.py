@@ -21,23 +21,60 @@ app = typer.Typer(
     name="infir",
     help="Build instruction-following retrieval training corpora (InF-IR style), stage by stage.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,  # --install-completion / --show-completion (bash, zsh, fish, PowerShell)
     pretty_exceptions_enable=False,
 )
 cache_app = typer.Typer(help="Inspect the LLM response cache.", no_args_is_help=True)
 app.add_typer(cache_app, name="cache")
 
-_state = {"debug": False}
+_state: dict[str, Any] = {"debug": False, "prompts": None}
 
-ConfigOpt = typer.Option(None, "--config", "-c", help="Run config (TOML). Default: configs/sample.toml.")
+ConfigOpt = typer.Option(None, "--config", "-c", help="Run config (TOML). Default: the bundled sample config.")
 RunOpt = typer.Option(None, "--run", help="Run name (a folder under run.runs_dir). Overrides run.name.")
 SetOpt = typer.Option(None, "--set", help="Override any config key: --set source.sample_queries=500 (repeatable).")
 ForceOpt = typer.Option(False, "--force", help="Redo the stage even if it finished, discarding its output.")
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from pipeline.version import version_line
+
+        typer.echo(version_line())
+        raise typer.Exit()
+
+
 @app.callback()
-def _root(debug: bool = typer.Option(False, "--debug", help="Show tracebacks on errors.")) -> None:
+def _root(
+    debug: bool = typer.Option(False, "--debug", help="Show tracebacks on errors."),
+    prompts: Optional[Path] = typer.Option(
+        None, "--prompts", help="Folder of your own prompt files (run.prompts_dir); default: the bundled prompts."
+    ),
+    version: bool = typer.Option(
+        False, "--version", callback=_print_version, is_eager=True, help="Print the version and exit."
+    ),
+    verbose: int = typer.Option(0, "--verbose", "-v", count=True, help="More detail: retries and repairs of LLM requests."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Only errors: no progress lines, no warnings."),
+) -> None:
     _state["debug"] = debug
+    _state["prompts"] = str(prompts) if prompts else None
+    _set_verbosity(verbose, quiet)
+
+
+def _set_verbosity(verbose: int, quiet: bool) -> None:
+    """-q: errors only (no progress lines); default: warnings; -v: everything infir logs, retries
+    and repairs of the LLM client included (it logs them at DEBUG)."""
+    import logging
+
+    from pipeline.runner import watch
+
+    level = logging.ERROR if quiet else (logging.DEBUG if verbose else logging.WARNING)
+    log = logging.getLogger("pipeline")
+    log.setLevel(level)
+    if not log.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        log.addHandler(handler)
+    watch.QUIET = quiet
 
 
 def _overrides(sets: list[str] | None, **flags: Any) -> dict[str, Any]:
@@ -46,13 +83,16 @@ def _overrides(sets: list[str] | None, **flags: Any) -> dict[str, Any]:
         if "=" not in item:
             raise InfirError(f"--set {item!r}: expected KEY=VALUE, e.g. --set source.sample_queries=500")
         key, raw = item.split("=", 1)
+        if "\n" in item or "\r" in item:
+            # TOML would read `1\nc.d=2` as the value 1 and silently drop the rest.
+            raise InfirError(f"--set {item!r}: a value cannot span lines; give one --set per key")
         out[key.strip()] = parse_value(raw.strip())
     out.update({k: v for k, v in flags.items() if v is not None})
     return out
 
 
 def _config(config: Optional[Path], run: Optional[str], sets: list[str] | None, **flags: Any):
-    return load_config(config, _overrides(sets, **{"run.name": run}, **flags))
+    return load_config(config, _overrides(sets, **{"run.name": run, "run.prompts_dir": _state["prompts"]}, **flags))
 
 
 BackendOpt = typer.Option(None, "--backend", help="LLM backend: offline (default, no key) or openai.")
@@ -62,6 +102,7 @@ ConcurrencyOpt = typer.Option(None, "--concurrency", help="LLM requests in fligh
 ModeOpt = typer.Option(
     None, "--mode", help="online (default) or batch: through the Batch API at batch prices, resumable (needs --backend openai)."
 )
+JsonOpt = typer.Option(False, "--json", help="With --dry-run: print the estimate as JSON on stdout (for scripts).")
 DryRunOpt = typer.Option(
     False, "--dry-run", help="Estimate calls, tokens and cost (online and batch prices); send nothing."
 )
@@ -88,6 +129,7 @@ _LLM = [
     _param("max_cost_usd", MaxCostOpt, Optional[float]),
     _param("concurrency", ConcurrencyOpt, Optional[int]),
     _param("dry_run", DryRunOpt, bool),
+    _param("json_", JsonOpt, bool),
     _param("mode", ModeOpt, Optional[str]),
 ]
 
@@ -117,7 +159,7 @@ def _run_stage_command(stage, kw: dict[str, Any]) -> None:
     if isinstance(stage, LLMStage) and kw["dry_run"]:
         from pipeline.runner.estimate import dry_run as estimate
 
-        estimate(PIPELINE, cfg, [stage.name])
+        estimate(PIPELINE, cfg, [stage.name], as_json=kw["json_"])
         return
     options = {o.dest: kw.get(o.dest) for o in stage.options if o.key is None}
     run_stage(PIPELINE, stage.name, cfg, force=kw["force"], options=options)
@@ -192,6 +234,9 @@ def eval_(
     """
     import json
 
+    from pipeline.extras import require_extra
+
+    require_extra("train", "infir eval")
     from pipeline.train import evaluate_beir, evaluate_release
 
     if (release is None) == (beir is None):
@@ -214,6 +259,12 @@ def build(
     until: Optional[str] = typer.Option(None, "--until", help="Stop after this stage (e.g. verify)."),
     set_: Optional[list[str]] = SetOpt,
     force: bool = ForceOpt,
+    json_: bool = JsonOpt,
+    target_accepted: Optional[int] = typer.Option(
+        None, "--target-accepted",
+        help="Size the run for this many accepted rows from a cached pilot (see `infir plan`); refuses if the projection passes --max-cost-usd.",
+    ),
+    pilot: int = typer.Option(200, "--pilot", help="With --target-accepted: queries in the pilot."),
     dry_run: bool = typer.Option(
         False, "--dry-run",
         help="Run only the stages before the first LLM stage (no LLM), then estimate the LLM stages' calls, tokens and cost; send nothing.",
@@ -221,22 +272,40 @@ def build(
 ) -> None:
     """Run every stage in pipeline order; finished ones are skipped."""
     from pipeline.declaration import PIPELINE
-    from pipeline.runner.run import run_stage
+    from pipeline.runner.build import run_build
 
-    stages = PIPELINE.until(until)
     cfg = _config(config, run, set_, **_llm_flags(backend, max_cost_usd, concurrency, mode))
-    if dry_run:
-        from pipeline.runner.estimate import dry_run as estimate
-        from pipeline.runner.shape import LLMStage
+    run_build(PIPELINE, cfg, until, force=force, dry_run=dry_run, as_json=json_, target=target_accepted, pilot=pilot,
+              echo=lambda line: typer.echo(line, err=True))
 
-        for stage in stages:  # free, and the estimate needs their rows
-            if isinstance(stage, LLMStage):
-                break
-            run_stage(PIPELINE, stage.name, cfg, force=force)
-        estimate(PIPELINE, cfg, [s.name for s in stages])
-        return
-    for stage in stages:
-        run_stage(PIPELINE, stage.name, cfg, force=force)
+
+@app.command("plan")
+def plan_(
+    config: Optional[Path] = ConfigOpt,
+    run: Optional[str] = RunOpt,
+    backend: Optional[str] = BackendOpt,
+    max_cost_usd: Optional[float] = MaxCostOpt,
+    concurrency: Optional[int] = ConcurrencyOpt,
+    target_accepted: int = typer.Option(..., "--target-accepted", help="Accepted rows wanted."),
+    pilot: int = typer.Option(200, "--pilot", help="Queries in the pilot (run in runs/<run>-pilot, cached)."),
+    set_: Optional[list[str]] = SetOpt,
+    force: bool = ForceOpt,
+    json_: bool = typer.Option(False, "--json", help="Print the plan as JSON on stdout."),
+) -> None:
+    """Size a run: a seeded pilot through every LLM stage (cached, never paid twice), then the source
+    queries needed for N accepted rows and the projected cost online and in batch mode, with intervals."""
+    import json
+
+    from pipeline.declaration import PIPELINE
+    from pipeline.runner.plan import describe, plan
+
+    cfg = _config(config, run, set_, **_llm_flags(backend, max_cost_usd, concurrency, None))
+    p = plan(PIPELINE, cfg, target_accepted, pilot, force=force)
+    if json_:
+        typer.echo(json.dumps(p.as_dict(), indent=2))
+    else:
+        for line in describe(p, cfg.llm.max_cost_usd):
+            typer.echo(line)
 
 
 @app.command()
@@ -285,6 +354,23 @@ def calibrate_judge(
     _, lines = calibrate(PIPELINE, cfg, rows=rows, seed=seed)
     for line in lines:
         console.print(line)
+
+
+@app.command()
+def init(
+    directory: Path = typer.Argument(..., help="Folder for the new project (created if missing)."),
+    prompts: bool = typer.Option(False, "--prompts", help="Also copy the bundled prompts there to edit (sets run.prompts_dir)."),
+    force: bool = typer.Option(False, "--force", help="Overwrite an existing config.toml."),
+) -> None:
+    """Start a project: DIR/config.toml, the bundled sample corpus in DIR/data/sample and, with
+    --prompts, the prompts in DIR/prompts. Then: infir build --config DIR/config.toml"""
+    from pipeline.init import init_project
+    from pipeline.progress import console
+
+    written = init_project(directory, prompts=prompts, force=force)
+    for path in written:
+        console.print(f"  wrote {path}")
+    console.print(f"next: infir build --config {written[0]}")
 
 
 def _click_exceptions(name: str) -> tuple[type[BaseException], ...]:

@@ -6,12 +6,13 @@ to a default.
 
 from __future__ import annotations
 
+import importlib.resources
 import json
 import tomllib
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, Field, ValidationError
 
 from pipeline.errors import InfirError
 from pipeline.generation.settings import FilterSettings, GenerateSettings, MineSettings, VerifySettings
@@ -19,21 +20,26 @@ from pipeline.llm.settings import LLMSettings
 from pipeline.release.settings import WriteSettings
 from pipeline.sources.settings import ColumnMap, HFSource, SourceSettings  # noqa: F401  (re-exported)
 from pipeline.train.settings import TrainSettings
+from pipeline.validate import SECTION_CONFIG, SafeName
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_CONFIG = REPO_ROOT / "configs" / "sample.toml"
+# Shipped in the package (pipeline/configs/; the repository's configs/ links to it), so an
+# installed wheel has a default too. Its relative paths are relative to the working directory.
+DEFAULT_CONFIG = importlib.resources.files("pipeline") / "configs" / "sample.toml"
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = SECTION_CONFIG
 
 
 class RunSettings(Section):
-    name: str = "sample"
+    name: SafeName = "sample"  # a folder under runs_dir: one safe path component
     runs_dir: Path = Path("runs")
     seed: int = 13
-    # None: the bundled prompts/ folder. Prompt hashes are part of every cache key and row.
+    # None: the bundled pipeline/prompts/ folder (`infir --prompts DIR` sets this). Prompt hashes are
+    # part of every cache key and row.
     prompts_dir: Path | None = None
+    # Seconds between plain progress lines when stderr is not a terminal (a log file, a cluster job).
+    progress_interval_s: float = Field(30.0, gt=0)
 
 
 class RunConfig(Section):
@@ -61,6 +67,8 @@ def _format_validation(err: ValidationError, origin: str) -> str:
         key = ".".join(str(p) for p in e["loc"])
         if e["type"] == "extra_forbidden":
             parts.append(f"unknown key '{key}'")
+        elif e["type"] == "value_error":  # our validators' messages, without pydantic's "Value error, "
+            parts.append(f"'{key}': {e['ctx']['error']}")
         else:
             parts.append(f"'{key}': {e['msg']}")
     return f"{origin}: invalid config: " + "; ".join(parts)
@@ -85,7 +93,7 @@ def apply_override(data: dict, dotted: str, value: Any) -> None:
 
 
 def load_config(path: Path | None = None, overrides: dict[str, Any] | None = None):
-    """Load a TOML config (default: configs/sample.toml), apply dotted overrides, validate."""
+    """Load a TOML config (default: the bundled sample.toml), apply dotted overrides, validate."""
     path = Path(path) if path else DEFAULT_CONFIG
     if not path.is_file():
         raise InfirError(f"{path}: config file not found")

@@ -156,11 +156,12 @@ JUDGE_FAILS = {6: "positive_fits", 7: "hn1_fits", 8: "positive_fits", 9: "positi
 
 
 def _wilson(k, n, z=1.959963984540054):
-    """Wilson score interval, written out (the module under test uses scipy)."""
+    """Wilson score interval, written out by hand: (k + z^2/2) / (n + z^2) -+ z sqrt(n) / (n + z^2)
+    * sqrt(p (1 - p) + z^2 / 4n)."""
     p = k / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
-    return round(centre - half, 4), round(centre + half, 4)
+    centre = (k + z * z / 2) / (n + z * z)
+    half = z * math.sqrt(n) / (n + z * z) * math.sqrt(p * (1 - p) + z * z / (4 * n))
+    return round(max(0.0, centre - half), 4), round(centre + half, 4)
 
 
 def _pairs():

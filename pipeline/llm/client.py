@@ -20,13 +20,16 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
 from pipeline.errors import InfirError
+from pipeline.llm.budget import SpendLedger
+from pipeline.llm.client_spend import SpendMixin, _RequestFailed
 from pipeline.llm.cache import Cache
 from pipeline.llm.openai_api.parse import logprobs_of, parse_response, repair_body
+from pipeline.llm.openai_api.request import cache_key, request_of
 from pipeline.llm.pricing import PriceTable
-from pipeline.llm.ratelimit import RateLimiter, backoff_delay
+from pipeline.llm.ratelimit import RateLimiter
+from pipeline.llm.retry import RetriesExhausted, RetryPolicy
 from pipeline.llm.settings import LLMSettings
 from pipeline.llm.tokens import estimate_prompt_tokens, max_output_tokens
-from pipeline.llm.openai_api.request import cache_key, request_of
 from pipeline.llm.types import (
     BATCH_FIELD,
     BUDGET_EXHAUSTED,
@@ -40,12 +43,6 @@ from pipeline.llm.types import (
 
 log = logging.getLogger(__name__)
 
-class _RequestFailed(Exception):
-    def __init__(self, reason: str):
-        super().__init__(reason)
-        self.reason = reason
-
-
 # ------------------------------------------------------------------------------------------------
 # The client
 
@@ -56,7 +53,7 @@ class _Acc:
     cost: float = 0.0
 
 
-class LLMClient:
+class LLMClient(SpendMixin):
     def __init__(
         self,
         settings: LLMSettings,
@@ -73,6 +70,9 @@ class LLMClient:
         self.limiter = RateLimiter(settings.requests_per_minute, settings.tokens_per_minute)
         self.totals = Totals()
         self.budget_exhausted = False
+        # The run's spend ledger (`budget.SpendLedger`): with one, the cap holds across stages,
+        # processes and resumes; without, `max_cost_usd` caps this client's own spending.
+        self.ledger: SpendLedger | None = None
         self.stop_reason: str | None = None  # set by a fatal backend error or a cache write failure
         self._rng = rng or random.Random()
         self._inflight: dict[str, asyncio.Future[dict[str, Any]]] = {}
@@ -169,32 +169,6 @@ class LLMClient:
         except Exception as e:  # a bug must not kill the run; keep the row with the reason
             log.exception("LLM task %s failed unexpectedly", task.key_id)
             return self._fail(task, "", f"internal error: {type(e).__name__}: {e}", acc, Usage())
-
-    def estimate(self, tasks: Iterable[LLMTask]) -> dict[str, Any]:
-        """Dry run: calls, tokens and cost of the tasks not in the cache (cached ones are free).
-        Prompt tokens: tiktoken if installed, else chars/4. Completion tokens: the prompt's
-        `expected_output_tokens` hint, else half the max-tokens parameter (256 if unset).
-        `batch_cost_usd`: the same calls through the Batch API (the models' `batch_discount`)."""
-        rows = []
-        for t in tasks:
-            rows.append((t, *request_of(t)))
-        cached_keys = self.cache.contains_many(k for _, _, k in rows) if self.cache is not None else set()
-        seen: set[str] = set()
-        out = {"calls": 0, "prompt_tokens": 0, "completion_tokens": 0, "cost_usd": 0.0, "batch_cost_usd": 0.0,
-               "cached": 0}
-        for t, body, key in rows:
-            if key in cached_keys or key in seen:
-                out["cached"] += 1
-                continue
-            seen.add(key)
-            pt = estimate_prompt_tokens(body["messages"], t.model, exact=True)
-            ct = t.prompt.expected_output_tokens or (max_output_tokens(body) // 2) or 256
-            out["calls"] += 1
-            out["prompt_tokens"] += pt
-            out["completion_tokens"] += ct
-            out["cost_usd"] += self.prices.cost(t.model, pt, ct)
-            out["batch_cost_usd"] += self.prices.cost(t.model, pt, ct, batch=True)
-        return out
 
     async def aclose_backend(self) -> None:
         """Close the backend's connections (call at the end of the loop that used `arun`)."""
@@ -300,13 +274,31 @@ class LLMClient:
             return response, True
         fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._inflight[key] = fut
+        claimed = False
         try:
+            if self.cache is not None and not fresh:
+                # Another process on this cache may be sending the same request: wait for its answer.
+                try:
+                    hit = await self.cache.claim_or_wait(key, self.settings.deadline_s + self.settings.request_timeout_s)
+                except (sqlite3.Error, OSError) as e:  # as for `put`: a cache we cannot write stops the sending
+                    self.stop_reason = f"cache write failed: {e}"
+                    raise _RequestFailed(self.stop_reason) from None
+                if hit is not None:
+                    self.totals.cache_hits += 1
+                    self.totals.saved_cost_usd += self._price(body, hit)
+                    fut.set_result(hit)
+                    return hit, True
+                claimed = True
             response = await self._send(body, task, acc)
         except _RequestFailed as e:
+            if claimed:
+                self.cache.release(key)
             fut.set_exception(e)
             fut.exception()  # retrieved: no "never retrieved" warning when nobody waits
             raise
         except BaseException:
+            if claimed:
+                self.cache.release(key)
             fut.cancel()
             raise
         finally:
@@ -330,91 +322,103 @@ class LLMClient:
     def _check_can_send(self) -> None:
         if self.stop_reason is not None:
             raise _RequestFailed(self.stop_reason)
-        cap = self.settings.max_cost_usd
-        if cap is not None and self.totals.cost_usd >= cap:
-            if not self.budget_exhausted:
-                log.warning("LLM budget of $%.4f reached: no further requests are sent", cap)
-            self.budget_exhausted = True
+        if self.budget_exhausted:
             raise _RequestFailed(BUDGET_EXHAUSTED)
+        cap = self.settings.max_cost_usd
+        if self.ledger is None and cap is not None and self.totals.cost_usd >= cap:
+            self._exhausted(cap)
 
     async def _send(self, body: dict[str, Any], task: LLMTask, acc: _Acc) -> dict[str, Any]:
         """HTTP with retries: the only retry layer (the SDK runs with max_retries=0).
 
-        Retries what the backend marks retryable, up to `max_attempts` attempts and `deadline_s`
-        seconds. Wait: the server's hint (Retry-After & co) plus a little jitter, else exponential
-        backoff with full jitter. A 429 hint pauses the whole client (the limiter), not just this
-        request. Non-retryable errors (400, 422, ...) fail at once; fatal ones (401, 403, 404,
-        insufficient_quota) also stop the client from sending anything more."""
+        tenacity (`pipeline/llm/retry.py`) retries what the backend marks retryable, up to
+        `max_attempts` attempts and `deadline_s` seconds, waiting the server's hint (Retry-After &
+        co) or exponential backoff with full jitter; a 429 hint pauses the whole client. Non-retryable
+        errors (400, 422, ...) fail at once; fatal ones (401, 403, 404, insufficient_quota) also stop
+        the client from sending anything more."""
         s = self.settings
-        loop = asyncio.get_running_loop()
-        deadline: float | None = None  # starts at the first attempt: queueing is not the request's time
-        tokens = estimate_prompt_tokens(body["messages"]) + max_output_tokens(body)
-        sem = self._semaphore()
-        attempt = 0
-        while True:
-            self._check_can_send()
-            attempt += 1
-            async with sem:
-                budget_s = (deadline - loop.time()) if deadline is not None else s.deadline_s
-                if self.limiter.pause_remaining() > budget_s:
-                    # e.g. a daily quota: Retry-After of hours. Fail now; a rerun resumes from cache.
-                    raise _RequestFailed(
-                        f"deadline of {s.deadline_s:g}s exceeded: the server asked to wait "
-                        f"{self.limiter.pause_remaining():.0f}s (rate limit)"
-                    )
-                await self.limiter.acquire(tokens)
-                self._check_can_send()
-                if deadline is None:
-                    deadline = loop.time() + s.deadline_s
-                remaining = deadline - loop.time()
-                if remaining <= 0:
-                    raise _RequestFailed(f"deadline of {s.deadline_s:g}s exceeded after {attempt - 1} attempt(s)")
-                acc.calls += 1
-                self.totals.http_calls += 1
-                try:
-                    response = await asyncio.wait_for(self.backend.complete(body, task), remaining)
-                except BackendError as e:
-                    err = e
-                except asyncio.TimeoutError:
-                    raise _RequestFailed(f"deadline of {s.deadline_s:g}s exceeded after {attempt} attempt(s)") from None
-                except (asyncio.CancelledError, KeyboardInterrupt):
-                    raise
-                except Exception as e:  # a backend bug: not retried
-                    raise _RequestFailed(f"backend error: {type(e).__name__}: {e}") from None
-                else:
-                    cost = self._price(body, response)
-                    u = Usage.of(response)
-                    t = self.totals
-                    t.prompt_tokens += u.prompt_tokens
-                    t.completion_tokens += u.completion_tokens
-                    t.cached_tokens += u.cached_tokens
-                    t.reasoning_tokens += u.reasoning_tokens
-                    t.cost_usd += cost
-                    acc.cost += cost
-                    return response
-            # -- the attempt failed (semaphore released: waiting holds no slot)
-            if err.fatal:
-                if self.stop_reason is None:
-                    self.stop_reason = f"aborted: {err}"
-                    log.error("LLM backend: %s; no further requests are sent", err)
-                raise _RequestFailed(str(err))
-            if not err.retryable:
-                raise _RequestFailed(str(err))
-            if attempt >= s.max_attempts:
-                raise _RequestFailed(f"gave up after {attempt} attempts: {err}")
-            if err.retry_after is not None:
-                wait = err.retry_after + self._rng.uniform(0, min(1.0, 0.1 * err.retry_after))
-                if err.status == 429 and err.retry_after > 0:
-                    self.limiter.pause(wait)
-            else:
-                wait = backoff_delay(attempt, s.backoff_base_s, s.backoff_max_s, self._rng)
-            if deadline is not None and loop.time() + wait > deadline:
-                raise _RequestFailed(
-                    f"deadline of {s.deadline_s:g}s exceeded after {attempt} attempt(s) (next wait {wait:.1f}s): {err}"
-                )
+        deadline: list[float] = []  # starts at the first attempt: queueing is not the request's time
+
+        def on_retry(err: BaseException, attempt: int, wait: float) -> None:
             self.totals.retries += 1
             log.debug("LLM task %s: %s; retry %d/%d in %.2fs", task.key_id, err, attempt, s.max_attempts - 1, wait)
-            await asyncio.sleep(wait)
+
+        policy = RetryPolicy(
+            max_attempts=s.max_attempts, backoff_base_s=s.backoff_base_s, backoff_max_s=s.backoff_max_s,
+            deadline_s=s.deadline_s, rng=self._rng, on_pause=self.limiter.pause, on_retry=on_retry,
+        )
+        try:
+            async for attempt in policy.retrying(lambda: deadline[0] if deadline else None):
+                with attempt:
+                    return await self._attempt(body, task, acc, deadline, attempt.retry_state.attempt_number)
+        except RetriesExhausted as e:
+            raise _RequestFailed(str(e)) from None
+        raise AssertionError("unreachable: tenacity either returns, raises or gives up")
+
+    async def _attempt(
+        self, body: dict[str, Any], task: LLMTask, acc: _Acc, deadline: list[float], attempt: int
+    ) -> dict[str, Any]:
+        """One HTTP attempt inside the concurrency bound and the rate limiter. A retryable
+        BackendError propagates to the retry policy; every other failure is final (_RequestFailed)."""
+        s = self.settings
+        loop = asyncio.get_running_loop()
+        self._check_can_send()
+        async with self._semaphore():  # released before the retry wait: waiting holds no slot
+            budget_s = (deadline[0] - loop.time()) if deadline else s.deadline_s
+            if self.limiter.pause_remaining() > budget_s:
+                # e.g. a daily quota: Retry-After of hours. Fail now; a rerun resumes from cache.
+                raise _RequestFailed(
+                    f"deadline of {s.deadline_s:g}s exceeded: the server asked to wait "
+                    f"{self.limiter.pause_remaining():.0f}s (rate limit)"
+                )
+            await self.limiter.acquire(estimate_prompt_tokens(body["messages"]) + max_output_tokens(body))
+            self._check_can_send()
+            if not deadline:
+                deadline.append(loop.time() + s.deadline_s)
+            remaining = deadline[0] - loop.time()
+            if remaining <= 0:
+                raise _RequestFailed(f"deadline of {s.deadline_s:g}s exceeded after {attempt - 1} attempt(s)")
+            reservation = self._reserve(body, task)
+            acc.calls += 1
+            self.totals.http_calls += 1
+            try:
+                response = await asyncio.wait_for(self.backend.complete(body, task), remaining)
+            except BackendError as err:
+                self._release(reservation)
+                if err.fatal:
+                    if self.stop_reason is None:
+                        self.stop_reason = f"aborted: {err}"
+                        log.error("LLM backend: %s; no further requests are sent", err)
+                    raise _RequestFailed(str(err)) from None
+                if not err.retryable:
+                    raise _RequestFailed(str(err)) from None
+                raise
+            except asyncio.TimeoutError:
+                self._release(reservation)
+                raise _RequestFailed(f"deadline of {s.deadline_s:g}s exceeded after {attempt} attempt(s)") from None
+            except (asyncio.CancelledError, KeyboardInterrupt):
+                self._release(reservation)
+                raise
+            except Exception as e:  # a backend bug: not retried
+                self._release(reservation)
+                raise _RequestFailed(f"backend error: {type(e).__name__}: {e}") from None
+        cost = self._price(body, response)
+        if self.ledger is not None:
+            try:
+                self.ledger.settle(reservation, cost)
+            except InfirError as e:  # the answer is kept (and cached); nothing more is sent
+                if self.stop_reason is None:
+                    self.stop_reason = f"spend ledger failed: {e}"
+                    log.error("%s; no further requests are sent", e)
+        u = Usage.of(response)
+        t = self.totals
+        t.prompt_tokens += u.prompt_tokens
+        t.completion_tokens += u.completion_tokens
+        t.cached_tokens += u.cached_tokens
+        t.reasoning_tokens += u.reasoning_tokens
+        t.cost_usd += cost
+        acc.cost += cost
+        return response
 
 
 def make_client(

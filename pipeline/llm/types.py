@@ -21,13 +21,12 @@ PARSER_VERSION = 1
 BATCH_FIELD = "_infir_batch"
 
 
-
 @dataclass
 class Usage:
     prompt_tokens: int = 0
-    completion_tokens: int = 0
+    completion_tokens: int = 0  # billed output: visible and hidden reasoning tokens together
     cached_tokens: int = 0  # of prompt_tokens, served from the provider's prompt cache
-    reasoning_tokens: int = 0  # of completion_tokens, hidden reasoning (billed as output)
+    reasoning_tokens: int = 0  # of completion_tokens, hidden reasoning (reasoning models)
 
     def __add__(self, other: Usage) -> Usage:
         return Usage(

@@ -152,6 +152,8 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
                 obj = json.loads(line)
             except json.JSONDecodeError as exc:
                 raise InfirError(f"{path}:{lineno}: invalid JSON ({exc.msg})") from exc
+            except RecursionError:
+                raise InfirError(f"{path}:{lineno}: invalid JSON (nested too deeply)") from None
             if not isinstance(obj, dict) or "_id" not in obj:
                 raise InfirError(f"{path}:{lineno}: expected an object with an '_id' field")
             out.append(obj)

@@ -27,7 +27,7 @@ def resolve_model(model: str | Path | None) -> str:
 class TrainSettings(BaseModel):
     """Contrastive fine-tuning on an InF-IR release. Field names double as the ``[train]`` TOML keys."""
 
-    model_config = ConfigDict(extra="forbid", frozen=False)
+    model_config = ConfigDict(extra="forbid", frozen=False, allow_inf_nan=False)
 
     model: str | None = Field(None, description="sentence-transformers model path or name; None = bundled all-MiniLM-L6-v2")
     template: str = Field(DEFAULT_TEMPLATE, description="query text = template.format(query=..., instruction=...), training and eval")
