@@ -332,6 +332,29 @@ def cache_stats(
     print_summary("LLM cache", [(k, v) for k, v in stats.items()])
 
 
+@app.command("calibrate-judge")
+def calibrate_judge(
+    config: Optional[Path] = ConfigOpt,
+    run: Optional[str] = RunOpt,
+    backend: Optional[str] = BackendOpt,
+    rows: Optional[int] = typer.Option(None, "--rows", help="Sample size (default verify.calibration_rows, 200)."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Sample seed (default verify.calibration_seed)."),
+    set_: Optional[list[str]] = SetOpt,
+) -> None:
+    """Calibrate the judge cascade: the first judge and the reasoning judge on a seeded sample of the
+    rows verify would judge; prints each check's false-reject / false-accept rates (Wilson 95%
+    intervals) and the threshold that keeps false rejects under verify.calibration_max_false_reject
+    at the largest saving. Written to runs/<run>/calibration/judge.json, which verify then uses."""
+    from pipeline.declaration import PIPELINE
+    from pipeline.progress import console
+    from pipeline.runner.calibrate import calibrate_judge as calibrate
+
+    cfg = _config(config, run, set_, **{"llm.backend": backend})
+    _, lines = calibrate(PIPELINE, cfg, rows=rows, seed=seed)
+    for line in lines:
+        console.print(line)
+
+
 @app.command()
 def init(
     directory: Path = typer.Argument(..., help="Folder for the new project (created if missing)."),

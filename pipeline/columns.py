@@ -37,8 +37,20 @@ VERDICT_TYPE = pa.struct(
     ]
 )
 #: What one row's LLM call cost when it was made (cache hits included): `usage_<stage>` columns.
+#: cached_tokens (of prompt_tokens: the provider's prompt cache, billed at its cached price) and
+#: reasoning_tokens (of completion_tokens: hidden reasoning, billed as output) are shown apart.
 USAGE_TYPE = pa.struct(
-    [("prompt_tokens", pa.int64()), ("completion_tokens", pa.int64()), ("cost_usd", pa.float64())]
+    [("prompt_tokens", pa.int64()), ("completion_tokens", pa.int64()), ("cost_usd", pa.float64()),
+     ("cached_tokens", pa.int64()), ("reasoning_tokens", pa.int64())]
+)
+#: The cascade's first judge, per check: its verdict, reason and confidence.
+FIRST_VERDICT_TYPE = pa.struct(
+    [
+        pa.field("check", pa.string()),
+        pa.field("passed", pa.bool_()),
+        pa.field("reason", pa.string()),
+        pa.field("confidence", pa.float64()),
+    ]
 )
 
 #: Every column that is not a plain string. A name absent here is `pa.string()`.
@@ -49,6 +61,7 @@ _TYPES: dict[str, pa.DataType] = {
     "failed_checks": pa.list_(pa.string()),
     "failed_filters": pa.list_(pa.string()),
     "accepted": pa.bool_(),
+    "first_judge_verdicts": pa.list_(FIRST_VERDICT_TYPE),
 }
 
 

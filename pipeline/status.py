@@ -22,12 +22,22 @@ from pipeline.store.lock import held_by
 from pipeline.store.shards import failed_rows, stage_fingerprint
 
 
-def _row_usage(d: Path, column: str) -> dict:
-    """Calls, tokens and cost as the rows record them: cache hits and resumed shards included."""
+def _row_usage(d: Path, column: str) -> tuple[dict, dict[str, dict]]:
+    """Calls, tokens and cost as the rows record them: cache hits and resumed shards included. A
+    stage with more than one kind of request (`usage_verify` and the judge cascade's
+    `usage_verify_first`) gets their sum and each apart."""
     from pipeline.runner.llm import sum_usage
     from pipeline.store import read_stage_table
 
-    return sum_usage(read_stage_table(d), column)
+    table = read_stage_table(d)
+    cols = [c for c in table.column_names if c == column or c.startswith(column + "_")]
+    parts = {c: sum_usage(table, c) for c in cols}
+    total = sum_usage(table, column)
+    for c, u in parts.items():
+        if c != column:
+            for k in total:
+                total[k] += u[k]
+    return total, {c: u for c, u in parts.items() if len(parts) > 1 and u["calls"]}
 
 
 def _state(d: Path, success: dict | None) -> str:
@@ -58,15 +68,17 @@ def stage_states(run: Path, pipe=None) -> list[dict]:
     for st in (pipe or PIPELINE):
         d = run / st.name
         success = read_success(d)
-        info = {"stage": st.name, "state": _state(d, success), "rows": None, "llm": {}, "summary": {},
-                "counts": {"in": rows_in, "out": None, "failed": None, "rejected": None}}
+        info = {"stage": st.name, "state": _state(d, success), "rows": None, "llm": {}, "llm_parts": {}, "summary": {},
+                "counts": {"in": rows_in, "out": None, "failed": None, "rejected": None},
+                "notes": st.status_lines(run) if hasattr(st, "status_lines") else []}
         if success is not None:
             summary = success.get("summary") or {}
             info.update(rows=success.get("rows"), summary=summary, counts=_counts(summary, rows_in))
             if isinstance(st, LLMStage) and success.get("rows"):
-                usage = _row_usage(d, st.usage_column)
+                usage, parts = _row_usage(d, st.usage_column)
                 last = summary.get("llm", {})
                 info["llm"] = {**usage, "http_calls": last.get("http_calls", 0), "cache_hits": last.get("cache_hits", 0)}
+                info["llm_parts"] = parts
             rows_in = success.get("rows")
         out.append(info)
     return out
@@ -131,24 +143,32 @@ def print_status(run: Path) -> None:
         raise InfirError(f"{run}: no such run directory")
     states = stage_states(run)
     table = Table(title=f"run {run.name}", title_justify="left")
-    for col in ("stage", "state", "rows in", "rows out", "failed", "rejected", "LLM calls", "tokens", "cost USD",
-                "last run: HTTP / cache"):
+    for col in ("stage", "state", "rows in", "rows out", "failed", "rejected", "LLM calls", "tokens",
+                "of which cached in", "of which reasoning", "cost USD", "last run: HTTP / cache"):
         table.add_column(col, justify="left" if col in ("stage", "state") else "right", no_wrap=col == "state")
-    totals = {"calls": 0, "tokens": 0, "cost_usd": 0.0}
+    totals = {"calls": 0, "tokens": 0, "cached_tokens": 0, "reasoning_tokens": 0, "cost_usd": 0.0}
+
+    def usage_cells(u: dict) -> list[str]:
+        """Calls, tokens (cached input and reasoning apart: priced apart) and cost."""
+        tokens = u.get("prompt_tokens", 0) + u.get("completion_tokens", 0)
+        return [f"{u['calls']:,}", f"{tokens:,}", f"{u.get('cached_tokens', 0):,}",
+                f"{u.get('reasoning_tokens', 0):,}", f"{u['cost_usd']:.4f}"] if u else [""] * 5
+
     for s in states:
         llm, c = s["llm"], s["counts"]
-        tokens = llm.get("prompt_tokens", 0) + llm.get("completion_tokens", 0)
         totals["calls"] += llm.get("calls", 0)
-        totals["tokens"] += tokens
-        totals["cost_usd"] += llm.get("cost_usd", 0.0)
+        totals["tokens"] += llm.get("prompt_tokens", 0) + llm.get("completion_tokens", 0)
+        for k in ("cached_tokens", "reasoning_tokens", "cost_usd"):
+            totals[k] += llm.get(k, 0)
         table.add_row(
             s["stage"], s["state"], _cell(c["in"]), _cell(c["out"] if c["out"] is not None else s["rows"]),
-            _cell(c["failed"]), _cell(c["rejected"]),
-            f"{llm['calls']:,}" if llm else "", f"{tokens:,}" if llm else "",
-            f"{llm['cost_usd']:.4f}" if llm else "", f"{llm['http_calls']:,} / {llm['cache_hits']:,}" if llm else "",
+            _cell(c["failed"]), _cell(c["rejected"]), *usage_cells(llm),
+            f"{llm['http_calls']:,} / {llm['cache_hits']:,}" if llm else "",
         )
+        for column, u in s["llm_parts"].items():  # e.g. the judge cascade's two judges
+            table.add_row(f"  {column.removeprefix('usage_')}", "", "", "", "", "", *usage_cells(u), "", style="dim")
     table.add_row("total", "", "", "", "", "", f"{totals['calls']:,}", f"{totals['tokens']:,}",
-                  f"{totals['cost_usd']:.4f}", "")
+                  f"{totals['cached_tokens']:,}", f"{totals['reasoning_tokens']:,}", f"{totals['cost_usd']:.4f}", "")
     console.print(table)
     spend = _spend(run)
     if spend:
@@ -171,6 +191,16 @@ def print_status(run: Path) -> None:
         )
         for check, rate in summ.get("pass_rate_per_check", {}).items():
             console.print(f"  {check}: {rate:.1%} pass ({summ.get('failed_checks', {}).get(check, 0):,} failed)")
+        casc = summ.get("cascade")
+        if casc:
+            console.print(
+                f"judge cascade ({casc['first_model']}, threshold {casc['threshold']:g}): "
+                f"{casc['rejected_by_first_judge']:,} of {casc['first_judged']:,} rejected by the first judge, "
+                f"{casc['sent_to_judge']:,} sent to the judge"
+            )
+    for s in states:  # what a stage adds (the judge calibration)
+        for line in s["notes"]:
+            console.print(line)
     note = _release_note(run, states)
     if note:
         console.print(note)

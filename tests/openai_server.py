@@ -12,6 +12,13 @@ Features
   deterministically from a hash of the conversation up to its first user message (so a repair
   conversation gets the same answer as the original question);
   `responder(body) -> str | dict(content=..., finish_reason=..., refusal=...) | None` overrides it.
+- a responder's dict may carry `logprobs` (the `logprobs.content` token list, e.g. from
+  `logprob_tokens(content, {char offset: logprob})`); a request with `logprobs: true` gets them
+  (default: the content's tokens, each certain), as the API returns them only when asked.
+- `usage`: fixed (prompt, completion[, cached, reasoning]) tokens, or a function of the body giving
+  them; default: chars/4 of the prompt and the answer. `prefix_cache=True` reports `cached_tokens`
+  as OpenAI's prompt caching would (the longest prefix >= 1,024 tokens, in 128-token steps, that an
+  earlier request of the same model began with).
 - latency (seconds per request), a thread-safe request counter (total and per path), recorded
   requests (body, headers, arrival/finish times, status, fault).
 - injected faults, per request, from `fault_fn(n, body)`, else `script[n]`, else a seeded RNG
@@ -52,8 +59,9 @@ import email.parser
 import email.policy
 import hashlib
 import json
-import re
+import math
 import random
+import re
 import signal
 import socket
 import sys
@@ -191,10 +199,12 @@ def default_content(body: dict[str, Any]) -> str:
 
 
 def completion(body: dict[str, Any], n: int, content: str | None, finish_reason: str = "stop",
-               refusal: str | None = None, usage: tuple[int, int] | None = None) -> dict[str, Any]:
+               refusal: str | None = None, usage: tuple[int, ...] | None = None) -> dict[str, Any]:
+    """`usage`: (prompt, completion[, cached, reasoning]) tokens; None: counted from the text."""
     if usage is None:
         prompt_chars = sum(len(str(m.get("content") or "")) for m in body.get("messages") or [])
         usage = (prompt_chars // 4 + 1, len(content or "") // 4 + 1)
+    cached, reasoning = (tuple(usage[2:4]) + (0, 0))[:2]
     return {
         "id": f"chatcmpl-test-{n}",
         "object": "chat.completion",
@@ -213,10 +223,30 @@ def completion(body: dict[str, Any], n: int, content: str | None, finish_reason:
             "prompt_tokens": usage[0],
             "completion_tokens": usage[1],
             "total_tokens": usage[0] + usage[1],
-            "prompt_tokens_details": {"cached_tokens": 0},
-            "completion_tokens_details": {"reasoning_tokens": 0},
+            "prompt_tokens_details": {"cached_tokens": cached},
+            "completion_tokens_details": {"reasoning_tokens": reasoning},
         },
     }
+
+
+_TOKEN_RE = re.compile(r"\w+|\s+|[^\w\s]")
+
+
+def logprob_tokens(content: str, logprob_at: dict[int, float] | None = None) -> list[dict[str, Any]]:
+    """`content` cut into tokens (words, spaces, single punctuation: concatenated they give the
+    content back) in the OpenAI `logprobs.content` format. A token starting at char offset k gets
+    `logprob_at[k]` (default 0.0: certain), and its `top_logprobs` hold it plus the complement."""
+    out, pos = [], 0
+    for tok in _TOKEN_RE.findall(content):
+        lp = (logprob_at or {}).get(pos, 0.0)
+        rest = math.log(max(1e-12, 1.0 - math.exp(lp)))
+        top = [{"token": tok, "logprob": lp, "bytes": list(tok.encode())}]
+        if tok in ("true", "false"):
+            other = "false" if tok == "true" else "true"
+            top.append({"token": other, "logprob": rest, "bytes": list(other.encode())})
+        out.append({"token": tok, "logprob": lp, "bytes": list(tok.encode()), "top_logprobs": top})
+        pos += len(tok)
+    return out
 
 
 def _error(status: int, message: str, code: str, type_: str = "invalid_request_error",
@@ -240,7 +270,7 @@ class FakeOpenAIServer:
         fault_fn: Callable[[int, dict[str, Any]], str | None] | None = None,
         retry_after: str | None = "0",
         timeout_sleep: float = 5.0,
-        usage: tuple[int, int] | None = None,
+        usage: tuple[int, ...] | Callable[[dict[str, Any]], tuple[int, ...]] | None = None,
         host: str = "127.0.0.1",
         port: int = 0,
         server: str = "thread",
@@ -256,6 +286,7 @@ class FakeOpenAIServer:
         batch_max_requests: int = 50_000,
         batch_max_bytes: int = 200 * 1024 * 1024,
         reasoning_tokens: int | Callable[[dict[str, Any]], int] = 0,
+        prefix_cache: bool = False,
     ):
         unknown = set(fault_kinds) - set(ALL_FAULTS)
         unknown |= set(batch_fault_kinds) - set(ALL_FAULTS + BATCH_ONLY_FAULTS)
@@ -291,6 +322,11 @@ class FakeOpenAIServer:
         self.batch_fail_fn = batch_fail_fn
         self.batch_max_requests = batch_max_requests
         self.batch_max_bytes = batch_max_bytes
+        # Provider prompt caching, as OpenAI documents it: a prompt whose first >= 1,024 tokens
+        # repeat an earlier request's (same model) is billed with the longest such prefix, in
+        # steps of 128 tokens, as `cached_tokens`. Tokens are counted as chars/4 here.
+        self.prefix_cache = prefix_cache
+        self._prefixes: set[str] = set()
         self.files: dict[str, dict[str, Any]] = {}  # id -> file object + "_content" bytes
         self.batches: dict[str, dict[str, Any]] = {}  # id -> batch object + private "_" fields
         self.file_uploads = 0
@@ -452,19 +488,26 @@ class FakeOpenAIServer:
         if fault == "drop":
             return Reply(drop=True)
         if fault == "empty":
-            resp = completion(body, n, "", usage=self.usage)
+            resp = completion(body, n, "", usage=self._usage(body))
             resp["choices"] = []
             return Reply(200, resp)
         if fault == "refusal":
-            return Reply(200, completion(body, n, None, refusal="I'm sorry, I can't help with that.", usage=self.usage))
-        content, finish, refusal = self._content(body)
+            return Reply(200, completion(body, n, None, refusal="I'm sorry, I can't help with that.", usage=self._usage(body)))
+        content, finish, refusal, logprobs = self._content(body)
         if fault == "malformed":
             content = "Sure! Here is the JSON: {" + (content or "")[:20]
         elif fault == "schema":
             content = json.dumps({"unexpected": True})
         elif fault == "length":
             content, finish = (content or "")[: max(1, len(content or "") // 2)], "length"
-        reply = Reply(200, self._bill_reasoning(body, completion(body, n, content, finish, refusal, usage=self.usage)))
+        reply = Reply(200, self._bill_reasoning(body, completion(body, n, content, finish, refusal, usage=self._usage(body))))
+        if body.get("logprobs") and content is not None and fault is None:
+            # As the API does: token log-probabilities only when the request asks for them.
+            reply.body["choices"][0]["logprobs"] = {
+                "content": logprobs if logprobs is not None else logprob_tokens(content), "refusal": None}
+        if self.prefix_cache:
+            usage = reply.body["usage"]
+            usage["prompt_tokens_details"]["cached_tokens"] = min(usage["prompt_tokens"], self._cached_prefix(body))
         if fault == "timeout":
             reply.sleep = self.timeout_sleep
         return reply
@@ -474,20 +517,38 @@ class FakeOpenAIServer:
         if not re.match(r"^(o\d|gpt-5)", model) or model.startswith("gpt-5-chat"):
             return resp
         extra = self.reasoning_tokens(body) if callable(self.reasoning_tokens) else int(self.reasoning_tokens)
+        if not extra:  # none to add (a `usage` function may have set its own)
+            return resp
         u = resp["usage"]
         u["completion_tokens"] += extra
         u["total_tokens"] += extra
         u["completion_tokens_details"]["reasoning_tokens"] = extra
         return resp
 
-    def _content(self, body: dict[str, Any]) -> tuple[str | None, str, str | None]:
+    def _content(self, body: dict[str, Any]) -> tuple[str | None, str, str | None, list | None]:
+        """(content, finish_reason, refusal, logprobs): a responder's dict may carry `logprobs`
+        (the `logprobs.content` list, e.g. from `logprob_tokens`), sent when the request asks."""
         if self.responder is not None:
             out = self.responder(body)
             if isinstance(out, dict):
-                return out.get("content"), out.get("finish_reason", "stop"), out.get("refusal")
+                return out.get("content"), out.get("finish_reason", "stop"), out.get("refusal"), out.get("logprobs")
             if out is not None:
-                return str(out), "stop", None
-        return default_content(body), "stop", None
+                return str(out), "stop", None, None
+        return default_content(body), "stop", None, None
+
+    def _usage(self, body: dict[str, Any]) -> tuple[int, ...] | None:
+        return self.usage(body) if callable(self.usage) else self.usage
+
+    def _cached_prefix(self, body: dict[str, Any]) -> int:
+        """Tokens of `body`'s prompt an earlier request (same model) already had as its prefix."""
+        text = str(body.get("model")) + "\x1f" + "".join(
+            f"{m.get('role')}\x1e{m.get('content')}\x1d" for m in body.get("messages") or [])
+        step, first = 128 * 4, 1024 * 4  # chars: 128 and 1,024 tokens
+        keys = [_h(text[:k]) for k in range(first, len(text) + 1, step)]
+        with self._lock:
+            hit = max((i for i, k in enumerate(keys) if k in self._prefixes), default=-1)
+            self._prefixes.update(keys)
+        return 0 if hit < 0 else (first + hit * step) // 4
 
     # -- Files and Batch API
     def hold_batches(self) -> None:

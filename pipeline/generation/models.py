@@ -50,3 +50,26 @@ class JudgeVerdicts(_Out):
     hn2_fails_positive: Verdict
     instruction_negative_plausible: Verdict
     query_negative_plausible: Verdict
+
+
+class FirstVerdict(_Out):
+    # The reason before the decision (the model writes fields in this order); the boolean's token
+    # log-probability is the preferred confidence, the explicit field the fallback
+    # (pipeline/generation/cascade.py).
+    reason: str
+    passed: bool
+    confidence: float = Field(description="probability, 0 to 1, that `passed` is right")
+
+
+class FirstJudgeVerdicts(_Out):
+    """The cascade's first (cheap) judge: the same checks as JudgeVerdicts, each with a confidence."""
+
+    positive_fits: FirstVerdict
+    positive_fails_instruction_negative: FirstVerdict
+    positive_fails_query_negative: FirstVerdict
+    hn1_fits: FirstVerdict
+    hn2_fits: FirstVerdict
+    hn1_fails_positive: FirstVerdict
+    hn2_fails_positive: FirstVerdict
+    instruction_negative_plausible: FirstVerdict
+    query_negative_plausible: FirstVerdict

@@ -237,6 +237,8 @@ HANDLERS = {
     "generate_instruction": lambda v: generate_instruction(v["query"], v["passage"], list(v.get("near_misses") or [])),
     "poison": lambda v: poison(v["query"], v["instruction"], v["passage"], list(v.get("candidates") or [])),
     "judge": judge,
+    # The judge cascade's first judge: the same rules, certain of every verdict.
+    "judge_first": lambda v: {c: {"reason": x["reason"], "passed": x["passed"], "confidence": 1.0} for c, x in judge(v).items()},
 }
 
 

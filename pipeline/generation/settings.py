@@ -44,6 +44,21 @@ class VerifySettings(_Section):
     max_completion_tokens: int = Field(4000, ge=1)
     prompt: SafeName = "judge"
     shard_rows: int = Field(1000, ge=1)
+    # The cascade (pipeline/generation/cascade.py): a cheaper first judge answers every check first;
+    # a row it fails on any check with confidence at or above the threshold is rejected by it, the
+    # others go to the judge above. Off until calibrated (`infir calibrate-judge`).
+    cascade: bool = False
+    first_model: str = "gpt-4o-mini"
+    first_prompt: str = "judge_first"
+    first_max_tokens: int = Field(1200, ge=1)
+    # None: the threshold `infir calibrate-judge` recommended for this run (its calibration file).
+    cascade_threshold: float | None = Field(None, ge=0, le=1)
+    # Share of rows expected to reach the reasoning judge, for the dry run before calibration.
+    cascade_expected_survival: float = Field(0.6, ge=0, le=1)
+    # calibrate-judge: sample size, seed, and the largest share of good rows the first judge may reject.
+    calibration_rows: int = Field(200, ge=1)
+    calibration_seed: int = 13
+    calibration_max_false_reject: float = Field(0.05, ge=0, le=1)
 
 
 class FilterSettings(_Section):

@@ -23,7 +23,7 @@ from pipeline.errors import InfirError
 from pipeline.llm.budget import SpendLedger
 from pipeline.llm.client_spend import SpendMixin, _RequestFailed
 from pipeline.llm.cache import Cache
-from pipeline.llm.openai_api.parse import parse_response, repair_body
+from pipeline.llm.openai_api.parse import logprobs_of, parse_response, repair_body
 from pipeline.llm.openai_api.request import cache_key, request_of
 from pipeline.llm.pricing import PriceTable
 from pipeline.llm.ratelimit import RateLimiter
@@ -212,6 +212,7 @@ class LLMClient(SpendMixin):
         usage = Usage.of(response)
         batch = bool(response.get(BATCH_FIELD))
         outcome = parse_response(response, task.output_model)
+        answered = response  # the response whose answer is used (the repair's, after a repair)
         repaired = False
         if outcome.error is not None and self.settings.repair:
             self.totals.repairs += 1
@@ -230,7 +231,7 @@ class LLMClient(SpendMixin):
                     task, key, f"invalid after one repair: {second.error} (first answer: {outcome.error})",
                     acc, usage, second.text,
                 )
-            outcome, cached, repaired = second, cached and rcached, True
+            outcome, cached, repaired, answered = second, cached and rcached, True, rresponse
             batch = batch and bool(rresponse.get(BATCH_FIELD))
         if outcome.error is not None:
             if cached and self._can_ask_again(fresh):
@@ -239,7 +240,7 @@ class LLMClient(SpendMixin):
         return LLMResult(
             key_id=task.key_id, ok=True, value=outcome.value, error=None, usage=usage, cost_usd=acc.cost,
             cached=cached, http_calls=acc.calls, cache_key=key, raw_text=outcome.text, repaired=repaired,
-            batch=batch,
+            batch=batch, logprobs=logprobs_of(answered),
         )
 
     def _can_ask_again(self, fresh: bool) -> bool:

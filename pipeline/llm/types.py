@@ -77,6 +77,9 @@ class LLMResult:
     raw_text: str | None = None  # text of the last answer
     repaired: bool = False
     batch: bool = False  # every response used came from the Batch API (priced at its discount)
+    # The answer's token log-probabilities (`choices[0].logprobs.content`: [{token, logprob,
+    # top_logprobs}]) when the request asked for them and the endpoint returned them; None otherwise.
+    logprobs: list[dict[str, Any]] | None = None
 
 
 @dataclass

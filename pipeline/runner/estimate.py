@@ -38,9 +38,29 @@ class StageEstimate:
     batch_cost_usd: float = 0.0
     exact: bool = True
     notes: list[str] = field(default_factory=list)
+    # A stage that sends more than one kind of request (the judge cascade) prices each apart; the
+    # stage's own figures are their sum.
+    parts: list["StageEstimate"] = field(default_factory=list)
 
     def as_dict(self) -> dict:
-        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+        out = {k: getattr(self, k) for k in self.__dataclass_fields__}
+        out["parts"] = [p.as_dict() for p in self.parts]
+        return out
+
+    def add(self, e: dict) -> None:
+        for k in ("calls", "cached", "prompt_tokens", "completion_tokens", "cost_usd"):
+            setattr(self, k, getattr(self, k) + e[k])
+        self.reasoning_tokens += e.get("reasoning_tokens", 0)
+        self.batch_cost_usd += e["batch_cost_usd"]
+
+
+def _stage_parts(stage: LLMStage, ctx, rows: list[dict], client) -> list[tuple[str, str, dict]]:
+    """(label, model, estimate) per kind of request: the stage's own `estimate_parts` (the judge
+    cascade's two judges), else its `tasks`."""
+    parts = getattr(stage, "estimate_parts", None)
+    if parts is not None:
+        return parts(ctx, rows, client)
+    return [(stage.name, ctx.model, client.estimate(stage.tasks(ctx, rows)[0]))]
 
 
 def _input_rows(pipe: Pipeline, stage: LLMStage, ctx):
@@ -73,6 +93,7 @@ def estimate_stage(pipe: Pipeline, cfg, stage: LLMStage, client, sample_rows: in
     price = client.prices.lookup(ctx.model)
     discount = price.batch_discount if price is not None else 1.0
     rejected = 0
+    parts: dict[str, StageEstimate] = {}
     for rows in _input_rows(pipe, stage, ctx):
         if sample_rows is not None:
             if est.rows >= sample_rows:
@@ -80,14 +101,15 @@ def estimate_stage(pipe: Pipeline, cfg, stage: LLMStage, client, sample_rows: in
             rows = rows[: sample_rows - est.rows]
         est.rows += len(rows)
         rejected += sum(1 for r in rows if r.get(REJECTIONS))
-        e = client.estimate(stage.tasks(ctx, rows)[0])
-        est.calls += e["calls"]
-        est.cached += e["cached"]
-        est.prompt_tokens += e["prompt_tokens"]
-        est.completion_tokens += e["completion_tokens"]
-        est.reasoning_tokens += e.get("reasoning_tokens", 0)
-        est.cost_usd += e["cost_usd"]
-        est.batch_cost_usd += e.get("batch_cost_usd", e["cost_usd"] * discount)
+        for label, model, e in _stage_parts(stage, ctx, rows, client):
+            e = {**e, "batch_cost_usd": e.get("batch_cost_usd", e["cost_usd"] * discount)}
+            est.add(e)
+            parts.setdefault(label, StageEstimate(label, model, exact=exact)).add(e)
+    if len(parts) > 1:
+        est.parts = list(parts.values())
+        est.model = " + ".join(p.model for p in est.parts)
+    notes = getattr(stage, "estimate_notes", None)
+    est.notes += notes(ctx) if notes is not None else []
     if rejected:
         est.notes.append(f"{rejected:,} row(s) rejected upstream by the filters: not sent")
     if price is None:
@@ -174,6 +196,12 @@ def print_estimates(estimates: list[StageEstimate], cache_path: Path | None) -> 
             f"{e.cached:,}", f"{e.prompt_tokens:,}", f"{e.completion_tokens - e.reasoning_tokens:,}",
             f"{e.reasoning_tokens:,}", f"{e.cost_usd:.4f}", f"{e.batch_cost_usd:.4f}", style="bold" if e is tot else None,
         )
+        for p in e.parts:  # e.g. the judge cascade's two judges
+            t.add_row(
+                f"  {p.stage}", p.model, "", f"{p.calls:,}", f"{p.cached:,}", f"{p.prompt_tokens:,}",
+                f"{p.completion_tokens - p.reasoning_tokens:,}", f"{p.reasoning_tokens:,}", f"{p.cost_usd:.4f}",
+                f"{p.batch_cost_usd:.4f}", style="dim",
+            )
     # The estimate is the command's result: stdout, wide enough to stay readable when piped.
     from rich.console import Console
 

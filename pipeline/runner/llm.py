@@ -80,6 +80,8 @@ def llm_summary(client: LLMClient, batch: dict | None = None) -> dict:
         "failures": t.failures,
         "prompt_tokens": t.prompt_tokens,
         "completion_tokens": t.completion_tokens,
+        "cached_tokens": t.cached_tokens,
+        "reasoning_tokens": t.reasoning_tokens,
         # Spent by this run: online calls, plus the batch answers it collected (at batch prices).
         "cost_usd": round(t.cost_usd + (batch["cost_usd"] if batch else 0.0), 6),
         # What every response used cost when it was made, cache hits included: the corpus's price.
@@ -100,16 +102,22 @@ def usage_record(client: LLMClient, model: str, res) -> dict | None:
         return None
     u = res.usage
     cost = client.prices.cost(model, u.prompt_tokens, u.completion_tokens, u.cached_tokens, batch=res.batch)
-    return {"prompt_tokens": u.prompt_tokens, "completion_tokens": u.completion_tokens, "cost_usd": cost}
+    return {"prompt_tokens": u.prompt_tokens, "completion_tokens": u.completion_tokens, "cost_usd": cost,
+            "cached_tokens": u.cached_tokens, "reasoning_tokens": u.reasoning_tokens}
 
 
 def sum_usage(table, column: str) -> dict:
-    total = {"prompt_tokens": 0, "completion_tokens": 0, "cost_usd": 0.0, "calls": 0}
+    total = {"prompt_tokens": 0, "completion_tokens": 0, "cost_usd": 0.0, "calls": 0,
+             "cached_tokens": 0, "reasoning_tokens": 0}
+    if column not in table.column_names:
+        return total
     for u in table.column(column).to_pylist():
         if u:
             total["prompt_tokens"] += u["prompt_tokens"]
             total["completion_tokens"] += u["completion_tokens"]
             total["cost_usd"] += u["cost_usd"]
+            total["cached_tokens"] += u.get("cached_tokens") or 0  # absent in shards written before
+            total["reasoning_tokens"] += u.get("reasoning_tokens") or 0
             total["calls"] += 1
     return total
 
@@ -138,5 +146,23 @@ def prefetch_batch(ctx, stage) -> dict | None:
     if ctx.client.ledger is not None and report.get("cost_usd"):
         ctx.client.ledger.settle(None, report["cost_usd"])  # the batch answers this run collected
     ctx.client.backend = runner.backend()
+    followup = getattr(stage, "followup_tasks", None)
+    if followup is not None:
+        # A second round: requests that depend on the first round's answers (the judge after the
+        # cascade's first judge), computed from the cache the first round filled.
+        more = [t for rows in iter_chunks(ctx.upstream_dir, stage.shard_rows(cfg)) for t in followup(ctx, rows)]
+        if more:
+            second = BatchRunner(
+                ctx.client, ctx.run_dir / "_batches" / stage.name / "round-2",
+                poll_interval_s=cfg.llm.batch_poll_interval_s, max_rounds=cfg.llm.batch_max_rounds,
+                label=f"{stage.name} (batch, round 2)",
+            )
+            second_report = second.prefetch(more).as_dict()
+            second.failures = {**runner.failures, **second.failures}
+            ctx.client.backend = second.backend()
+            for k, v in second_report.items():
+                if isinstance(v, (int, float)) and not isinstance(v, bool):
+                    report[k] = report.get(k, 0) + v
+            report["rounds_of_requests"] = 2
     report.pop("failures")  # each failed row keeps its own reason
     return report

@@ -29,7 +29,7 @@ def corpus_usage(upstream_dir: Path, columns: list[str]) -> dict:
             raise InfirError(f"{path}: unreadable Parquet shard ({e}); rerun {upstream_dir.name} with --force") from None
         for stage, total in out.items():
             for k, v in sum_usage(table, f"usage_{stage}").items():
-                total[k] += v
+                total[k] = total.get(k, 0) + v
     out["total"] = {k: sum(out[s][k] for s in stages) for k in ("prompt_tokens", "completion_tokens", "cost_usd", "calls")}
     return out
 

@@ -70,6 +70,15 @@ def parse_response(response: dict[str, Any], output_model: type[BaseModel]) -> P
     return ParseOutcome(value, None, text)
 
 
+def logprobs_of(response: dict[str, Any]) -> list[dict[str, Any]] | None:
+    """The first choice's content token log-probabilities (`[{token, logprob, top_logprobs}]`),
+    or None when the request did not ask for them or the endpoint does not return them."""
+    choices = response.get("choices") or []
+    lp = (choices[0] or {}).get("logprobs") if choices else None
+    content = lp.get("content") if isinstance(lp, dict) else None
+    return content if isinstance(content, list) and content else None
+
+
 REPAIR_MESSAGE = (
     "Your previous answer could not be used: {error}.\n"
     "Reply again with only one complete JSON object, no other text, that matches this JSON schema:\n"
