@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 from openai_server import data_block, logprob_tokens
 from pipeline.generation.models import CHECKS
-from test_generation import responder as stage_responder
+from test_llm_stages import responder as stage_responder
 
 
 def first_answer(verdicts: dict[str, tuple[bool, float]], field_confidence: float | None = None) -> dict:

@@ -21,7 +21,7 @@ from pipeline.llm.prompts import load_prompt
 from pipeline.runner.estimate import dry_run
 from pipeline.store import read_stage_table
 from stage_helpers import run_until, runner
-from test_generation import openai_cfg
+from test_llm_stages import openai_cfg
 
 KEY = "sk-test-cascade"
 run_verify = runner("verify")
