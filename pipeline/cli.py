@@ -384,22 +384,10 @@ def report(
 ) -> None:
     """A self-contained HTML page (runs/<run>/report.html, opens offline) and report.json of a run:
     the funnel, cost, quality measures over every row, and a row browser. Two runs: side by side."""
-    from pipeline.progress import console
-    from pipeline.report import ReportOptions, write_comparison, write_report
+    from pipeline.report.command import run_report
 
-    if len(runs) > 2:
-        raise InfirError("give one run directory, or two to compare")
-    for o, name in ((browse_rows, "--browse-rows"), (hardness_rows, "--hardness-rows")):
-        if o < 0:
-            raise InfirError(f"{name} {o}: expected a number >= 0")
-    opts = ReportOptions(browse_rows=browse_rows, hardness_rows=hardness_rows, hardness_seconds=hardness_seconds,
-                         seed=seed, hardness=hardness)
-    if len(runs) == 2:
-        path, _ = write_comparison(runs[0], runs[1], opts, out)
-    else:
-        path, rep = write_report(runs[0], opts)
-        console.print(f"{rep['rows']:,} rows, {rep['funnel']['status']['accepted']:,} accepted; {rep['seconds']:.1f} s")
-    console.print(f"[green]report[/]: {path} ({path.stat().st_size / 1e6:.1f} MB)")
+    run_report(runs, out, browse_rows=browse_rows, hardness_rows=hardness_rows, hardness_seconds=hardness_seconds,
+               seed=seed, hardness=hardness)
 
 
 def _click_exceptions(name: str) -> tuple[type[BaseException], ...]:
