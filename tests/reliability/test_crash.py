@@ -12,6 +12,7 @@ its success marker is written last), so it is killed twice and must give A's met
 from __future__ import annotations
 
 import json
+import os
 import random
 import subprocess
 import time
@@ -49,12 +50,15 @@ def _new_files(root: Path, since_ns: int) -> int:
     if not root.is_dir():
         return 0
     n = 0
-    for p in root.rglob("*"):
-        try:
-            if p.is_file() and p.stat().st_mtime_ns >= since_ns and p.name != ".lock":
-                n += 1
-        except FileNotFoundError:  # a temp file renamed while we looked
-            pass
+    # os.walk skips a folder that vanishes while it is listed (a writer's temp folder renamed or
+    # removed mid-scan), where Path.rglob would raise.
+    for d, _, names in os.walk(root, onerror=lambda e: None):
+        for name in names:
+            try:
+                if name != ".lock" and os.stat(os.path.join(d, name)).st_mtime_ns >= since_ns:
+                    n += 1
+            except FileNotFoundError:  # a temp file renamed while we looked
+                pass
     return n
 
 
