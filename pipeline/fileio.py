@@ -59,3 +59,15 @@ def write_bytes_atomic(path: Path, data: bytes, *, fsync: bool = True) -> None:
 def write_json_atomic(obj: Any, path: Path, *, fsync: bool = False, sort_keys: bool = True) -> None:
     text = json.dumps(obj, indent=2, sort_keys=sort_keys, ensure_ascii=False) + "\n"
     write_bytes_atomic(path, text.encode("utf-8"), fsync=fsync)
+
+
+def pid_alive(pid: int) -> bool:
+    """Is the process that wrote its pid into a file (a reservation, a temp folder) still running
+    on this machine? Leftovers of a dead one may be removed."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -21,21 +21,12 @@ import time
 from pathlib import Path
 
 from pipeline.errors import InfirError
+from pipeline.fileio import pid_alive
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS spend (id INTEGER PRIMARY KEY, at REAL NOT NULL, label TEXT NOT NULL, usd REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS reserved (id INTEGER PRIMARY KEY, pid INTEGER NOT NULL, usd REAL NOT NULL, at REAL NOT NULL);
 """
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class SpendLedger:
@@ -119,7 +110,7 @@ class SpendLedger:
     def _drop_dead(self) -> None:
         pids = [p for (p,) in self._db.execute("SELECT DISTINCT pid FROM reserved").fetchall()]
         for pid in pids:
-            if pid != os.getpid() and not _alive(pid):
+            if pid != os.getpid() and not pid_alive(pid):
                 self._db.execute("DELETE FROM reserved WHERE pid = ?", (pid,))
 
     def _rollback(self) -> None:

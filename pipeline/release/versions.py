@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 
 from pipeline.errors import InfirError
+from pipeline.fileio import pid_alive
 
 _VERSION_RE = re.compile(r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)$")
 
@@ -38,23 +39,13 @@ def bump_version(version: str, bump: str) -> str:
     raise InfirError(f"invalid bump {bump!r}: expected patch, minor or major")
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def remove_stale_temp_dirs(name_dir: Path) -> list[Path]:
     """Remove `.tmp-<version>-<pid>-<id>` folders whose writer died (killed mid-release)."""
     removed = []
     for p in name_dir.glob(".tmp-*"):
         parts = p.name.split("-")
         pid = next((int(x) for x in parts[2:-1] if x.isdigit()), None)
-        if p.is_dir() and pid is not None and pid != os.getpid() and not _alive(pid):
+        if p.is_dir() and pid is not None and pid != os.getpid() and not pid_alive(pid):
             shutil.rmtree(p, ignore_errors=True)
             removed.append(p)
     return removed
