@@ -20,7 +20,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline.train import TrainSettings, compare, train  # noqa: E402
-from pipeline.train.synthetic import write_synthetic_release  # noqa: E402
+from tests.train_fixtures import write_synthetic_release  # noqa: E402  (a test fixture, not part of the package)
 
 
 def main() -> None:

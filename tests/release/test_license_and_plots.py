@@ -11,7 +11,7 @@ from conftest import make_config
 from pipeline.errors import InfirError
 from pipeline.release import plots, write_release
 from pipeline.release.card import linked_files, parse_front_matter
-from pipeline.release.sample import synthetic_accepted_table, synthetic_stats
+from release_fixtures import synthetic_accepted_table, synthetic_stats
 
 
 def test_license_other_card_carries_name_and_link(tmp_path):

@@ -17,7 +17,7 @@ except ImportError:  # tests/ imported as a package
     from tests.hub_server import HubServer
 from pipeline.errors import InfirError
 from pipeline.release import publish_release, write_release
-from pipeline.release.sample import synthetic_accepted_table, synthetic_stats
+from release_fixtures import synthetic_accepted_table, synthetic_stats
 
 REPO = "infir-org/inf-ir-sample"
 

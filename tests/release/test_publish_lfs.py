@@ -23,7 +23,7 @@ except ImportError:  # tests/ imported as a package
     from tests.hub_lfs import pointer
     from tests.hub_server import HubServer
 from pipeline.release import publish_release, write_release
-from pipeline.release.sample import synthetic_accepted_table, synthetic_stats
+from release_fixtures import synthetic_accepted_table, synthetic_stats
 
 REPO = "infir-org/inf-ir-lfs"
 TOKEN = "hf_test_lfs_0123456789abcdef0123456789"

@@ -23,7 +23,7 @@ from pipeline.release import (
     write_release,
 )
 from pipeline.release.card import linked_files, parse_front_matter
-from pipeline.release.sample import synthetic_accepted_table, synthetic_stats
+from release_fixtures import synthetic_accepted_table, synthetic_stats
 
 NAME = "inf-ir"
 

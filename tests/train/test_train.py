@@ -26,7 +26,7 @@ from pipeline.train import (
     load_release_split,
     train,
 )
-from pipeline.train.synthetic import write_synthetic_release
+from train_fixtures import write_synthetic_release
 
 INFIR = [
     "query_positive",
@@ -197,7 +197,7 @@ def test_build_pool_parts_order_and_seed():
 
 
 def test_evaluate_release_pool_holds_mined_negatives_and_collection(tmp_path):
-    from pipeline.train.synthetic import MINED_TYPE
+    from train_fixtures import MINED_TYPE
 
     rel = tmp_path / "rel"
     test_row = _row("salmon", "grill", "salmon grill", "steam", "salmon steam", "tofu", "tofu grill", 0)
