@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
@@ -34,6 +34,11 @@ class RunSettings(Section):
     seed: int = 13
     # None: the bundled prompts/ folder. Prompt hashes are part of every cache key and row.
     prompts_dir: Path | None = None
+    # Where row stages run: "local" (this process, the default) or "ray" (one Ray task per shard;
+    # `pip install 'infir[ray]'`). Not part of any stage's identity: both write the same bytes.
+    executor: Literal["local", "ray"] = "local"
+    # None: start a local Ray for the run (stopped at exit); "auto" or "ray://host:10001": join a cluster.
+    ray_address: str | None = None
 
 
 class RunConfig(Section):
