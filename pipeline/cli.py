@@ -212,6 +212,12 @@ def build(
     concurrency: Optional[int] = ConcurrencyOpt,
     mode: Optional[str] = ModeOpt,
     until: Optional[str] = typer.Option(None, "--until", help="Stop after this stage (e.g. verify)."),
+    executor: Optional[str] = typer.Option(
+        None, "--executor", help="local (default: this process) or ray (one Ray task per shard; pip install 'infir[ray]')."
+    ),
+    ray_address: Optional[str] = typer.Option(
+        None, "--ray-address", help="Ray cluster to join (auto, ray://head:10001); none: start a local Ray for the run."
+    ),
     set_: Optional[list[str]] = SetOpt,
     force: bool = ForceOpt,
     dry_run: bool = typer.Option(
@@ -224,7 +230,8 @@ def build(
     from pipeline.runner.run import run_stage
 
     stages = PIPELINE.until(until)
-    cfg = _config(config, run, set_, **_llm_flags(backend, max_cost_usd, concurrency, mode))
+    cfg = _config(config, run, set_, **_llm_flags(backend, max_cost_usd, concurrency, mode),
+                  **{"run.executor": executor, "run.ray_address": ray_address})
     if dry_run:
         from pipeline.runner.estimate import dry_run as estimate
         from pipeline.runner.shape import LLMStage

@@ -133,21 +133,50 @@ def merge_worker_caches(main: Path | str, group: str) -> int:
     files = group_files(main, group)
     if not files:
         return 0
+    if not Path(main).is_file():
+        Cache(main).close()  # its schema and mode; no connection of this process to disturb yet
     added = 0
-    with Cache(main) as cache:
+    # A plain SQLite connection, not `Cache(main)`: Cache opens and closes an fd of the file to set
+    # its mode, and closing any fd of a file drops every POSIX lock this process holds on it,
+    # including those of the run's client already connected to it (SQLite's documented pitfall).
+    conn = sqlite3.connect(str(main), timeout=30.0, isolation_level=None)
+    try:
+        conn.execute("PRAGMA busy_timeout=30000")
         for path in files:
-            try:
-                reader = _Reader(path)
-            except sqlite3.Error:
-                continue
-            try:
-                rows = reader.conn.execute("SELECT key, response, model FROM responses").fetchall()
-            except sqlite3.Error:
-                rows = []  # an empty file (the worker died before creating its table)
-            finally:
-                reader.close()
-            have = cache.contains_many(k for k, _, _ in rows)
-            added += cache.put_many((k, json.loads(r), m) for k, r, m in rows if k not in have)
+            added += _merge_one(conn, path)
             for suffix in ("", "-wal", "-shm"):
                 Path(str(path) + suffix).unlink(missing_ok=True)
+    finally:
+        conn.close()
+    return added
+
+
+def _merge_one(conn: sqlite3.Connection, path: Path) -> int:
+    try:
+        reader = _Reader(path)
+    except sqlite3.Error:
+        return 0
+    try:
+        rows = reader.conn.execute(
+            "SELECT key, model, response, prompt_tokens, completion_tokens, created_at FROM responses"
+        ).fetchall()
+    except sqlite3.Error:
+        rows = []  # an empty file (the worker died before creating its table)
+    finally:
+        reader.close()
+    if not rows:
+        return 0
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        before = conn.total_changes
+        conn.executemany(
+            "INSERT OR IGNORE INTO responses(key, model, response, prompt_tokens, completion_tokens, created_at, hits)"
+            " VALUES (?, ?, ?, ?, ?, ?, 0)", rows,
+        )
+        added = conn.total_changes - before
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
     return added
