@@ -22,14 +22,15 @@ help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
 	@for s in $(STAGES); do printf "  %-14s stage: infir %s\n" $$s $$s; done
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	# torch is pinned to the CPU wheel (pyproject: torch==2.13.0); plain pip finds it.
+	# Every extra (dense, train, plots) and the test tools; constraints.txt pins torch to the CPU
+	# wheel the suite is tested with (the package itself does not pin torch).
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[all,dev]'
 	touch $@
 
-install: $(VENV)/.installed ## create .venv and install infir with its test tools
+install: $(VENV)/.installed ## create .venv and install infir with every extra and its test tools
 
 build-corpus: install ## the whole pipeline on data/sample, offline (no key, no network)
 	$(INFIR) build --config $(CONFIG) $(RUNFLAG)

@@ -21,23 +21,40 @@ app = typer.Typer(
     name="infir",
     help="Build instruction-following retrieval training corpora (InF-IR style), stage by stage.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,  # --install-completion / --show-completion (bash, zsh, fish, PowerShell)
     pretty_exceptions_enable=False,
 )
 cache_app = typer.Typer(help="Inspect the LLM response cache.", no_args_is_help=True)
 app.add_typer(cache_app, name="cache")
 
-_state = {"debug": False}
+_state: dict[str, Any] = {"debug": False, "prompts": None}
 
-ConfigOpt = typer.Option(None, "--config", "-c", help="Run config (TOML). Default: configs/sample.toml.")
+ConfigOpt = typer.Option(None, "--config", "-c", help="Run config (TOML). Default: the bundled sample config.")
 RunOpt = typer.Option(None, "--run", help="Run name (a folder under run.runs_dir). Overrides run.name.")
 SetOpt = typer.Option(None, "--set", help="Override any config key: --set source.sample_queries=500 (repeatable).")
 ForceOpt = typer.Option(False, "--force", help="Redo the stage even if it finished, discarding its output.")
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from pipeline.version import version_line
+
+        typer.echo(version_line())
+        raise typer.Exit()
+
+
 @app.callback()
-def _root(debug: bool = typer.Option(False, "--debug", help="Show tracebacks on errors.")) -> None:
+def _root(
+    debug: bool = typer.Option(False, "--debug", help="Show tracebacks on errors."),
+    prompts: Optional[Path] = typer.Option(
+        None, "--prompts", help="Folder of your own prompt files (run.prompts_dir); default: the bundled prompts."
+    ),
+    version: bool = typer.Option(
+        False, "--version", callback=_print_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
     _state["debug"] = debug
+    _state["prompts"] = str(prompts) if prompts else None
 
 
 def _overrides(sets: list[str] | None, **flags: Any) -> dict[str, Any]:
@@ -52,7 +69,7 @@ def _overrides(sets: list[str] | None, **flags: Any) -> dict[str, Any]:
 
 
 def _config(config: Optional[Path], run: Optional[str], sets: list[str] | None, **flags: Any):
-    return load_config(config, _overrides(sets, **{"run.name": run}, **flags))
+    return load_config(config, _overrides(sets, **{"run.name": run, "run.prompts_dir": _state["prompts"]}, **flags))
 
 
 BackendOpt = typer.Option(None, "--backend", help="LLM backend: offline (default, no key) or openai.")
@@ -62,6 +79,7 @@ ConcurrencyOpt = typer.Option(None, "--concurrency", help="LLM requests in fligh
 ModeOpt = typer.Option(
     None, "--mode", help="online (default) or batch: through the Batch API at batch prices, resumable (needs --backend openai)."
 )
+JsonOpt = typer.Option(False, "--json", help="With --dry-run: print the estimate as JSON on stdout (for scripts).")
 DryRunOpt = typer.Option(
     False, "--dry-run", help="Estimate calls, tokens and cost (online and batch prices); send nothing."
 )
@@ -88,6 +106,7 @@ _LLM = [
     _param("max_cost_usd", MaxCostOpt, Optional[float]),
     _param("concurrency", ConcurrencyOpt, Optional[int]),
     _param("dry_run", DryRunOpt, bool),
+    _param("json_", JsonOpt, bool),
     _param("mode", ModeOpt, Optional[str]),
 ]
 
@@ -117,7 +136,7 @@ def _run_stage_command(stage, kw: dict[str, Any]) -> None:
     if isinstance(stage, LLMStage) and kw["dry_run"]:
         from pipeline.runner.estimate import dry_run as estimate
 
-        estimate(PIPELINE, cfg, [stage.name])
+        estimate(PIPELINE, cfg, [stage.name], as_json=kw["json_"])
         return
     options = {o.dest: kw.get(o.dest) for o in stage.options if o.key is None}
     run_stage(PIPELINE, stage.name, cfg, force=kw["force"], options=options)
@@ -192,6 +211,9 @@ def eval_(
     """
     import json
 
+    from pipeline.extras import require_extra
+
+    require_extra("train", "infir eval")
     from pipeline.train import evaluate_beir, evaluate_release
 
     if (release is None) == (beir is None):
@@ -220,6 +242,7 @@ def build(
     ),
     set_: Optional[list[str]] = SetOpt,
     force: bool = ForceOpt,
+    json_: bool = JsonOpt,
     dry_run: bool = typer.Option(
         False, "--dry-run",
         help="Run only the stages before the first LLM stage (no LLM), then estimate the LLM stages' calls, tokens and cost; send nothing.",
@@ -240,7 +263,7 @@ def build(
             if isinstance(stage, LLMStage):
                 break
             run_stage(PIPELINE, stage.name, cfg, force=force)
-        estimate(PIPELINE, cfg, [s.name for s in stages])
+        estimate(PIPELINE, cfg, [s.name for s in stages], as_json=json_)
         return
     for stage in stages:
         run_stage(PIPELINE, stage.name, cfg, force=force)
@@ -269,6 +292,23 @@ def cache_stats(
         raise InfirError(f"{path}: no cache yet (nothing has been generated with this config)")
     stats = Cache(path).stats()
     print_summary("LLM cache", [(k, v) for k, v in stats.items()])
+
+
+@app.command()
+def init(
+    directory: Path = typer.Argument(..., help="Folder for the new project (created if missing)."),
+    prompts: bool = typer.Option(False, "--prompts", help="Also copy the bundled prompts there to edit (sets run.prompts_dir)."),
+    force: bool = typer.Option(False, "--force", help="Overwrite an existing config.toml."),
+) -> None:
+    """Start a project: DIR/config.toml, the bundled sample corpus in DIR/data/sample and, with
+    --prompts, the prompts in DIR/prompts. Then: infir build --config DIR/config.toml"""
+    from pipeline.init import init_project
+    from pipeline.progress import console
+
+    written = init_project(directory, prompts=prompts, force=force)
+    for path in written:
+        console.print(f"  wrote {path}")
+    console.print(f"next: infir build --config {written[0]}")
 
 
 def _click_exceptions(name: str) -> tuple[type[BaseException], ...]:

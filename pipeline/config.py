@@ -6,12 +6,13 @@ to a default.
 
 from __future__ import annotations
 
+import importlib.resources
 import json
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from pipeline.errors import InfirError
 from pipeline.generation.settings import FilterSettings, GenerateSettings, MineSettings, VerifySettings
@@ -20,8 +21,9 @@ from pipeline.release.settings import WriteSettings
 from pipeline.sources.settings import ColumnMap, HFSource, SourceSettings  # noqa: F401  (re-exported)
 from pipeline.train.settings import TrainSettings
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_CONFIG = REPO_ROOT / "configs" / "sample.toml"
+# Shipped in the package (pipeline/configs/; the repository's configs/ links to it), so an
+# installed wheel has a default too. Its relative paths are relative to the working directory.
+DEFAULT_CONFIG = importlib.resources.files("pipeline") / "configs" / "sample.toml"
 
 
 class Section(BaseModel):
@@ -32,13 +34,16 @@ class RunSettings(Section):
     name: str = "sample"
     runs_dir: Path = Path("runs")
     seed: int = 13
-    # None: the bundled prompts/ folder. Prompt hashes are part of every cache key and row.
+    # None: the bundled pipeline/prompts/ folder (`infir --prompts DIR` sets this). Prompt hashes are
+    # part of every cache key and row.
     prompts_dir: Path | None = None
     # Where row stages run: "local" (this process, the default) or "ray" (one Ray task per shard;
     # `pip install 'infir[ray]'`). Not part of any stage's identity: both write the same bytes.
     executor: Literal["local", "ray"] = "local"
     # None: start a local Ray for the run (stopped at exit); "auto" or "ray://host:10001": join a cluster.
     ray_address: str | None = None
+    # Seconds between plain progress lines when stderr is not a terminal (a log file, a cluster job).
+    progress_interval_s: float = Field(30.0, gt=0)
 
 
 class RunConfig(Section):
@@ -90,7 +95,7 @@ def apply_override(data: dict, dotted: str, value: Any) -> None:
 
 
 def load_config(path: Path | None = None, overrides: dict[str, Any] | None = None):
-    """Load a TOML config (default: configs/sample.toml), apply dotted overrides, validate."""
+    """Load a TOML config (default: the bundled sample.toml), apply dotted overrides, validate."""
     path = Path(path) if path else DEFAULT_CONFIG
     if not path.is_file():
         raise InfirError(f"{path}: config file not found")

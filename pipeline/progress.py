@@ -59,14 +59,6 @@ def transfer_bar(description: str, total_bytes: int) -> Iterator[tuple[Progress,
         yield progress, task
 
 
-def llm_info(totals) -> str:
-    """The running LLM figures shown beside a bar."""
-    return (
-        f"calls {totals.http_calls} (cache {totals.cache_hits}) | "
-        f"tok {totals.prompt_tokens + totals.completion_tokens:,} | ${totals.cost_usd:.4f}"
-    )
-
-
 def print_summary(title: str, rows: list[tuple[str, object]]) -> None:
     table = Table(title=title, show_header=False, title_justify="left")
     table.add_column("what")

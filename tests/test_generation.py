@@ -110,7 +110,7 @@ def _dummy_vars(name):
 def test_editing_one_prompt_invalidates_only_that_stage(tmp_path, server, monkeypatch):
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test-generation")
     prompts = tmp_path / "prompts"
-    shutil.copytree(REPO / "prompts", prompts)
+    shutil.copytree(REPO / "pipeline" / "prompts", prompts)
     cfg = openai_cfg(server, prompts)
     run_all(cfg)
     first = {s: len(by_schema(server, s)) for s in ("GeneratedInstruction", "PoisonedPair", "JudgeVerdicts")}

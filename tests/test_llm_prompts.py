@@ -35,9 +35,12 @@ def test_load_render_and_sha(tmp_path):
     assert p2.render(i=3, query="q?", passage="hello")[0]["content"].startswith("You decide whether")
 
 
-def test_default_dir_is_repo_prompts():
-    assert DEFAULT_PROMPTS_DIR.name == "prompts"
-    assert (DEFAULT_PROMPTS_DIR.parent / "pipeline").is_dir()
+def test_default_dir_is_the_packages_prompts():
+    import importlib.resources
+
+    assert DEFAULT_PROMPTS_DIR == importlib.resources.files("pipeline") / "prompts"
+    assert {p.name for p in DEFAULT_PROMPTS_DIR.iterdir()} >= {"judge.md", "poison.md", "generate_instruction.md"}
+    assert load_prompt("judge").path == DEFAULT_PROMPTS_DIR / "judge.md"
 
 
 def test_injection_stays_inside_data_block(tmp_path):

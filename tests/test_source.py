@@ -100,7 +100,8 @@ def test_missing_file_is_one_clear_line(tmp_path):
     (root / "queries.jsonl").unlink()
     code, out, err = run_infir("source", "--input", str(root))
     assert code == 2
-    assert err.strip().splitlines()[-1].endswith("queries.jsonl: queries file not found")
+    assert err.strip().splitlines()[-1].endswith(
+        "queries.jsonl: queries file not found; set source.queries_file if it has another name")
     assert "Traceback" not in err
 
 
@@ -231,9 +232,12 @@ def test_msmarco_sampling_is_byte_identical_per_seed(tmp_path, msmarco):
 def test_msmarco_decontamination_against_dev_subset(tmp_path, msmarco, eval_topics):
     topics = eval_topics / "topics.msmarco-passage.dev-subset.txt"
     code, _, err = run_infir("source", "--input", str(msmarco), "--decontaminate", str(topics))
-    assert code == 0, err
-    success = json.loads((tmp_path / "runs/sample/source/_SUCCESS.json").read_text())
-    dropped = success["summary"]["decontaminated"]
+    # Every query goes (below), so the stage ends with no rows: an error naming the main reason.
+    assert code == 2, err
+    line = err.strip().splitlines()[-1]
+    assert "0 usable" in line and "main reason: decontaminated" in line, line
+    assert not (tmp_path / "runs/sample/source/_SUCCESS.json").exists()
+    dropped = sum(r["reason"].startswith("decontaminated") for r in quarantine(tmp_path))
     # Ground truth computed independently: queries whose text equals a dev-subset topic.
     def key(t):
         return " ".join("".join(ch if ch.isalnum() else " " for ch in t.lower()).split())
@@ -242,7 +246,6 @@ def test_msmarco_decontamination_against_dev_subset(tmp_path, msmarco, eval_topi
     exact = sum(1 for q in qs if key(q["text"]) in topic_keys)
     assert exact > 0
     assert dropped >= exact  # near-exact matches may add a few
-    assert "decontaminated" in err and f"{dropped:,}" in err
+    assert f"decontaminated ({dropped:,} lines" in line
     # Every query of this sample is in MS MARCO dev (see shared/data/README.md): all must go.
     assert dropped == exact == 1743
-    assert success["rows"] == 0

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import re
 
+from rapidfuzz.distance import Levenshtein
+
 COVERAGE = 0.5
 
 STOPWORDS = frozenset(
@@ -106,12 +108,5 @@ def fits(query: str, instruction: str, passage: str) -> tuple[bool, str]:
 
 
 def word_edit_distance(a: str, b: str) -> int:
-    """Edit distance counted in words: how minimal an edit is."""
-    x, y = words(a), words(b)
-    prev = list(range(len(y) + 1))
-    for i, wx in enumerate(x, 1):
-        cur = [i]
-        for j, wy in enumerate(y, 1):
-            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (wx != wy)))
-        prev = cur
-    return prev[-1]
+    """Edit distance counted in words: how minimal an edit is (rapidfuzz's Levenshtein over word lists)."""
+    return Levenshtein.distance(words(a), words(b))

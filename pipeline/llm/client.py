@@ -20,13 +20,15 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
 from pipeline.errors import InfirError
+from pipeline.llm.budget import SpendLedger
 from pipeline.llm.cache import Cache
 from pipeline.llm.openai_api.parse import parse_response, repair_body
+from pipeline.llm.openai_api.request import cache_key, request_of
 from pipeline.llm.pricing import PriceTable
-from pipeline.llm.ratelimit import RateLimiter, backoff_delay
+from pipeline.llm.ratelimit import RateLimiter
+from pipeline.llm.retry import RetriesExhausted, RetryPolicy
 from pipeline.llm.settings import LLMSettings
 from pipeline.llm.tokens import estimate_prompt_tokens, max_output_tokens
-from pipeline.llm.openai_api.request import cache_key, request_of
 from pipeline.llm.types import (
     BATCH_FIELD,
     BUDGET_EXHAUSTED,
@@ -73,6 +75,9 @@ class LLMClient:
         self.limiter = RateLimiter(settings.requests_per_minute, settings.tokens_per_minute)
         self.totals = Totals()
         self.budget_exhausted = False
+        # The run's spend ledger (`budget.SpendLedger`): with one, the cap holds across stages,
+        # processes and resumes; without, `max_cost_usd` caps this client's own spending.
+        self.ledger: SpendLedger | None = None
         self.stop_reason: str | None = None  # set by a fatal backend error or a cache write failure
         self._rng = rng or random.Random()
         self._inflight: dict[str, asyncio.Future[dict[str, Any]]] = {}
@@ -180,18 +185,19 @@ class LLMClient:
             rows.append((t, *request_of(t)))
         cached_keys = self.cache.contains_many(k for _, _, k in rows) if self.cache is not None else set()
         seen: set[str] = set()
-        out = {"calls": 0, "prompt_tokens": 0, "completion_tokens": 0, "cost_usd": 0.0, "batch_cost_usd": 0.0,
-               "cached": 0}
+        out = {"calls": 0, "prompt_tokens": 0, "completion_tokens": 0, "reasoning_tokens": 0, "cost_usd": 0.0,
+               "batch_cost_usd": 0.0, "cached": 0}
         for t, body, key in rows:
             if key in cached_keys or key in seen:
                 out["cached"] += 1
                 continue
             seen.add(key)
-            pt = estimate_prompt_tokens(body["messages"], t.model, exact=True)
-            ct = t.prompt.expected_output_tokens or (max_output_tokens(body) // 2) or 256
+            pt, visible, reasoning = self.expected_tokens(body, t)
+            ct = visible + reasoning  # billed output: the answer and the hidden reasoning
             out["calls"] += 1
             out["prompt_tokens"] += pt
             out["completion_tokens"] += ct
+            out["reasoning_tokens"] += reasoning
             out["cost_usd"] += self.prices.cost(t.model, pt, ct)
             out["batch_cost_usd"] += self.prices.cost(t.model, pt, ct, batch=True)
         return out
@@ -329,90 +335,127 @@ class LLMClient:
     def _check_can_send(self) -> None:
         if self.stop_reason is not None:
             raise _RequestFailed(self.stop_reason)
-        cap = self.settings.max_cost_usd
-        if cap is not None and self.totals.cost_usd >= cap:
-            if not self.budget_exhausted:
-                log.warning("LLM budget of $%.4f reached: no further requests are sent", cap)
-            self.budget_exhausted = True
+        if self.budget_exhausted:
             raise _RequestFailed(BUDGET_EXHAUSTED)
+        cap = self.settings.max_cost_usd
+        if self.ledger is None and cap is not None and self.totals.cost_usd >= cap:
+            self._exhausted(cap)
+
+    def _exhausted(self, cap: float | None) -> None:
+        if not self.budget_exhausted:
+            log.warning("LLM budget of $%.4f reached: no further requests are sent", cap or 0.0)
+        self.budget_exhausted = True
+        raise _RequestFailed(BUDGET_EXHAUSTED)
+
+    def expected_tokens(self, body: dict[str, Any], task: LLMTask) -> tuple[int, int, int]:
+        """(prompt, visible output, hidden reasoning) tokens to expect from one request: the prompt
+        counted, the answer from the prompt's `expected_output_tokens` hint (else half the max
+        tokens), reasoning from the price table's expectation for the model and effort."""
+        pt = estimate_prompt_tokens(body["messages"], task.model, exact=True)
+        visible = task.prompt.expected_output_tokens or (max_output_tokens(body) // 2) or 256
+        reasoning = self.prices.expected_reasoning(body["model"], body.get("reasoning_effort"))
+        return pt, visible, reasoning
+
+    def _reserve(self, body: dict[str, Any], task: LLMTask) -> int | None:
+        """Reserve a request's expected cost in the run's ledger before it is sent."""
+        if self.ledger is None:
+            return None
+        pt, visible, reasoning = self.expected_tokens(body, task)
+        reservation = self.ledger.reserve(self.prices.cost(body["model"], pt, visible + reasoning))
+        if reservation is None:
+            self._exhausted(self.ledger.cap)
+        return reservation
+
+    def _release(self, reservation: int | None) -> None:
+        if self.ledger is not None:
+            self.ledger.release(reservation)  # nothing to pay for a failed attempt
 
     async def _send(self, body: dict[str, Any], task: LLMTask, acc: _Acc) -> dict[str, Any]:
         """HTTP with retries: the only retry layer (the SDK runs with max_retries=0).
 
-        Retries what the backend marks retryable, up to `max_attempts` attempts and `deadline_s`
-        seconds. Wait: the server's hint (Retry-After & co) plus a little jitter, else exponential
-        backoff with full jitter. A 429 hint pauses the whole client (the limiter), not just this
-        request. Non-retryable errors (400, 422, ...) fail at once; fatal ones (401, 403, 404,
-        insufficient_quota) also stop the client from sending anything more."""
+        tenacity (`pipeline/llm/retry.py`) retries what the backend marks retryable, up to
+        `max_attempts` attempts and `deadline_s` seconds, waiting the server's hint (Retry-After &
+        co) or exponential backoff with full jitter; a 429 hint pauses the whole client. Non-retryable
+        errors (400, 422, ...) fail at once; fatal ones (401, 403, 404, insufficient_quota) also stop
+        the client from sending anything more."""
         s = self.settings
-        loop = asyncio.get_running_loop()
-        deadline: float | None = None  # starts at the first attempt: queueing is not the request's time
-        tokens = estimate_prompt_tokens(body["messages"]) + max_output_tokens(body)
-        sem = self._semaphore()
-        attempt = 0
-        while True:
-            self._check_can_send()
-            attempt += 1
-            async with sem:
-                budget_s = (deadline - loop.time()) if deadline is not None else s.deadline_s
-                if self.limiter.pause_remaining() > budget_s:
-                    # e.g. a daily quota: Retry-After of hours. Fail now; a rerun resumes from cache.
-                    raise _RequestFailed(
-                        f"deadline of {s.deadline_s:g}s exceeded: the server asked to wait "
-                        f"{self.limiter.pause_remaining():.0f}s (rate limit)"
-                    )
-                await self.limiter.acquire(tokens)
-                self._check_can_send()
-                if deadline is None:
-                    deadline = loop.time() + s.deadline_s
-                remaining = deadline - loop.time()
-                if remaining <= 0:
-                    raise _RequestFailed(f"deadline of {s.deadline_s:g}s exceeded after {attempt - 1} attempt(s)")
-                acc.calls += 1
-                self.totals.http_calls += 1
-                try:
-                    response = await asyncio.wait_for(self.backend.complete(body, task), remaining)
-                except BackendError as e:
-                    err = e
-                except asyncio.TimeoutError:
-                    raise _RequestFailed(f"deadline of {s.deadline_s:g}s exceeded after {attempt} attempt(s)") from None
-                except (asyncio.CancelledError, KeyboardInterrupt):
-                    raise
-                except Exception as e:  # a backend bug: not retried
-                    raise _RequestFailed(f"backend error: {type(e).__name__}: {e}") from None
-                else:
-                    cost = self._price(body, response)
-                    u = Usage.of(response)
-                    t = self.totals
-                    t.prompt_tokens += u.prompt_tokens
-                    t.completion_tokens += u.completion_tokens
-                    t.cached_tokens += u.cached_tokens
-                    t.cost_usd += cost
-                    acc.cost += cost
-                    return response
-            # -- the attempt failed (semaphore released: waiting holds no slot)
-            if err.fatal:
-                if self.stop_reason is None:
-                    self.stop_reason = f"aborted: {err}"
-                    log.error("LLM backend: %s; no further requests are sent", err)
-                raise _RequestFailed(str(err))
-            if not err.retryable:
-                raise _RequestFailed(str(err))
-            if attempt >= s.max_attempts:
-                raise _RequestFailed(f"gave up after {attempt} attempts: {err}")
-            if err.retry_after is not None:
-                wait = err.retry_after + self._rng.uniform(0, min(1.0, 0.1 * err.retry_after))
-                if err.status == 429 and err.retry_after > 0:
-                    self.limiter.pause(wait)
-            else:
-                wait = backoff_delay(attempt, s.backoff_base_s, s.backoff_max_s, self._rng)
-            if deadline is not None and loop.time() + wait > deadline:
-                raise _RequestFailed(
-                    f"deadline of {s.deadline_s:g}s exceeded after {attempt} attempt(s) (next wait {wait:.1f}s): {err}"
-                )
+        deadline: list[float] = []  # starts at the first attempt: queueing is not the request's time
+
+        def on_retry(err: BaseException, attempt: int, wait: float) -> None:
             self.totals.retries += 1
             log.debug("LLM task %s: %s; retry %d/%d in %.2fs", task.key_id, err, attempt, s.max_attempts - 1, wait)
-            await asyncio.sleep(wait)
+
+        policy = RetryPolicy(
+            max_attempts=s.max_attempts, backoff_base_s=s.backoff_base_s, backoff_max_s=s.backoff_max_s,
+            deadline_s=s.deadline_s, rng=self._rng, on_pause=self.limiter.pause, on_retry=on_retry,
+        )
+        try:
+            async for attempt in policy.retrying(lambda: deadline[0] if deadline else None):
+                with attempt:
+                    return await self._attempt(body, task, acc, deadline, attempt.retry_state.attempt_number)
+        except RetriesExhausted as e:
+            raise _RequestFailed(str(e)) from None
+        raise AssertionError("unreachable: tenacity either returns, raises or gives up")
+
+    async def _attempt(
+        self, body: dict[str, Any], task: LLMTask, acc: _Acc, deadline: list[float], attempt: int
+    ) -> dict[str, Any]:
+        """One HTTP attempt inside the concurrency bound and the rate limiter. A retryable
+        BackendError propagates to the retry policy; every other failure is final (_RequestFailed)."""
+        s = self.settings
+        loop = asyncio.get_running_loop()
+        self._check_can_send()
+        async with self._semaphore():  # released before the retry wait: waiting holds no slot
+            budget_s = (deadline[0] - loop.time()) if deadline else s.deadline_s
+            if self.limiter.pause_remaining() > budget_s:
+                # e.g. a daily quota: Retry-After of hours. Fail now; a rerun resumes from cache.
+                raise _RequestFailed(
+                    f"deadline of {s.deadline_s:g}s exceeded: the server asked to wait "
+                    f"{self.limiter.pause_remaining():.0f}s (rate limit)"
+                )
+            await self.limiter.acquire(estimate_prompt_tokens(body["messages"]) + max_output_tokens(body))
+            self._check_can_send()
+            if not deadline:
+                deadline.append(loop.time() + s.deadline_s)
+            remaining = deadline[0] - loop.time()
+            if remaining <= 0:
+                raise _RequestFailed(f"deadline of {s.deadline_s:g}s exceeded after {attempt - 1} attempt(s)")
+            reservation = self._reserve(body, task)
+            acc.calls += 1
+            self.totals.http_calls += 1
+            try:
+                response = await asyncio.wait_for(self.backend.complete(body, task), remaining)
+            except BackendError as err:
+                self._release(reservation)
+                if err.fatal:
+                    if self.stop_reason is None:
+                        self.stop_reason = f"aborted: {err}"
+                        log.error("LLM backend: %s; no further requests are sent", err)
+                    raise _RequestFailed(str(err)) from None
+                if not err.retryable:
+                    raise _RequestFailed(str(err)) from None
+                raise
+            except asyncio.TimeoutError:
+                self._release(reservation)
+                raise _RequestFailed(f"deadline of {s.deadline_s:g}s exceeded after {attempt} attempt(s)") from None
+            except (asyncio.CancelledError, KeyboardInterrupt):
+                self._release(reservation)
+                raise
+            except Exception as e:  # a backend bug: not retried
+                self._release(reservation)
+                raise _RequestFailed(f"backend error: {type(e).__name__}: {e}") from None
+        cost = self._price(body, response)
+        if self.ledger is not None:
+            self.ledger.settle(reservation, cost)
+        u = Usage.of(response)
+        t = self.totals
+        t.prompt_tokens += u.prompt_tokens
+        t.completion_tokens += u.completion_tokens
+        t.cached_tokens += u.cached_tokens
+        t.reasoning_tokens += u.reasoning_tokens
+        t.cost_usd += cost
+        acc.cost += cost
+        return response
 
 
 def make_client(

@@ -22,6 +22,13 @@ class ModelPrice:
     cached_input: float
     output: float
     batch_discount: float = 0.5
+    #: Expected hidden reasoning tokens per answer by `reasoning_effort` (an assumption stated in
+    #: prices.toml): billed as output, invisible in the answer, so estimates must add them.
+    reasoning_tokens: tuple[tuple[str, int], ...] = ()
+
+    def expected_reasoning(self, effort: str | None) -> int:
+        table = dict(self.reasoning_tokens)
+        return int(table.get(effort or "medium", table.get("medium", 0)))
 
 
 class PriceTable:
@@ -47,7 +54,7 @@ class PriceTable:
         prices: dict[str, ModelPrice] = {}
         for name, row in models.items():
             try:
-                unknown = set(row) - {"input", "cached_input", "output", "batch_discount"}
+                unknown = set(row) - {"input", "cached_input", "output", "batch_discount", "reasoning_tokens"}
                 if unknown:
                     raise KeyError(f"unknown key(s) {sorted(unknown)}")
                 prices[name] = ModelPrice(
@@ -55,6 +62,7 @@ class PriceTable:
                     cached_input=float(row.get("cached_input", row["input"])),
                     output=float(row["output"]),
                     batch_discount=float(row.get("batch_discount", default_discount)),
+                    reasoning_tokens=tuple(sorted((str(k), int(v)) for k, v in dict(row.get("reasoning_tokens", {})).items())),
                 )
             except (KeyError, TypeError, ValueError) as e:
                 raise InfirError(f"price file {p}: model {name!r}: {e}") from None
@@ -73,6 +81,11 @@ class PriceTable:
         if "@" in model:  # versioned local names, e.g. "infir-offline@1a2b3c4d"
             return self.lookup(model.split("@", 1)[0])
         return None
+
+    def expected_reasoning(self, model: str | None, effort: str | None) -> int:
+        """Hidden reasoning tokens to expect per answer of `model` at `effort` (0 if none listed)."""
+        price = self.lookup(model)
+        return price.expected_reasoning(effort) if price is not None else 0
 
     def cost(
         self,

@@ -1,4 +1,4 @@
-"""Prompt files: `prompts/<name>.md`, one system and one user Jinja2 template each.
+"""Prompt files: `pipeline/prompts/<name>.md` (shipped in the package), one system and one user Jinja2 template each.
 
 File format::
 
@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import importlib.resources
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,7 +33,10 @@ import jinja2
 
 from pipeline.errors import InfirError
 
-DEFAULT_PROMPTS_DIR = Path(__file__).resolve().parent.parent.parent / "prompts"
+# The bundled prompts ship inside the package (found through importlib.resources, so an installed
+# wheel finds them wherever site-packages is); `run.prompts_dir` / `--prompts DIR` overrides them.
+# The hash is of the file's bytes, so the same text gives the same hash from either place.
+DEFAULT_PROMPTS_DIR = importlib.resources.files("pipeline") / "prompts"
 
 _SECTION_RE = re.compile(r"^###[ \t]+(system|user)[ \t]*$", re.MULTILINE)
 _META_RE = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)[ \t]*:[ \t]*(.+?)[ \t]*$")
@@ -134,9 +138,9 @@ class Prompt:
 
 
 def load_prompt(name: str, prompts_dir: Path | None = None) -> Prompt:
-    """Read `<prompts_dir>/<name>.md` (default: the repo's `prompts/`)."""
+    """Read `<prompts_dir>/<name>.md` (default: the package's bundled `pipeline/prompts/`)."""
     base = Path(prompts_dir) if prompts_dir is not None else DEFAULT_PROMPTS_DIR
-    path = base / f"{name}.md"
+    path = base.joinpath(f"{name}.md")
     if ".." in Path(name).parts or Path(name).is_absolute():
         raise InfirError(f"prompt name {name!r} must be a plain name inside {base}")
     try:

@@ -21,28 +21,31 @@ PARSER_VERSION = 1
 BATCH_FIELD = "_infir_batch"
 
 
-
 @dataclass
 class Usage:
     prompt_tokens: int = 0
-    completion_tokens: int = 0
-    cached_tokens: int = 0
+    completion_tokens: int = 0  # billed output: visible and hidden reasoning tokens together
+    cached_tokens: int = 0  # of prompt_tokens, served from the provider's prompt cache
+    reasoning_tokens: int = 0  # of completion_tokens, hidden reasoning (reasoning models)
 
     def __add__(self, other: Usage) -> Usage:
         return Usage(
             self.prompt_tokens + other.prompt_tokens,
             self.completion_tokens + other.completion_tokens,
             self.cached_tokens + other.cached_tokens,
+            self.reasoning_tokens + other.reasoning_tokens,
         )
 
     @classmethod
     def of(cls, response: dict[str, Any]) -> Usage:
         u = response.get("usage") or {}
         details = u.get("prompt_tokens_details") or {}
+        out_details = u.get("completion_tokens_details") or {}
         return cls(
             int(u.get("prompt_tokens") or 0),
             int(u.get("completion_tokens") or 0),
             int(details.get("cached_tokens") or 0),
+            int(out_details.get("reasoning_tokens") or 0),
         )
 
 
@@ -85,6 +88,7 @@ class Totals:
     prompt_tokens: int = 0  # billed in this run (HTTP responses only)
     completion_tokens: int = 0
     cached_tokens: int = 0
+    reasoning_tokens: int = 0
     cost_usd: float = 0.0  # spent in this run
     saved_cost_usd: float = 0.0  # what the cache hits cost when they were made
     failures: int = 0

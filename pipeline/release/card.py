@@ -61,6 +61,8 @@ def front_matter(manifest: dict[str, Any]) -> dict[str, Any]:
     return {
         "pretty_name": f"{manifest['name']} {manifest['version']} (InF-IR style instruction-following retrieval corpus)",
         "license": manifest.get("license") or "other",
+        # The Hub reads these two for a custom licence (`license: other`).
+        **{k: manifest[k] for k in ("license_name", "license_link") if manifest.get(k)},
         "language": ["en"],
         "task_categories": ["text-retrieval"],
         "task_ids": ["document-retrieval"],
@@ -68,6 +70,12 @@ def front_matter(manifest: dict[str, Any]) -> dict[str, Any]:
         "tags": ["instruction-following", "information-retrieval", "hard-negatives", "synthetic", "inf-ir"],
         "configs": configs,
     }
+
+
+def _plot(manifest: dict[str, Any], title: str, path: str) -> str:
+    """The image, or why there is none (the core install has no matplotlib: `pip install infir[plots]`)."""
+    skipped = manifest.get("plots_skipped")
+    return f"_{title}: plot not drawn ({skipped})._" if skipped else f"![{title}]({path})"
 
 
 def _fmt_rate(x: float | None) -> str:
@@ -168,7 +176,7 @@ def render_card(manifest: dict[str, Any], examples: list[dict[str, Any]]) -> str
         lines.append(f"| `{c}` | {counts['failures'].get(c, 0)} | {_fmt_rate(counts['pass_rate'].get(c))} |")
     lines += [
         "",
-        f"![Rejection reasons per check]({REJECTIONS_PLOT})",
+        _plot(manifest, "Rejection reasons per check", REJECTIONS_PLOT),
         "",
         "Length of each text column in words:",
         "",
@@ -177,7 +185,7 @@ def render_card(manifest: dict[str, Any], examples: list[dict[str, Any]]) -> str
     ]
     for c, d in manifest["lengths"].items():
         lines.append(f"| `{c}` | {d['min']} | {d['median']} | {d['mean']} | {d['max']} |")
-    lines += ["", f"![Length distributions]({LENGTHS_PLOT})", "", "## Examples", ""]
+    lines += ["", _plot(manifest, "Length distributions", LENGTHS_PLOT), "", "## Examples", ""]
     for i, row in enumerate(examples, 1):
         lines.append(f"### Example {i} (`{row.get('id')}`, {row.get('split')})")
         lines.append("")

@@ -8,6 +8,14 @@ from pathlib import Path
 _PNG_METADATA = {"Software": None}
 
 
+def available() -> bool:
+    """matplotlib is the `plots` extra: without it a release is written without its two plots
+    (the card says so) rather than failing, so the core install can run source -> write."""
+    import importlib.util
+
+    return importlib.util.find_spec("matplotlib") is not None
+
+
 def _mpl():
     """matplotlib on first use: importing it costs ~0.8 s, and every `infir` command imports this
     module through the config (train -> release), while only `write` draws."""

@@ -19,3 +19,6 @@ class WriteSettings(BaseModel):
     st_export: bool = False
     # The dataset card's licence (a Hub licence id); the source corpus's terms decide it.
     license: str = "other"
+    # Required by `infir write` when license = "other": the Hub shows them for a custom licence.
+    license_name: str | None = None  # a short slug, e.g. "ms-marco-terms"
+    license_link: str | None = None  # a URL or a file in the release, e.g. "LICENSE.md"

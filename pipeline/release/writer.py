@@ -310,6 +310,7 @@ def _build_release(
         "created_at": _created_at(),
         "code_version": str(stats.get("code_version") or pipeline.__version__),
         "license": license or stats.get("license") or "other",
+        **{k: stats[k] for k in ("license_name", "license_link") if stats.get(k)},
         "rows": sc.rows,
         "splits": splits,
         "shards": shards,
@@ -336,11 +337,14 @@ def _build_release(
     }
     if st_export:
         manifest["st_export"] = {"template": st_template, "files": st_files}
+    if not plots_mod.available():
+        manifest["plots_skipped"] = "matplotlib is not installed; pip install 'infir[plots]'"
     manifest = scrub(manifest)
 
-    (root / "plots").mkdir()
-    plots_mod.plot_lengths(word_lengths, root / card_mod.LENGTHS_PLOT)
-    plots_mod.plot_rejections(counts["failures"], counts["candidates"], root / card_mod.REJECTIONS_PLOT)
+    if plots_mod.available():
+        (root / "plots").mkdir()
+        plots_mod.plot_lengths(word_lengths, root / card_mod.LENGTHS_PLOT)
+        plots_mod.plot_rejections(counts["failures"], counts["candidates"], root / card_mod.REJECTIONS_PLOT)
 
     _write_text_atomic(root / "README.md", card_mod.render_card(manifest, examples))
 

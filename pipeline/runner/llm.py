@@ -3,7 +3,10 @@ per-row usage records, the stage's LLM summary and batch-mode prefetch."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from pipeline.errors import InfirError
+from pipeline.llm.budget import SpendLedger
 from pipeline.llm.client import LLMClient, make_client as _make_client
 from pipeline.llm.openai_api.request import default_params, request_of
 from pipeline.llm.prompts import Prompt, load_prompt
@@ -21,10 +24,23 @@ def effective_model(cfg, model: str) -> str:
     return offline_model_name() if cfg.llm.backend == "offline" else model
 
 
-def make_client(cfg) -> LLMClient:
+SPEND_LEDGER = "spend.sqlite3"
+
+
+def ledger(cfg, run_dir: Path, label: str = "") -> SpendLedger:
+    """The run's spend ledger (`runs/<run>/spend.sqlite3`): every stage, attempt and resume of the
+    run records its spend there, and `llm.max_cost_usd` caps their total."""
+    return SpendLedger(Path(run_dir) / SPEND_LEDGER, cap=cfg.llm.max_cost_usd, label=label)
+
+
+def make_client(cfg, run_dir: Path | None = None, label: str = "") -> LLMClient:
+    """The LLM client of a stage; with `run_dir`, it reserves and records spend in the run's ledger."""
     import pipeline.generation.offline_backend  # noqa: F401  registers the "offline" scripted backend
 
-    return _make_client(cfg.llm)
+    client = _make_client(cfg.llm)
+    if run_dir is not None:
+        client.ledger = ledger(cfg, run_dir, label)
+    return client
 
 
 def task(key_id: str, prompt: Prompt, variables: dict, output_model, model: str, params: dict) -> LLMTask:
@@ -119,6 +135,8 @@ def prefetch_batch(ctx, stage) -> dict | None:
         max_rounds=cfg.llm.batch_max_rounds, label=f"{stage.name} (batch)",
     )
     report = runner.prefetch(tasks).as_dict()
+    if ctx.client.ledger is not None and report.get("cost_usd"):
+        ctx.client.ledger.settle(None, report["cost_usd"])  # the batch answers this run collected
     ctx.client.backend = runner.backend()
     report.pop("failures")  # each failed row keeps its own reason
     return report

@@ -53,6 +53,7 @@ def run_stage(pipe: Pipeline, name: str, cfg, *, force: bool = False, options: d
 
 
 def _run_locked(ctx: Context, stage: Stage, force: bool) -> StageResult:
+    stage.check(ctx)
     if isinstance(stage, LLMStage):
         llm_prepare(ctx, stage)
     prompts = {ctx.prompt.name: ctx.prompt.sha} if ctx.prompt is not None else {}
@@ -87,7 +88,7 @@ def _run(ctx: Context, stage: Stage) -> dict:
     upstream = ctx.upstream_success()
     batch = None
     if isinstance(stage, LLMStage):
-        ctx.client = llm.make_client(ctx.cfg)
+        ctx.client = llm.make_client(ctx.cfg, ctx.run_dir, stage.name)
         batch = llm.prefetch_batch(ctx, stage)
     summary = run_chunks(ctx, stage, upstream["rows"])
     if ctx.client is not None:

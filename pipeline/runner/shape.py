@@ -63,6 +63,9 @@ class Stage:
     def settings(self, cfg) -> Any:
         return getattr(cfg, self.section) if self.section else None
 
+    def check(self, ctx: "Context") -> None:
+        """Refuse settings this stage cannot run with (one clear error), before it reads anything."""
+
     def identity(self, ctx: "Context") -> tuple:
         """What, besides its input, decides this stage's output (its config section by default)."""
         return (self.settings(ctx.cfg),)
@@ -145,7 +148,7 @@ class LLMStage(RowStage):
 
     def process(self, ctx: "Context", rows: list[dict], prepared: Any) -> list[dict]:
         tasks, extra = prepared
-        results = {res.key_id: res for res in ctx.client.run(tasks)}
+        results = {res.key_id: res for res in ctx.client.run(tasks, on_result=ctx.on_result)}
         return [{**r, **self.to_row(ctx, r, results.get(r["id"]), extra)} for r in rows]
 
     @property
@@ -176,6 +179,8 @@ class Context:
     params: dict = field(default_factory=dict)
     #: The dry run prices stand-in rows (upstream not run yet): checks that would trip on them are off.
     stand_ins: bool = False
+    quiet: bool = False  # no periodic progress lines (`-q`)
+    on_result: Any = None  # called with each LLM result of the chunk in flight (per-row progress)
     cache: dict = field(default_factory=dict)  # per-run memo for a stage's own use
 
     @property

@@ -15,7 +15,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.progress import console, progress_bar
+from pipeline.progress import progress_bar
+from pipeline.sources.hf import provenance as hf_provenance
 from pipeline.sources.settings import SourceSettings
 from pipeline.sources.quarantine import Quarantine
 from pipeline.sources.readers import SourceReader
@@ -219,18 +220,30 @@ def build_rows(s: SourceSettings, reader: SourceReader, q: Quarantine, out: Stag
                     "positive_ids": sorted(candidates[qid]),
                 }
             )
-    if not rows:
-        console.print(
-            f"[yellow]warning[/]: no usable (query, positive passage) rows; every drop and its reason is in "
-            f"{out.dir / 'quarantine.parquet'}"
-        )
     for i in range(0, len(rows), s.shard_rows):
         out.write_shard(shard_name(i // s.shard_rows), pa.Table.from_pylist(rows[i : i + s.shard_rows], schema=schema))
 
     summary = {
         "rows": len(rows),
         "queries kept": len(kept),
+        **{f"hf {part}": hf_provenance(spec) for part, spec in
+           (("corpus", s.hf_corpus), ("queries", s.hf_queries), ("qrels", s.hf_qrels)) if s.format == "hf" and spec},
         **{k: v for k, v in sorted(stats.items())},
         "quarantined": dict(sorted(q.counts.items())),
     }
     return summary
+
+
+def no_rows_message(q: Quarantine, quarantine_path: Path) -> str:
+    """Why a source ended empty: the most frequent quarantine reason, with its first example."""
+    if not q.counts:
+        return "source: 0 usable (query, positive passage) rows and nothing quarantined: are the qrels empty?"
+    kind, n = q.counts.most_common(1)[0]
+    first = next(r for r in q.rows if r["reason"].split(":", 1)[0] == kind)
+    others = sum(q.counts.values()) - n
+    return (
+        f"source: 0 usable (query, positive passage) rows; main reason: {kind} ({n:,} lines, e.g. "
+        f"{first['file']}:{first['line']}: {first['reason']})"
+        + (f", {others:,} more for other reasons" if others else "")
+        + f"; every drop is in {quarantine_path}"
+    )

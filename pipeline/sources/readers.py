@@ -17,7 +17,8 @@ from typing import Iterator
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.sources.settings import ColumnMap, HFSource, SourceSettings
+from pipeline.sources.hf import hf_rows
+from pipeline.sources.settings import HFSource, QrelColumns, RecordColumns, SourceSettings
 from pipeline.errors import InfirError
 from pipeline.sources.quarantine import Quarantine
 
@@ -38,12 +39,6 @@ class Qrel:
     score: int
     file: str
     line: int
-
-
-def _require(path: Path, what: str) -> Path:
-    if not path.is_file():
-        raise InfirError(f"{path}: {what} file not found")
-    return path
 
 
 _WIDE_BOMS = {
@@ -87,29 +82,17 @@ def _as_str(value) -> str | None:
     return None
 
 
-def read_jsonl(path: Path, cols: ColumnMap, q: Quarantine, with_title: bool) -> Iterator[Record]:
-    for n, line in _open_text_lines(path, q):
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            q.add(path, n, f"malformed JSON: {e.msg} at column {e.colno}", line)
-            continue
-        if not isinstance(obj, dict):
-            q.add(path, n, "malformed JSON: not an object", line)
-            continue
-        rid, text = _as_str(obj.get(cols.id)), obj.get(cols.text)
-        if rid is None or not rid.strip():
-            q.add(path, n, f"missing id: field '{cols.id}'", line)
-            continue
-        if not isinstance(text, str):
-            q.add(path, n, f"missing text: field '{cols.text}'", line)
-            continue
-        title = obj.get(cols.title) if (with_title and cols.title) else ""
-        yield Record(rid.strip(), text, title if isinstance(title, str) else "", str(path), n)
+def _key(part: str, field: str) -> str:
+    """The config key that names a column, for messages: source.columns.queries.id."""
+    return f"source.columns.{part}.{field}"
+
+
+def read_jsonl(path: Path, cols: RecordColumns, q: Quarantine, with_title: bool, part: str) -> Iterator[Record]:
+    yield from _records_from_rows(_jsonl_rows(path, q), cols, q, with_title, str(path), part, "field")
 
 
 def read_tsv_pairs(path: Path, q: Quarantine) -> Iterator[Record]:
-    """MS MARCO `id<TAB>text` files (collection.tsv, queries.tsv)."""
+    """MS MARCO `id<TAB>text` files (collection.tsv, queries.dev.tsv, queries.train.tsv)."""
     for n, line in _open_text_lines(path, q):
         parts = line.split("\t")
         if len(parts) != 2:
@@ -158,8 +141,9 @@ def _table_rows(path: Path) -> Iterator[tuple[int, dict]]:
         raise InfirError(f"{path}: corrupt Parquet data after row {n} ({e})") from None
 
 
-def _check_columns(path: Path, present: list[str], needed: list[str | None]) -> None:
-    missing = [c for c in needed if c and c not in present]
+def _check_columns(path: Path, present: list[str], needed: dict[str, str | None]) -> None:
+    """`needed`: config key -> column name. A missing one is fatal, naming the key to set."""
+    missing = [f"{col} ({key})" for key, col in needed.items() if col and col not in present]
     if missing:
         raise InfirError(f"{path}: missing column(s) {', '.join(missing)} (have: {', '.join(present)})")
 
@@ -171,30 +155,44 @@ def _parquet_columns(path: Path) -> list[str]:
         raise InfirError(f"{path}: not a readable Parquet file ({e})") from None
 
 
-def read_parquet_records(path: Path, cols: ColumnMap, q: Quarantine, with_title: bool) -> Iterator[Record]:
-    _check_columns(path, _parquet_columns(path), [cols.id, cols.text])
-    yield from _records_from_rows(_table_rows(path), cols, q, with_title, str(path))
+def parquet_files(path: Path) -> list[Path]:
+    """A Parquet file, or every `*.parquet` under a folder (a sharded export), in name order."""
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*.parquet") if p.is_file())
+        if not files:
+            raise InfirError(f"{path}: folder holds no .parquet files")
+        return files
+    return [path]
 
 
-def _records_from_rows(rows, cols: ColumnMap, q: Quarantine, with_title: bool, file: str) -> Iterator[Record]:
+def read_parquet_records(path: Path, cols: RecordColumns, q: Quarantine, with_title: bool, part: str) -> Iterator[Record]:
+    for f in parquet_files(path):
+        _check_columns(f, _parquet_columns(f), {_key(part, "id"): cols.id, _key(part, "text"): cols.text})
+        yield from _records_from_rows(_table_rows(f), cols, q, with_title, str(f), part)
+
+
+def _records_from_rows(
+    rows, cols: RecordColumns, q: Quarantine, with_title: bool, file: str, part: str, what: str = "column"
+) -> Iterator[Record]:
     for n, row in rows:
         rid, text = _as_str(row.get(cols.id)), row.get(cols.text)
         if rid is None or not rid.strip():
-            q.add(file, n, f"missing id: column '{cols.id}'", json.dumps(row, default=str))
+            q.add(file, n, f"missing id: {what} '{cols.id}' ({_key(part, 'id')})", json.dumps(row, default=str))
             continue
         if not isinstance(text, str):
-            q.add(file, n, f"missing text: column '{cols.text}'", json.dumps(row, default=str))
+            q.add(file, n, f"missing text: {what} '{cols.text}' ({_key(part, 'text')})", json.dumps(row, default=str))
             continue
         title = row.get(cols.title) if (with_title and cols.title) else ""
         yield Record(rid.strip(), text, title if isinstance(title, str) else "", file, n)
 
 
-def _qrels_from_rows(rows, cols: ColumnMap, q: Quarantine, file: str) -> Iterator[Qrel]:
+def _qrels_from_rows(rows, cols: QrelColumns, q: Quarantine, file: str) -> Iterator[Qrel]:
     for n, row in rows:
-        qid, pid = _as_str(row.get(cols.qrel_query_id)), _as_str(row.get(cols.qrel_passage_id))
-        raw_score = row.get(cols.qrel_score, 1) if cols.qrel_score else 1
+        qid, pid = _as_str(row.get(cols.query_id)), _as_str(row.get(cols.passage_id))
+        raw_score = row.get(cols.score, 1) if cols.score else 1
         if qid is None or pid is None:
-            q.add(file, n, "missing id: qrel without query or passage id", json.dumps(row, default=str))
+            q.add(file, n, f"missing id: qrel without '{cols.query_id}' or '{cols.passage_id}' "
+                  "(source.columns.qrels.query_id / passage_id)", json.dumps(row, default=str))
             continue
         try:
             score = int(raw_score)
@@ -204,17 +202,14 @@ def _qrels_from_rows(rows, cols: ColumnMap, q: Quarantine, file: str) -> Iterato
         yield Qrel(qid, pid, score, file, n)
 
 
-def _hf_rows(spec: HFSource) -> Iterator[tuple[int, dict]]:
-    import datasets
-
-    try:
-        ds = datasets.load_dataset(spec.name, spec.config, split=spec.split)
-    except FileNotFoundError as e:
-        raise InfirError(f"hf dataset {spec.name!r}: not found ({e})") from None
-    except Exception as e:  # datasets raises many types; the user needs the message, not the type
-        raise InfirError(f"hf dataset {spec.name!r} (config {spec.config}, split {spec.split}): {e}") from None
-    for n, row in enumerate(ds, 1):
-        yield n, row
+_DEFAULTS = {
+    "corpus": {"beir": ["corpus.jsonl"], "msmarco": ["collection.tsv"], "jsonl": ["corpus.jsonl"],
+               "parquet": ["corpus.parquet", "corpus"]},
+    "queries": {"beir": ["queries.jsonl"], "jsonl": ["queries.jsonl"], "parquet": ["queries.parquet", "queries"]},
+    "qrels": {"jsonl": ["qrels.tsv", "qrels.jsonl"], "parquet": ["qrels.parquet", "qrels"]},
+}
+# MS MARCO's official names (queries.dev.tsv, qrels.dev.tsv, ...), then the generic ones.
+_MSMARCO_SPLITS = ("dev", "train")
 
 
 class SourceReader:
@@ -228,67 +223,98 @@ class SourceReader:
             if self.root is None:
                 raise InfirError(f"source.path is required for format '{settings.format}'")
             if not self.root.is_dir():
-                raise InfirError(f"{self.root}: source directory not found")
+                hint = " (`infir init DIR` writes a config for the bundled sample)" if str(settings.path) == "data/sample" else ""
+                raise InfirError(f"{self.root}: source directory not found (source.path){hint}")
 
-    def _file(self, name: str | None, default: str, what: str) -> Path:
-        return _require(self.root / (name or default), what)
+    def _candidates(self, part: str) -> list[str]:
+        fmt, split = self.s.format, self.s.qrels_split
+        if fmt == "beir" and part == "qrels":
+            return [f"qrels/{split or 'test'}.tsv"]
+        if fmt == "msmarco" and part != "corpus":
+            splits = [split] if split else list(_MSMARCO_SPLITS)
+            return [f"{part}.{sp}.tsv" for sp in splits] + ([f"{part}.tsv"] if not split else [])
+        return _DEFAULTS[part][fmt]
+
+    def _file(self, part: str) -> Path:
+        key = f"source.{part}_file"
+        name = getattr(self.s, f"{part}_file")
+        if name:
+            path = self.root / name
+            if not path.exists():
+                raise InfirError(f"{path}: {part} file not found ({key})")
+            return path
+        names = self._candidates(part)
+        found = [self.root / n for n in names if (self.root / n).exists()]
+        if not found and len(names) == 1:
+            raise InfirError(f"{self.root / names[0]}: {part} file not found; set {key} if it has another name")
+        if not found:
+            raise InfirError(f"{self.root}: no {part} file (looked for {', '.join(names)}); set {key} to its name")
+        if self.s.format == "msmarco" and part != "corpus" and not self.s.qrels_split and len(found) > 1:
+            splits = [p.name.split(".")[1] for p in found if p.name.count(".") == 2]
+            if len(splits) > 1:
+                raise InfirError(
+                    f"{self.root}: {', '.join(p.name for p in found)} all found; "
+                    f"set source.qrels_split to one of {', '.join(splits)}"
+                )
+        return found[0]
 
     def input_files(self) -> list[Path]:
         if self.s.format == "hf":
             return []
-        return [self.corpus_path(), self.queries_path(), self.qrels_path()]
+        files = []
+        for p in (self.corpus_path(), self.queries_path(), self.qrels_path()):
+            files += parquet_files(p) if p.is_dir() else [p]
+        return files
 
     def corpus_path(self) -> Path:
-        default = {"beir": "corpus.jsonl", "msmarco": "collection.tsv", "jsonl": "corpus.jsonl", "parquet": "corpus.parquet"}
-        return self._file(self.s.corpus_file, default[self.s.format], "corpus")
+        return self._file("corpus")
 
     def queries_path(self) -> Path:
-        default = {"beir": "queries.jsonl", "msmarco": "queries.tsv", "jsonl": "queries.jsonl", "parquet": "queries.parquet"}
-        return self._file(self.s.queries_file, default[self.s.format], "queries")
+        return self._file("queries")
 
     def qrels_path(self) -> Path:
-        default = {
-            "beir": f"qrels/{self.s.qrels_split}.tsv",
-            "msmarco": "qrels.tsv",
-            "jsonl": "qrels.tsv",
-            "parquet": "qrels.parquet",
-        }
-        return self._file(self.s.qrels_file, default[self.s.format], "qrels")
+        return self._file("qrels")
 
     def corpus(self) -> Iterator[Record]:
-        return self._records(self.corpus_path if self.s.format != "hf" else None, self.s.hf_corpus, True)
+        return self._records("corpus", self.s.hf_corpus, True)
 
     def queries(self) -> Iterator[Record]:
-        return self._records(self.queries_path if self.s.format != "hf" else None, self.s.hf_queries, False)
+        return self._records("queries", self.s.hf_queries, False)
 
-    def _records(self, path_fn, hf: HFSource | None, with_title: bool) -> Iterator[Record]:
-        fmt, cols = self.s.format, self.s.columns
+    def _records(self, part: str, hf: HFSource | None, with_title: bool) -> Iterator[Record]:
+        fmt = self.s.format
+        cols: RecordColumns = getattr(self.s.columns, part)
         if fmt == "hf":
             if hf is None:
-                raise InfirError("format 'hf' needs source.hf_corpus, source.hf_queries and source.hf_qrels")
-            return _records_from_rows(_hf_rows(hf), cols, self.q, with_title, f"hf:{hf.name}")
-        path = path_fn()
+                raise InfirError(f"format 'hf' needs source.hf_{part} (and source.hf_corpus, hf_queries, hf_qrels)")
+            return _records_from_rows(hf_rows(hf, f"source.hf_{part}"), cols, self.q, with_title, f"hf:{hf.name}", part)
+        path = self._file(part)
         if fmt == "msmarco":
             return read_tsv_pairs(path, self.q)
         if fmt == "parquet":
-            return read_parquet_records(path, cols, self.q, with_title)
+            return read_parquet_records(path, cols, self.q, with_title, part)
         if fmt == "beir":
-            cols = ColumnMap()  # BEIR fixes its field names
-        return read_jsonl(path, cols, self.q, with_title)
+            cols = RecordColumns()  # BEIR fixes its field names
+        return read_jsonl(path, cols, self.q, with_title, part)
 
     def qrels(self) -> Iterator[Qrel]:
-        fmt, cols = self.s.format, self.s.columns
+        fmt, cols = self.s.format, self.s.columns.qrels
         if fmt == "hf":
             if self.s.hf_qrels is None:
                 raise InfirError("format 'hf' needs source.hf_qrels")
-            return _qrels_from_rows(_hf_rows(self.s.hf_qrels), cols, self.q, f"hf:{self.s.hf_qrels.name}")
+            return _qrels_from_rows(hf_rows(self.s.hf_qrels, "source.hf_qrels"), cols, self.q, f"hf:{self.s.hf_qrels.name}")
         path = self.qrels_path()
-        if path.suffix == ".parquet":
-            _check_columns(path, _parquet_columns(path), [cols.qrel_query_id, cols.qrel_passage_id])
-            return _qrels_from_rows(_table_rows(path), cols, self.q, str(path))
+        if path.is_dir() or path.suffix == ".parquet":
+            return self._parquet_qrels(path, cols)
         if path.suffix == ".jsonl":
             return _qrels_from_rows(_jsonl_rows(path, self.q), cols, self.q, str(path))
         return read_qrels_text(path, self.q)
+
+    def _parquet_qrels(self, path: Path, cols: QrelColumns) -> Iterator[Qrel]:
+        for f in parquet_files(path):
+            _check_columns(f, _parquet_columns(f), {"source.columns.qrels.query_id": cols.query_id,
+                                                    "source.columns.qrels.passage_id": cols.passage_id})
+            yield from _qrels_from_rows(_table_rows(f), cols, self.q, str(f))
 
 
 def _jsonl_rows(path: Path, q: Quarantine) -> Iterator[tuple[int, dict]]:

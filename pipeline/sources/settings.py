@@ -5,41 +5,87 @@ A leaf module: pydantic models only, nothing imported from the rest of infir, no
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
-class ColumnMap(_Section):
-    """Column names for jsonl / parquet / Hugging Face inputs."""
+class RecordColumns(_Section):
+    """Column (or JSON field) names of one corpus or queries file."""
 
     id: str = "_id"
     text: str = "text"
-    title: str | None = "title"
-    qrel_query_id: str = "query-id"
-    qrel_passage_id: str = "corpus-id"
-    qrel_score: str | None = "score"
+    title: str | None = "title"  # corpus only; "" or absent column: no title
+
+
+class QrelColumns(_Section):
+    """Column names of a Parquet / JSONL / Hugging Face qrels table (text qrels are positional)."""
+
+    query_id: str = "query-id"
+    passage_id: str = "corpus-id"
+    score: str | None = "score"  # None or "": every listed pair is relevant (score 1)
+
+
+_FLAT_RECORD = ("id", "text", "title")
+_FLAT_QRELS = {"qrel_query_id": "query_id", "qrel_passage_id": "passage_id", "qrel_score": "score"}
+
+
+class ColumnMap(_Section):
+    """`[source.columns.corpus]`, `[source.columns.queries]`, `[source.columns.qrels]`: one map per
+    file, since a corpus (`doc_id, body`) and its queries (`query_id, question`) rarely share names.
+    The flat keys of earlier configs (`columns.id`, `columns.qrel_score`, ...) are still read: `id`,
+    `text`, `title` then apply to both corpus and queries."""
+
+    corpus: RecordColumns = RecordColumns()
+    queries: RecordColumns = RecordColumns()
+    qrels: QrelColumns = QrelColumns()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _flat_keys(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or not (set(data) & (set(_FLAT_RECORD) | set(_FLAT_QRELS))):
+            return data
+        data = dict(data)
+        flat = {k: data.pop(k) for k in _FLAT_RECORD if k in data}
+        for part in ("corpus", "queries"):
+            data[part] = {**flat, **dict(data.get(part) or {})}
+        qrels = {new: data.pop(old) for old, new in _FLAT_QRELS.items() if old in data}
+        if qrels:
+            data["qrels"] = {**qrels, **dict(data.get("qrels") or {})}
+        return data
 
 
 class HFSource(_Section):
+    """A Hugging Face dataset: a Hub name (`org/name`), a local dataset folder, or a folder written by
+    `Dataset.save_to_disk` (read with `load_from_disk`)."""
+
     name: str
     config: str | None = None
     split: str = "train"
+    # A Hub commit sha, tag or branch. Pin it: the run's config and the source summary record it,
+    # and an unpinned Hub dataset is read at whatever its main branch is that day (with a warning).
+    revision: str | None = None
+    # Stream rows (no full download or Arrow cache first): the collection may be larger than the disk
+    # cache. Off only for datasets whose loading script cannot stream.
+    streaming: bool = True
 
 
 class SourceSettings(_Section):
     format: Literal["beir", "msmarco", "jsonl", "parquet", "hf"] = "beir"
     path: Path | None = Path("data/sample")
     name: str | None = None  # the `source` column; defaults to the input folder's name
-    # File names inside `path` (beir/msmarco defaults apply when left empty).
+    # File names inside `path` (each format's defaults apply when left empty; see sources/readers.py).
+    # A Parquet corpus may also be a folder of Parquet files.
     corpus_file: str | None = None
     queries_file: str | None = None
     qrels_file: str | None = None
-    qrels_split: str = "test"
+    # BEIR: qrels/<split>.tsv (default "test"). MS MARCO: queries.<split>.tsv and qrels.<split>.tsv
+    # ("dev" or "train"; when empty, whichever of the two is present).
+    qrels_split: str | None = None
     columns: ColumnMap = ColumnMap()
     hf_corpus: HFSource | None = None
     hf_queries: HFSource | None = None

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from pipeline.errors import InfirError
 from pipeline.runner.shape import Context, Option, Stage
-from pipeline.sources.build import build_rows
+from pipeline.sources.build import build_rows, no_rows_message
 from pipeline.sources.quarantine import Quarantine
 from pipeline.sources.readers import SourceReader
 from pipeline.store import file_fingerprint, identity_hash
@@ -60,6 +60,8 @@ class Source(Stage):
         q = Quarantine(root=s.path)
         summary = build_rows(s, SourceReader(s, q), q, ctx.out, ctx.schema)
         ctx.out.write_shard("quarantine.parquet", q.table())
+        if not summary["rows"]:  # an empty source is an error, not a stage that looks finished
+            raise InfirError(no_rows_message(q, ctx.out.dir / "quarantine.parquet"))
         return summary
 
     def summary_rows(self, summary: dict) -> list[tuple[str, object]]:

@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 from pipeline.errors import InfirError
+from pipeline.extras import require_extra
 from pipeline.fileio import sha256_file
 from pipeline.progress import console, progress_bar
 from pipeline.runner.shape import Context, Option, Stage
@@ -53,6 +54,7 @@ class Train(Stage):
         console.print(success["summary"]["markdown"])
 
     def run(self, ctx: Context) -> dict:
+        require_extra("train", "infir train")
         from pipeline.train import compare, train
 
         release, settings, out = self.release(ctx), ctx.settings, ctx.out.dir

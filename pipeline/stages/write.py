@@ -67,6 +67,8 @@ def release_stats(ctx: Context, judged: dict) -> dict:
         "backend": cfg.llm.backend,
         "config": content_config,
         "code_version": __version__,
+        "license_name": cfg.write.license_name,
+        "license_link": cfg.write.license_link,
     }
 
 
@@ -102,6 +104,16 @@ class Write(Stage):
         console.print(f"[green]ok[/]: {report.summary()}")
         return True
 
+    def check(self, ctx: Context) -> None:
+        w, bump = ctx.settings, ctx.options.get("bump")
+        if w.license == "other" and not (w.license_name and w.license_link):
+            raise InfirError(
+                'write.license = "other": set write.license_name and write.license_link too '
+                "(the Hugging Face Hub requires both for a custom licence)"
+            )
+        if bump is not None and bump not in ("patch", "minor", "major"):
+            raise InfirError(f"--bump {bump!r}: expected patch, minor or major")
+
     def identity(self, ctx: Context) -> tuple:
         return (ctx.settings, ctx.options.get("version"), ctx.options.get("bump"))
 
@@ -109,8 +121,6 @@ class Write(Stage):
         from pipeline.release import write_release
 
         w, bump = ctx.settings, ctx.options.get("bump")
-        if bump is not None and bump not in ("patch", "minor", "major"):
-            raise InfirError(f"--bump {bump!r}: expected patch, minor or major")
         judged = ctx.upstream_success()["summary"]
         if not judged.get("accepted"):
             raise InfirError(

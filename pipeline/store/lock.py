@@ -1,38 +1,51 @@
-"""A per-stage lock so that two processes never write the same stage of one run."""
+"""A per-stage lock so that two processes never write the same stage of one run.
+
+filelock gives the same lock on every platform (flock on POSIX, msvcrt on Windows); like a bare
+flock, the lock dies with the process, also on kill -9, so there is no stale lock to clean up.
+"""
 
 from __future__ import annotations
 
-import fcntl
 import os
 from pathlib import Path
 
+from filelock import FileLock, Timeout
+
 from pipeline.errors import InfirError
+
+
+def holder_of(path: Path) -> str:
+    """Who holds a lock, as its holder wrote it into the lock file ('pid N')."""
+    try:
+        return path.read_text().strip() or "another process"
+    except OSError:  # Windows refuses to read a locked region
+        return "another process"
 
 
 class StageLock:
     def __init__(self, stage_dir: Path):
         self.path = Path(stage_dir) / ".lock"
-        self._fd: int | None = None
+        self._lock: FileLock | None = None
 
     def __enter__(self) -> "StageLock":
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        lock = FileLock(self.path, timeout=0)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            holder = self.path.read_text().strip() or "another process"
+            lock.acquire()
+        except Timeout:
             raise InfirError(
-                f"{self.path.parent}: stage is being written by {holder}; wait for it or stop it"
+                f"{self.path.parent}: stage is being written by {holder_of(self.path)}; wait for it or stop it"
             ) from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"pid {os.getpid()}".encode())
-        self._fd = fd
+        # The holder's name for the refusal message. filelock >= 4 never truncates the file of a lock
+        # it fails to take, so a refused process leaves this text in place.
+        try:
+            self.path.write_text(f"pid {os.getpid()}")
+        except OSError:
+            pass  # Windows: the locked region is not writable through a second handle; the message says "another process"
+        self._lock = lock
         return self
 
     def __exit__(self, *exc) -> None:
-        if self._fd is not None:
-            # The lock dies with the descriptor, also on kill -9: no stale lock to clean up.
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
-            os.close(self._fd)
-            self._fd = None
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None

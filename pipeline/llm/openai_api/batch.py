@@ -194,7 +194,7 @@ class BatchRunner(_StateFile, _Collect, _RemoteCalls):
                 sub.pop("this_run", None)
             await self._close_sdk()
             self.cache.flush()
-            lock.close()  # releases the flock
+            lock.release()
 
     def _plan(self, tasks: list[LLMTask]) -> dict[str, _Entry]:
         plan: dict[str, _Entry] = {}

@@ -3,14 +3,14 @@ lock, written atomically before every next step (a mixin of `BatchRunner`)."""
 
 from __future__ import annotations
 
-import fcntl
 import json
 import uuid
 from typing import Any
 
+from filelock import FileLock, Timeout
+
 from pipeline.errors import InfirError
 from pipeline.fileio import write_bytes_atomic
-
 from pipeline.llm.openai_api.batch_remote import STATE_VERSION
 
 
@@ -23,14 +23,13 @@ class _StateFile:
 
     # -- polling and results -------------------------------------------------------------------
 
-    def _lock(self) -> Any:
-        f = open(self.state_dir / ".lock", "a+")
+    def _lock(self) -> FileLock:
+        lock = FileLock(self.state_dir / ".lock", timeout=0)  # filelock: flock on POSIX, msvcrt on Windows
         try:
-            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            f.close()
+            lock.acquire()
+        except Timeout:
             raise InfirError(f"batch state {self.state_dir}: in use by another process") from None
-        return f
+        return lock
 
     def _load(self) -> dict[str, Any]:
         path = self.state_dir / "state.json"

@@ -1,0 +1,131 @@
+"""Progress of a row stage, per row: a rich bar on a terminal, and one plain line every
+`run.progress_interval_s` seconds (and at the end) when stderr is not a terminal (nohup, a cluster
+job's log), so a long stage can be watched anywhere.
+
+Each line has the rows done, LLM calls and cache hits, tokens (reasoning apart), what the stage
+has spent, its projected total and ETA, and the run's spend against its cap. The projection is
+recalibrated from the stage's own answers: spent so far plus the rows left at this attempt's mean
+cost per processed row (cache hits and resumed shards included as they come).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from pipeline.progress import console, progress_bar
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}h{m:02d}m" if h else (f"{m}m{s:02d}s" if m else f"{s}s")
+
+
+class StageWatch:
+    def __init__(self, name: str, total_rows: int, client=None, interval_s: float = 30.0, quiet: bool = False):
+        self.name, self.total, self.client = name, max(int(total_rows or 0), 0), client
+        self.interval_s, self.quiet = interval_s, quiet
+        self.done = 0  # rows finished (adopted or processed)
+        self.processed = 0  # rows processed by this attempt (not adopted from an earlier one)
+        self._chunk_base = 0
+        self._chunk_results = 0
+        self._t0 = time.monotonic()
+        ledger = getattr(client, "ledger", None)
+        self._spent_before = ledger.spent(label=name) if ledger is not None else 0.0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._bar = None
+
+    # -- events ------------------------------------------------------------------------------
+    def adopted(self, rows: int) -> None:
+        self.done += rows
+        self._refresh()
+
+    def chunk_started(self) -> None:
+        self._chunk_base, self._chunk_results = self.done, 0
+
+    def on_result(self, _result) -> None:
+        """One LLM answer (or failure) of the chunk in flight: one more row done."""
+        self._chunk_results += 1
+        self.done = self._chunk_base + self._chunk_results
+        self.processed += 1
+        self._refresh()
+
+    def chunk_done(self, rows: int) -> None:
+        self.processed += rows - self._chunk_results  # rows that needed no request
+        self.done = self._chunk_base + rows
+        self._refresh()
+
+    # -- figures -----------------------------------------------------------------------------
+    def figures(self, with_run: bool = True) -> dict:
+        t = self.client.totals if self.client is not None else None
+        spent_now = t.cost_usd if t is not None else 0.0
+        left = max(self.total - self.done, 0)
+        per_row = spent_now / self.processed if self.processed else None
+        elapsed = time.monotonic() - self._t0
+        rate = self.processed / elapsed if self.processed and elapsed > 0 else None
+        out = {
+            "rows_done": self.done, "rows_total": self.total,
+            "stage_spent_usd": self._spent_before + spent_now,
+            "projected_stage_usd": (self._spent_before + spent_now + per_row * left) if per_row is not None else None,
+            "eta_s": (left / rate) if rate else None,
+        }
+        if t is not None:
+            out.update(calls=t.http_calls, cache_hits=t.cache_hits, prompt_tokens=t.prompt_tokens,
+                       completion_tokens=t.completion_tokens, reasoning_tokens=t.reasoning_tokens)
+        ledger = getattr(self.client, "ledger", None)
+        if ledger is not None and with_run:  # a ledger query: only in the periodic lines
+            out["run_spent_usd"] = ledger.spent()
+            out["run_cap_usd"] = ledger.cap
+        return out
+
+    def line(self) -> str:
+        f = self.figures()
+        pct = f"{100 * f['rows_done'] / f['rows_total']:.1f}%" if f["rows_total"] else "-"
+        parts = [f"{self.name}: {f['rows_done']:,}/{f['rows_total']:,} rows ({pct})"]
+        if "calls" in f:
+            parts.append(f"calls {f['calls']:,} (cache {f['cache_hits']:,})")
+            parts.append(f"tokens {f['prompt_tokens'] + f['completion_tokens']:,} (reasoning {f['reasoning_tokens']:,})")
+            parts.append(f"spent ${f['stage_spent_usd']:.4f}")
+            if f["projected_stage_usd"] is not None:
+                parts.append(f"projected ${f['projected_stage_usd']:.4f}")
+        if f["eta_s"] is not None:
+            parts.append(f"ETA {_duration(f['eta_s'])}")
+        if "run_spent_usd" in f:
+            cap = f" of ${f['run_cap_usd']:.2f} cap" if f["run_cap_usd"] is not None else ""
+            parts.append(f"run ${f['run_spent_usd']:.4f}{cap}")
+        return " | ".join(parts)
+
+    # -- output ------------------------------------------------------------------------------
+    def __enter__(self) -> "StageWatch":
+        self._cm = progress_bar(self.name, self.total)
+        self._bar, self._task = self._cm.__enter__()
+        if not console.is_terminal and not self.quiet:
+            self._thread = threading.Thread(target=self._log_loop, name=f"{self.name}-progress", daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        self._cm.__exit__(*exc)
+        if not console.is_terminal and not self.quiet and exc[0] is None:
+            console.print(f"[progress] {self.line()} (done)", markup=False, highlight=False, soft_wrap=True)
+
+    def _log_loop(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            console.print(f"[progress] {self.line()}", markup=False, highlight=False, soft_wrap=True)
+
+    def _refresh(self) -> None:
+        if self._bar is None:
+            return
+        f = self.figures(with_run=False)
+        info = ""
+        if "calls" in f:
+            info = f"calls {f['calls']} (cache {f['cache_hits']}) | ${f['stage_spent_usd']:.4f}"
+            if f["projected_stage_usd"] is not None:
+                info += f" -> ${f['projected_stage_usd']:.4f}"
+        self._bar.update(self._task, completed=self.done, info=info)
