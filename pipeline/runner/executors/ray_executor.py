@@ -18,10 +18,10 @@ from collections import Counter
 
 from pipeline.errors import InfirError
 from pipeline.llm.cache_merge import merge_worker_caches
-from pipeline.progress import llm_info, progress_bar
-from pipeline.runner.chunks import iter_chunks, own_failures, rows_hash
+from pipeline.runner.chunks import _stop_if_client_stopped, iter_chunks, own_failures, rows_hash
 from pipeline.runner.executors.ray_session import ensure_ray
 from pipeline.runner.shape import LLMStage
+from pipeline.runner.watch import StageWatch
 from pipeline.store import shard_name
 
 #: Retries of a task whose worker died (SIGKILL, OOM, a lost node); an exception inside the stage
@@ -45,18 +45,17 @@ def run_chunks(ctx, stage, total_rows: int) -> Counter:
     remote = ray.remote(max_retries=MAX_TASK_RETRIES, retry_exceptions=False)(_chunk_task)
     counts, tally = Counter(), Counter()
     pending: dict = {}  # ObjectRef -> (k, number of rows, input hash)
-    stopped: list[str] = []
+    stopped: list[dict] = []
 
     def count_failed(table):
         return own_failures(table, stage.error_column)
 
-    def done(k: int, rows: int, table, bar, task) -> None:
+    def done(k: int, table) -> None:
         table = table.cast(ctx.schema)  # as written (see chunks.run_chunks)
         stage.tally(ctx, tally, table)
         stage.on_shard(ctx, k, table)
-        bar.update(task, advance=rows, info=llm_info(ctx.client.totals) if ctx.client else "")
 
-    def collect(bar, task, block_until: int) -> None:
+    def collect(watch, block_until: int) -> None:
         while len(pending) > block_until:
             ready, _ = ray.wait(list(pending), num_returns=1)
             ref = ready[0]
@@ -64,17 +63,19 @@ def run_chunks(ctx, stage, total_rows: int) -> Counter:
             answer = _result(ray, ref, out.dir, k)
             _add_totals(ctx.client, answer.get("totals"))
             if answer.get("stopped"):
-                stopped.append(answer["stopped"])
+                stopped.append(answer)
                 continue
             table = out.register_shard(shard_name(k), input_hash=digest, count_failed=count_failed)
             if table is None:
                 raise InfirError(f"{out.dir / shard_name(k)}: a Ray task reported it written but it cannot be read")
             counts["shards written"] += 1
-            done(k, n, table, bar, task)
+            watch.chunk_started()
+            watch.chunk_done(n)
+            done(k, table)
 
     warmed = False
     try:
-        with progress_bar(stage.name, total_rows) as (bar, task):
+        with StageWatch(stage.name, total_rows, ctx.client, ctx.cfg.run.progress_interval_s, ctx.quiet) as watch:
             for k, rows in enumerate(iter_chunks(ctx.upstream_dir, stage.shard_rows(ctx.cfg))):
                 digest = rows_hash(rows)
                 name = shard_name(k)
@@ -82,22 +83,25 @@ def run_chunks(ctx, stage, total_rows: int) -> Counter:
                     table = out.adopt_shard(name, input_hash=digest, count_failed=count_failed)
                     if table is not None:
                         counts["shards resumed"] += 1
-                        done(k, len(rows), table, bar, task)
+                        watch.adopted(len(rows))
+                        done(k, table)
                         continue
                 if not warmed:
                     # Build the retrieval indexes once, here, before workers would race to build them.
                     stage.prepare(ctx, rows[:1])
                     warmed = True
-                collect(bar, task, 2 * slots - 1)
+                collect(watch, 2 * slots - 1)
                 pending[remote.remote(spec, k, rows, limits)] = (k, len(rows), digest)
-            collect(bar, task, 0)
+            collect(watch, 0)
+            if stopped:  # as locally: the same message, after every finished shard is recorded
+                ctx.client.budget_exhausted = any(a["budget_exhausted"] for a in stopped)
+                ctx.client.stop_reason = next((a["stopped"] for a in stopped if not a["budget_exhausted"]), None)
+                _stop_if_client_stopped(ctx.client, out, watch)
     finally:
         for ref in pending:  # an error: stop the other tasks (their shards are not recorded)
             ray.cancel(ref, force=True)
         if cache_path is not None and not pending:
             merge_worker_caches(cache_path, group)
-    if stopped:
-        _raise_stopped(out, stopped, ctx.client)
     if stage.error_column is not None:
         counts["failed rows retried"] = out.retrying
     return stage.summary(ctx, tally, counts)
@@ -128,13 +132,13 @@ def _spec(ctx, stage, group: str, slots: int) -> dict:
 
 
 def _shared_limits(ray, s):
-    """The run's limiter actor, when the run has a rate limit or a budget (else none: no round trip)."""
-    if s.requests_per_minute is None and s.tokens_per_minute is None and s.max_cost_usd is None:
+    """The run's limiter actor, when the run has a rate limit (else none: no round trip)."""
+    if s.requests_per_minute is None and s.tokens_per_minute is None:
         return None
     from pipeline.runner.executors.ray_limits import SharedLimits
 
     actor = ray.remote(num_cpus=0)(SharedLimits)
-    return actor.remote(s.requests_per_minute, s.tokens_per_minute, s.max_cost_usd)
+    return actor.remote(s.requests_per_minute, s.tokens_per_minute)
 
 
 def _result(ray, ref, out_dir, k: int) -> dict:
@@ -156,13 +160,3 @@ def _add_totals(client, totals: dict | None) -> None:
         return
     for name, v in totals.items():
         setattr(client.totals, name, getattr(client.totals, name) + v)
-
-
-def _raise_stopped(out, reasons: list[str], client) -> None:
-    if "budget" in reasons:
-        spent = client.totals.cost_usd if client is not None else 0.0
-        raise InfirError(
-            f"{out.dir}: stopped at the cost budget (llm.max_cost_usd, ${spent:.4f} spent); "
-            "finished shards and every paid response are kept: raise the budget and rerun to resume"
-        )
-    raise InfirError(f"{out.dir}: stopped: {reasons[0]}; rerun to resume once it is fixed")

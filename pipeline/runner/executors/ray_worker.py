@@ -36,7 +36,7 @@ def chunk_task(spec: dict, k: int, rows: list[dict], limits) -> dict:
         from pipeline.runner.run import llm_prepare
 
         llm_prepare(ctx, stage)
-        client = ctx.client = worker_client(ctx.cfg, spec["group"], limits)
+        client = ctx.client = worker_client(ctx, spec["group"], limits)
     try:
         prepared = stage.prepare(ctx, rows)
         processed = stage.process(ctx, rows, prepared)
@@ -46,7 +46,7 @@ def chunk_task(spec: dict, k: int, rows: list[dict], limits) -> dict:
     answer = {"k": k, "pid": os.getpid(), "totals": asdict(client.totals) if client is not None else None}
     if client is not None and (client.budget_exhausted or client.stop_reason):
         # As locally: a chunk cut short is not written; the resume redoes it from the cache.
-        return {**answer, "stopped": "budget" if client.budget_exhausted else client.stop_reason}
+        return {**answer, "budget_exhausted": client.budget_exhausted, "stopped": client.stop_reason or "budget"}
     table = pa.Table.from_pylist(processed, schema=ctx.schema)
     write_shard(table, ctx.run_dir / stage.name / shard_name(k))
     return answer
@@ -65,17 +65,20 @@ def write_shard(table: pa.Table, path: Path) -> None:
         raise InfirError(f"{path}: cannot write shard: {e.strerror or e}") from None
 
 
-def worker_client(cfg, group: str, limits):
+def worker_client(ctx, group: str, limits):
     """The worker's LLM client: its own cache file (reading the run's cache and its siblings'), the
-    run's shared limiter when one is set, and `llm.concurrency` already divided by the driver."""
-    import pipeline.generation.offline_backend  # noqa: F401  registers the "offline" scripted backend
-    from pipeline.llm.backends import backend_for
+    run's spend ledger (the budget), the run's shared limiter when a rate limit is set, and
+    `llm.concurrency` already divided by the driver."""
     from pipeline.llm.cache_merge import WorkerCache
-    from pipeline.llm.client import LLMClient
-    from pipeline.llm.pricing import PriceTable
-    from pipeline.runner.executors.ray_limits import SharedLimitsClient
+    from pipeline.llm.client import make_client
+    from pipeline.runner import llm
+    from pipeline.runner.executors.ray_limits import RemoteLimiter
 
-    s = cfg.llm
-    cache = WorkerCache(s.cache_path, group) if s.cache_path is not None else None
-    args = (s, backend_for(s), cache, PriceTable.load(s.price_file))
-    return SharedLimitsClient(*args, limits=limits) if limits is not None else LLMClient(*args)
+    import pipeline.generation.offline_backend  # noqa: F401  registers the "offline" scripted backend
+
+    s = ctx.cfg.llm
+    client = make_client(s, cache=WorkerCache(s.cache_path, group) if s.cache_path is not None else False)
+    client.ledger = llm.ledger(ctx.cfg, ctx.run_dir, ctx.stage.name)
+    if limits is not None:
+        client.limiter = RemoteLimiter(limits)
+    return client
