@@ -132,3 +132,28 @@ def test_request_rate_holds_over_two_workers(tmp_path, monkeypatch, local_ray):
     w = 2.0
     worst = max(sum(1 for t in arrived if a <= t < a + w) for a in arrived)
     assert worst <= 10 + 10 * w + 1, worst
+
+
+def test_dense_encoding_on_ray_data_gives_the_local_vectors_and_negatives(tmp_path, local_ray):
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    from pipeline.retrieval.dense import EmbeddingStore
+
+    dense = {**SMALL_SHARDS, "mine.retrieval.method": "dense", "source.sample_queries": 30}
+    run_until(make_config(**dense, **{"run.name": "local"}), "mine")
+    run_until(make_config(**dense, **{"run.name": "onray", "run.executor": "ray"}), "mine")
+
+    def negatives(run):
+        rows = pq.read_table(tmp_path / "runs" / run / "mine").to_pylist()
+        return [[(n["passage_id"], n["rank"]) for n in r["mined_negatives"]] for r in rows]
+
+    assert negatives("onray") == negatives("local") and any(negatives("local"))
+    [ldir] = (tmp_path / "runs/local/index").glob("emb-*")
+    [rdir] = (tmp_path / "runs/onray/index").glob("emb-*")
+    local, onray = EmbeddingStore(ldir), EmbeddingStore(rdir)
+    keys = [k for (k,) in local.db.execute("SELECT key FROM emb")]
+    assert len(keys) >= 400  # the whole sample collection (and the queries)
+    lrows, rrows = local.lookup(keys), onray.lookup(keys)
+    assert (rrows >= 0).all()
+    np.testing.assert_allclose(onray.get(rrows), local.get(lrows), atol=1e-5)

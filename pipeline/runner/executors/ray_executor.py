@@ -87,8 +87,7 @@ def run_chunks(ctx, stage, total_rows: int) -> Counter:
                         done(k, table)
                         continue
                 if not warmed:
-                    # Build the retrieval indexes once, here, before workers would race to build them.
-                    stage.prepare(ctx, rows[:1])
+                    _warm_up(ctx, stage, rows)
                     warmed = True
                 collect(watch, 2 * slots - 1)
                 pending[remote.remote(spec, k, rows, limits)] = (k, len(rows), digest)
@@ -105,6 +104,17 @@ def run_chunks(ctx, stage, total_rows: int) -> Counter:
     if stage.error_column is not None:
         counts["failed rows retried"] = out.retrying
     return stage.summary(ctx, tally, counts)
+
+
+def _warm_up(ctx, stage, rows: list[dict]) -> None:
+    """Build the retrieval indexes once, here, before workers would race to build them; a dense
+    index's embeddings are made on Ray Data first."""
+    retrieval = getattr(stage.settings(ctx.cfg), "retrieval", None)
+    if retrieval is not None:
+        from pipeline.generation.retrieval_glue import encode_collection_on_ray
+
+        encode_collection_on_ray(ctx, retrieval)
+    stage.prepare(ctx, rows[:1])
 
 
 def _chunk_task(spec: dict, k: int, rows: list[dict], limits) -> dict:
