@@ -52,9 +52,29 @@ def _root(
     version: bool = typer.Option(
         False, "--version", callback=_print_version, is_eager=True, help="Print the version and exit."
     ),
+    verbose: int = typer.Option(0, "--verbose", "-v", count=True, help="More detail: retries and repairs of LLM requests."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Only errors: no progress lines, no warnings."),
 ) -> None:
     _state["debug"] = debug
     _state["prompts"] = str(prompts) if prompts else None
+    _set_verbosity(verbose, quiet)
+
+
+def _set_verbosity(verbose: int, quiet: bool) -> None:
+    """-q: errors only (no progress lines); default: warnings; -v: everything infir logs, retries
+    and repairs of the LLM client included (it logs them at DEBUG)."""
+    import logging
+
+    from pipeline.runner import watch
+
+    level = logging.ERROR if quiet else (logging.DEBUG if verbose else logging.WARNING)
+    log = logging.getLogger("pipeline")
+    log.setLevel(level)
+    if not log.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        log.addHandler(handler)
+    watch.QUIET = quiet
 
 
 def _overrides(sets: list[str] | None, **flags: Any) -> dict[str, Any]:
@@ -63,6 +83,9 @@ def _overrides(sets: list[str] | None, **flags: Any) -> dict[str, Any]:
         if "=" not in item:
             raise InfirError(f"--set {item!r}: expected KEY=VALUE, e.g. --set source.sample_queries=500")
         key, raw = item.split("=", 1)
+        if "\n" in item or "\r" in item:
+            # TOML would read `1\nc.d=2` as the value 1 and silently drop the rest.
+            raise InfirError(f"--set {item!r}: a value cannot span lines; give one --set per key")
         out[key.strip()] = parse_value(raw.strip())
     out.update({k: v for k, v in flags.items() if v is not None})
     return out
@@ -201,28 +224,27 @@ def eval_(
     model: Optional[str] = typer.Argument(None, help="A sentence-transformers model path (default: bundled MiniLM)."),
     release: Optional[Path] = typer.Option(None, "--release", help="An infir release directory."),
     beir: Optional[Path] = typer.Option(None, "--beir", help="A BEIR-layout dataset whose queries carry an `instruction`."),
+    followir: Optional[Path] = typer.Option(None, "--followir", help="A FollowIR-layout task folder (Robust04, Core17, News21)."),
     split: str = typer.Option("test", "--split"),
     template: str = typer.Option("{query} {instruction}", "--template", help="How query and instruction are joined (as in training)."),
+    out: Path = typer.Option(Path("eval-report"), "--out", help="Folder for the report (eval-<kind>.json and .md)."),
+    pool_sample: Optional[int] = typer.Option(None, "--pool-sample", help="Release only: passages sampled from the rest of the collection (default 10000)."),
+    collection: Optional[Path] = typer.Option(None, "--collection", help="Release only: a BEIR corpus.jsonl to sample the pool from (default: the release's passages)."),
 ) -> None:
-    """Evaluate any sentence-transformers model on a release's split or on a BEIR-layout dataset.
+    """Evaluate any sentence-transformers model on a release split, a BEIR dataset or a FollowIR task.
 
-    Release: nDCG@10, MRR@10, p-MRR and the no-instruction ablation. BEIR: nDCG@10 and MRR@10 with and
-    without the queries' instructions. Prints JSON.
+    Release: nDCG@10, MRR@10, p-MRR and the no-instruction ablation over a pool of the split's passages,
+    their mined negatives and a seeded sample of the collection. BEIR: nDCG@10 and MRR@10 with and without
+    the queries' instructions. FollowIR: p-MRR as MTEB computes it, nDCG@5 and MAP@1000. Prints JSON and
+    writes it with a Markdown table to --out.
     """
-    import json
-
     from pipeline.extras import require_extra
 
     require_extra("train", "infir eval")
-    from pipeline.train import evaluate_beir, evaluate_release
+    from pipeline.train.eval_command import run_eval
 
-    if (release is None) == (beir is None):
-        raise InfirError("give exactly one of --release DIR or --beir DIR")
-    if release is not None:
-        result = evaluate_release(model, release, split, template)
-    else:
-        result = evaluate_beir(model, beir, split, template)
-    typer.echo(json.dumps(result, indent=2, default=str))
+    run_eval(model, release=release, beir=beir, followir=followir, split=split, template=template, out=out,
+             pool_sample=pool_sample, collection=collection)
 
 
 @app.command()
@@ -243,6 +265,11 @@ def build(
     set_: Optional[list[str]] = SetOpt,
     force: bool = ForceOpt,
     json_: bool = JsonOpt,
+    target_accepted: Optional[int] = typer.Option(
+        None, "--target-accepted",
+        help="Size the run for this many accepted rows from a cached pilot (see `infir plan`); refuses if the projection passes --max-cost-usd.",
+    ),
+    pilot: int = typer.Option(200, "--pilot", help="With --target-accepted: queries in the pilot."),
     dry_run: bool = typer.Option(
         False, "--dry-run",
         help="Run only the stages before the first LLM stage (no LLM), then estimate the LLM stages' calls, tokens and cost; send nothing.",
@@ -250,23 +277,41 @@ def build(
 ) -> None:
     """Run every stage in pipeline order; finished ones are skipped."""
     from pipeline.declaration import PIPELINE
-    from pipeline.runner.run import run_stage
+    from pipeline.runner.build import run_build
 
-    stages = PIPELINE.until(until)
     cfg = _config(config, run, set_, **_llm_flags(backend, max_cost_usd, concurrency, mode),
                   **{"run.executor": executor, "run.ray_address": ray_address})
-    if dry_run:
-        from pipeline.runner.estimate import dry_run as estimate
-        from pipeline.runner.shape import LLMStage
+    run_build(PIPELINE, cfg, until, force=force, dry_run=dry_run, as_json=json_, target=target_accepted, pilot=pilot,
+              echo=lambda line: typer.echo(line, err=True))
 
-        for stage in stages:  # free, and the estimate needs their rows
-            if isinstance(stage, LLMStage):
-                break
-            run_stage(PIPELINE, stage.name, cfg, force=force)
-        estimate(PIPELINE, cfg, [s.name for s in stages], as_json=json_)
-        return
-    for stage in stages:
-        run_stage(PIPELINE, stage.name, cfg, force=force)
+
+@app.command("plan")
+def plan_(
+    config: Optional[Path] = ConfigOpt,
+    run: Optional[str] = RunOpt,
+    backend: Optional[str] = BackendOpt,
+    max_cost_usd: Optional[float] = MaxCostOpt,
+    concurrency: Optional[int] = ConcurrencyOpt,
+    target_accepted: int = typer.Option(..., "--target-accepted", help="Accepted rows wanted."),
+    pilot: int = typer.Option(200, "--pilot", help="Queries in the pilot (run in runs/<run>-pilot, cached)."),
+    set_: Optional[list[str]] = SetOpt,
+    force: bool = ForceOpt,
+    json_: bool = typer.Option(False, "--json", help="Print the plan as JSON on stdout."),
+) -> None:
+    """Size a run: a seeded pilot through every LLM stage (cached, never paid twice), then the source
+    queries needed for N accepted rows and the projected cost online and in batch mode, with intervals."""
+    import json
+
+    from pipeline.declaration import PIPELINE
+    from pipeline.runner.plan import describe, plan
+
+    cfg = _config(config, run, set_, **_llm_flags(backend, max_cost_usd, concurrency, None))
+    p = plan(PIPELINE, cfg, target_accepted, pilot, force=force)
+    if json_:
+        typer.echo(json.dumps(p.as_dict(), indent=2))
+    else:
+        for line in describe(p, cfg.llm.max_cost_usd):
+            typer.echo(line)
 
 
 @app.command()

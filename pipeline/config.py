@@ -12,7 +12,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError
 
 from pipeline.errors import InfirError
 from pipeline.generation.settings import FilterSettings, GenerateSettings, MineSettings, VerifySettings
@@ -20,6 +20,7 @@ from pipeline.llm.settings import LLMSettings
 from pipeline.release.settings import WriteSettings
 from pipeline.sources.settings import ColumnMap, HFSource, SourceSettings  # noqa: F401  (re-exported)
 from pipeline.train.settings import TrainSettings
+from pipeline.validate import SECTION_CONFIG, SafeName
 
 # Shipped in the package (pipeline/configs/; the repository's configs/ links to it), so an
 # installed wheel has a default too. Its relative paths are relative to the working directory.
@@ -27,11 +28,11 @@ DEFAULT_CONFIG = importlib.resources.files("pipeline") / "configs" / "sample.tom
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = SECTION_CONFIG
 
 
 class RunSettings(Section):
-    name: str = "sample"
+    name: SafeName = "sample"  # a folder under runs_dir: one safe path component
     runs_dir: Path = Path("runs")
     seed: int = 13
     # None: the bundled pipeline/prompts/ folder (`infir --prompts DIR` sets this). Prompt hashes are
@@ -71,6 +72,8 @@ def _format_validation(err: ValidationError, origin: str) -> str:
         key = ".".join(str(p) for p in e["loc"])
         if e["type"] == "extra_forbidden":
             parts.append(f"unknown key '{key}'")
+        elif e["type"] == "value_error":  # our validators' messages, without pydantic's "Value error, "
+            parts.append(f"'{key}': {e['ctx']['error']}")
         else:
             parts.append(f"'{key}': {e['msg']}")
     return f"{origin}: invalid config: " + "; ".join(parts)

@@ -1,4 +1,12 @@
-"""`infir status`: what each stage of a run has done, and what the LLM work cost."""
+"""`infir status`: what each stage of a run has done, row by row, and what it cost.
+
+Per stage: its state (done, done with failed rows a rerun retries, running with the pid holding
+its lock, interrupted with the shards it kept, not started), rows in and out, rows failed
+(retryable) and rejected (by the filters or the judge), LLM calls, tokens and cost as the rows
+record them. Then the run's spend against its budget (the spend ledger), each filter's count, the
+acceptance per judge check, and whether the release on disk is the one the current candidates
+would produce.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +16,10 @@ from pathlib import Path
 from rich.table import Table
 
 from pipeline.errors import InfirError
-from pipeline.progress import console
-
+from pipeline.progress import console as _stderr
+from pipeline.store import read_success
+from pipeline.store.lock import held_by
+from pipeline.store.shards import failed_rows, stage_fingerprint
 
 
 def _row_usage(d: Path, column: str) -> dict:
@@ -20,55 +30,129 @@ def _row_usage(d: Path, column: str) -> dict:
     return sum_usage(read_stage_table(d), column)
 
 
+def _state(d: Path, success: dict | None) -> str:
+    holder = held_by(d)
+    if holder is not None:
+        return f"running ({holder})"
+    if success is not None:
+        failed = failed_rows(success)
+        return f"done, {failed:,} failed (rerun retries them)" if failed else "done"
+    if (d / "_STATE.json").is_file():
+        return f"interrupted ({len(list(d.glob('part-*.parquet')))} shard(s) kept)"
+    return "not started"
+
+
+def _counts(summary: dict, rows_in: int | None) -> dict:
+    """Rows in / out / failed / rejected, from a stage's summary."""
+    failed = summary.get("failed")
+    rejected = summary.get("rejected")
+    out = summary.get("accepted", summary.get("passed", summary.get("rows")))
+    return {"in": rows_in, "out": out, "failed": failed, "rejected": rejected}
+
+
 def stage_states(run: Path, pipe=None) -> list[dict]:
     from pipeline.declaration import PIPELINE
     from pipeline.runner.shape import LLMStage
 
-    out = []
+    out, rows_in = [], None
     for st in (pipe or PIPELINE):
-        stage = st.name
-        d = run / stage
-        info = {"stage": stage, "state": "not started", "rows": None, "llm": {}, "summary": {}}
-        if (d / "_SUCCESS.json").is_file():
-            success = json.loads((d / "_SUCCESS.json").read_text())
-            info.update(state="done", rows=success.get("rows"), summary=success.get("summary", {}))
+        d = run / st.name
+        success = read_success(d)
+        info = {"stage": st.name, "state": _state(d, success), "rows": None, "llm": {}, "summary": {},
+                "counts": {"in": rows_in, "out": None, "failed": None, "rejected": None}}
+        if success is not None:
+            summary = success.get("summary") or {}
+            info.update(rows=success.get("rows"), summary=summary, counts=_counts(summary, rows_in))
             if isinstance(st, LLMStage) and success.get("rows"):
                 usage = _row_usage(d, st.usage_column)
-                last = info["summary"].get("llm", {})
+                last = summary.get("llm", {})
                 info["llm"] = {**usage, "http_calls": last.get("http_calls", 0), "cache_hits": last.get("cache_hits", 0)}
-        elif (d / "_STATE.json").is_file():
-            shards = len(list(d.glob("part-*.parquet")))
-            info.update(state=f"interrupted ({shards} shard(s) kept)")
+            rows_in = success.get("rows")
         out.append(info)
     return out
 
 
+def _cell(v, fmt="{:,}") -> str:
+    return "" if v is None else fmt.format(v)
+
+
+def _spend(run: Path) -> str | None:
+    from pipeline.runner.llm import SPEND_LEDGER
+
+    path = run / SPEND_LEDGER
+    if not path.is_file():
+        return None
+    from pipeline.llm.budget import SpendLedger
+
+    ledger = SpendLedger(path)
+    try:
+        spent, by_label = ledger.spent(), ledger.by_label()
+    finally:
+        ledger.close()
+    cap = None
+    cfg = run / "config.toml"
+    if cfg.is_file():
+        import tomllib
+
+        try:
+            cap = tomllib.loads(cfg.read_text()).get("llm", {}).get("max_cost_usd")
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError):
+            cap = None
+    parts = ", ".join(f"{k} ${v:.4f}" for k, v in by_label.items())
+    budget = f" of ${cap:.2f} budget ({100 * spent / cap:.0f}%)" if cap else " (no budget set: llm.max_cost_usd)"
+    return f"spent ${spent:.4f}{budget}" + (f": {parts}" if parts else "")
+
+
+def _release_note(run: Path, states: list[dict]) -> str | None:
+    """Whether the release on disk was written from the candidates the run holds now."""
+    names = [s["stage"] for s in states]
+    if "write" not in names:
+        return None
+    i = names.index("write")
+    write = read_success(run / "write")
+    if write is None or i == 0:
+        return None
+    upstream = read_success(run / names[i - 1])
+    release = (write.get("summary") or {}).get("release")
+    if upstream is None:
+        return f"release {release}: its candidates' stage has not finished since"
+    if stage_fingerprint(upstream) != write.get("input_fingerprint"):
+        return f"release {release} is stale: the candidates changed since it was written; rerun `infir write` (--bump)"
+    return f"release {release} holds the current candidates"
+
+
 def print_status(run: Path) -> None:
+    # The status is the command's result: stdout, wide enough to stay whole in a log or a pipe.
+    from rich.console import Console
+
+    console = Console(highlight=False, width=None if _stderr.is_terminal else 160)
     run = Path(run)
     if not run.is_dir():
         raise InfirError(f"{run}: no such run directory")
     states = stage_states(run)
     table = Table(title=f"run {run.name}", title_justify="left")
-    for col in ("stage", "state", "rows", "LLM calls", "tokens", "cost USD", "last run: HTTP / cache"):
-        table.add_column(col, justify="left" if col in ("stage", "state") else "right")
+    for col in ("stage", "state", "rows in", "rows out", "failed", "rejected", "LLM calls", "tokens", "cost USD",
+                "last run: HTTP / cache"):
+        table.add_column(col, justify="left" if col in ("stage", "state") else "right", no_wrap=col == "state")
     totals = {"calls": 0, "tokens": 0, "cost_usd": 0.0}
     for s in states:
-        llm = s["llm"]
+        llm, c = s["llm"], s["counts"]
         tokens = llm.get("prompt_tokens", 0) + llm.get("completion_tokens", 0)
         totals["calls"] += llm.get("calls", 0)
         totals["tokens"] += tokens
         totals["cost_usd"] += llm.get("cost_usd", 0.0)
         table.add_row(
-            s["stage"],
-            s["state"],
-            "" if s["rows"] is None else f"{s['rows']:,}",
-            f"{llm['calls']:,}" if llm else "",
-            f"{tokens:,}" if llm else "",
-            f"{llm['cost_usd']:.4f}" if llm else "",
-            f"{llm['http_calls']:,} / {llm['cache_hits']:,}" if llm else "",
+            s["stage"], s["state"], _cell(c["in"]), _cell(c["out"] if c["out"] is not None else s["rows"]),
+            _cell(c["failed"]), _cell(c["rejected"]),
+            f"{llm['calls']:,}" if llm else "", f"{tokens:,}" if llm else "",
+            f"{llm['cost_usd']:.4f}" if llm else "", f"{llm['http_calls']:,} / {llm['cache_hits']:,}" if llm else "",
         )
-    table.add_row("total", "", "", f"{totals['calls']:,}", f"{totals['tokens']:,}", f"{totals['cost_usd']:.4f}", "")
+    table.add_row("total", "", "", "", "", "", f"{totals['calls']:,}", f"{totals['tokens']:,}",
+                  f"{totals['cost_usd']:.4f}", "")
     console.print(table)
+    spend = _spend(run)
+    if spend:
+        console.print(f"run budget: {spend}")
     for s in states:  # stages that reject rows by name before the judge (filters)
         by_name = (s["summary"] or {}).get("failed_filters") or {}
         if by_name:
@@ -81,8 +165,16 @@ def print_status(run: Path) -> None:
         accepted = summ.get("accepted", 0)
         console.print(
             f"accepted {accepted:,} of {summ.get('candidates', 0):,} candidates"
+            f" (rejected {summ.get('rejected', 0):,}, failed {summ.get('failed', 0):,})"
             + (f"; per accepted row: {totals['calls'] / accepted:.2f} calls, "
                f"{totals['tokens'] / accepted:,.0f} tokens, ${totals['cost_usd'] / accepted:.5f}" if accepted else "")
         )
         for check, rate in summ.get("pass_rate_per_check", {}).items():
             console.print(f"  {check}: {rate:.1%} pass")
+    note = _release_note(run, states)
+    if note:
+        console.print(note)
+
+
+def status_json(run: Path) -> str:
+    return json.dumps(stage_states(Path(run)), indent=2, default=str)

@@ -52,6 +52,7 @@ import email.parser
 import email.policy
 import hashlib
 import json
+import re
 import random
 import signal
 import socket
@@ -254,6 +255,7 @@ class FakeOpenAIServer:
         batch_fail_fn: Callable[[int], str | None] | None = None,
         batch_max_requests: int = 50_000,
         batch_max_bytes: int = 200 * 1024 * 1024,
+        reasoning_tokens: int | Callable[[dict[str, Any]], int] = 0,
     ):
         unknown = set(fault_kinds) - set(ALL_FAULTS)
         unknown |= set(batch_fault_kinds) - set(ALL_FAULTS + BATCH_ONLY_FAULTS)
@@ -269,6 +271,9 @@ class FakeOpenAIServer:
         self.retry_after = retry_after
         self.timeout_sleep = timeout_sleep
         self.usage = usage
+        # Hidden reasoning tokens billed to a reasoning model's answers (o1/o3/o4/gpt-5), as the real
+        # API reports them: added to completion_tokens and completion_tokens_details.reasoning_tokens.
+        self.reasoning_tokens = reasoning_tokens
         self.host = host
         self.port = port
         self.kind = server
@@ -459,10 +464,21 @@ class FakeOpenAIServer:
             content = json.dumps({"unexpected": True})
         elif fault == "length":
             content, finish = (content or "")[: max(1, len(content or "") // 2)], "length"
-        reply = Reply(200, completion(body, n, content, finish, refusal, usage=self.usage))
+        reply = Reply(200, self._bill_reasoning(body, completion(body, n, content, finish, refusal, usage=self.usage)))
         if fault == "timeout":
             reply.sleep = self.timeout_sleep
         return reply
+
+    def _bill_reasoning(self, body: dict[str, Any], resp: dict[str, Any]) -> dict[str, Any]:
+        model = str(body.get("model") or "").rsplit("/", 1)[-1]
+        if not re.match(r"^(o\d|gpt-5)", model) or model.startswith("gpt-5-chat"):
+            return resp
+        extra = self.reasoning_tokens(body) if callable(self.reasoning_tokens) else int(self.reasoning_tokens)
+        u = resp["usage"]
+        u["completion_tokens"] += extra
+        u["total_tokens"] += extra
+        u["completion_tokens_details"]["reasoning_tokens"] = extra
+        return resp
 
     def _content(self, body: dict[str, Any]) -> tuple[str | None, str, str | None]:
         if self.responder is not None:

@@ -46,11 +46,15 @@ def responder(body: dict) -> str:
                            "kind": "aspect"})
     if name == "PoisonedPair":
         q = data_block(user, "query")
+        # I- and Q- are minimal edits of I+ and Q+, and the negatives passage-like, as the filter
+        # stage requires of a real model's answers.
         return json.dumps({
-            "instruction_negative": f"Only upcoming developments, forecasts and plans regarding {q} matter.",
-            "hard_negative_document_1": f"Forecasts say {q} will change a lot over the next ten years.",
-            "query_negative": f"{q} in another country",
-            "hard_negative_document_2": f"Abroad, {q} has a long history that is told here in detail.",
+            "instruction_negative": f"I want the future outlook of {q}, nothing about prices.",
+            "hard_negative_document_1": f"Forecasts say {q} will change a lot over the next ten years, as experts expect "
+                                        "new rules, new technology and new habits to reshape it across most regions soon.",
+            "query_negative": f"{q} abroad",
+            "hard_negative_document_2": f"Abroad, {q} has a long history that is told here in detail, from its early days "
+                                        "through the many local customs and changes that shaped it in each country.",
         })
     if name == "JudgeVerdicts":
         q = data_block(user, "Q+")
@@ -93,6 +97,7 @@ def infir_args(stage: str, base_url: str, msmarco: Path, *, queries: int = 120, 
         "train.batch_size": 8,
         "train.max_rows": 16,
         "train.max_seq_length": 64,
+        "train.ablate_mined_negatives": False,
     }
     args = [stage]
     for k, v in sets.items():

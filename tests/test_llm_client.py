@@ -108,6 +108,8 @@ def test_parser_accepts_fenced_json_and_reports_errors():
     assert "reasons: Field required" in out.error
     arr = {"choices": [{"message": {"content": "[1]"}, "finish_reason": "stop"}]}
     assert parse_response(arr, Verdict).error == "invalid JSON: expected an object, got list"
+    deep = {"choices": [{"message": {"content": "[" * 100_000}, "finish_reason": "stop"}]}
+    assert parse_response(deep, Verdict).error == "invalid JSON: nested too deeply"
 
 
 # -- request parameters ---------------------------------------------------------------------------

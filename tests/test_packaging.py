@@ -124,7 +124,9 @@ def test_version_module_entry_and_completion(tmp_path):
     r = subprocess.run([sys.executable, "-m", "pipeline", "--help"], capture_output=True, text=True,
                        env={**os.environ, "PYTHONPATH": str(REPO)})
     assert r.returncode == 0 and "source" in r.stdout and "init" in r.stdout
-    code, out, err = run_infir("--show-completion", "bash")
+    # The shell named explicitly: typer otherwise guesses it from the parent processes, which
+    # depends on how the suite was started (make, a cluster job, a detached shell).
+    code, out, err = run_infir("--show-completion", "bash", env={"_TYPER_COMPLETE_TEST_DISABLE_SHELL_DETECTION": "1"})
     assert code == 0 and "complete" in out, err
 
 

@@ -261,27 +261,40 @@ def test_shard_size_bound(table, tmp_path):
     verify_release(res.path)
 
 
-def test_st_export(table, tmp_path):
-    res = _write(table, tmp_path / "r", st_export=True, st_template="query: {query} instruction: {instruction}")
+def test_triplets_config(table, tmp_path):
+    res = _write(table, tmp_path / "r", st_template="query: {query} instruction: {instruction}")  # on by default
     m = _manifest(res.path)
     assert m["st_export"]["template"] == "query: {query} instruction: {instruction}"
     train = pq.read_table(res.path / "data" / "train-00000-of-00001.parquet")
-    st = pq.read_table(res.path / "st" / "train.parquet")
-    assert st.column_names == ["anchor", "positive", "negative"]
+    assert train.column_names[:7] == list(INFIR_COLUMNS)  # the default config leads with the InF-IR columns
+    st = pq.read_table(res.path / "triplets" / "train.parquet")
+    assert st.column_names == ["anchor", "positive", "negative_1", "negative_2"]
     assert st.num_rows == 3 * train.num_rows
     r = train.slice(0, 1).to_pylist()[0]
     rows = st.slice(0, 3).to_pylist()
-    assert rows[0] == {"anchor": f"query: {r['query_positive']} instruction: {r['instruction_positive']}",
-                       "positive": r["document_positive"], "negative": r["hard_negative_document_1"]}
-    assert rows[1] == {"anchor": f"query: {r['query_positive']} instruction: {r['instruction_negative']}",
-                       "positive": r["hard_negative_document_1"], "negative": r["document_positive"]}
-    assert rows[2] == {"anchor": f"query: {r['query_negative']} instruction: {r['instruction_positive']}",
-                       "positive": r["hard_negative_document_2"], "negative": r["document_positive"]}
+    qp, ip, ineg, qn = r["query_positive"], r["instruction_positive"], r["instruction_negative"], r["query_negative"]
+    p, hn1, hn2 = r["document_positive"], r["hard_negative_document_1"], r["hard_negative_document_2"]
+    assert rows[0] == {"anchor": f"query: {qp} instruction: {ip}", "positive": p, "negative_1": hn1, "negative_2": hn2}
+    assert rows[1] == {"anchor": f"query: {qp} instruction: {ineg}", "positive": hn1, "negative_1": p, "negative_2": hn2}
+    assert rows[2] == {"anchor": f"query: {qn} instruction: {ip}", "positive": hn2, "negative_1": p, "negative_2": hn1}
     meta = parse_front_matter((res.path / "README.md").read_text())
-    assert any(c["config_name"] == "triplets" for c in meta["configs"])
+    trip = next(c for c in meta["configs"] if c["config_name"] == "triplets")
+    assert {f["path"] for f in trip["data_files"]} == {f"triplets/{s}.parquet" for s in ("train", "validation", "test")}
     verify_release(res.path)
     with pytest.raises(InfirError, match="template"):
-        _write(table, tmp_path / "r2", st_export=True, st_template="{query} {passage}")
+        _write(table, tmp_path / "r2", st_template="{query} {passage}")
+    off = _write(table, tmp_path / "r3", st_export=False)
+    assert not (off.path / "triplets").exists() and _manifest(off.path)["st_export"] is None
+
+
+def test_triplets_match_infir_train_pairs(table, tmp_path):
+    """The published triplets are exactly the pairs `infir train` builds from the full table."""
+    from pipeline.train.data import build_training_pairs, load_release_split
+
+    res = _write(table, tmp_path / "r")
+    pairs = build_training_pairs(load_release_split(res.path, "train"))
+    st = pq.read_table(res.path / "triplets" / "train.parquet").to_pydict()
+    assert pairs.rows_skipped == 0 and st == pairs.columns
 
 
 def test_input_validation(table, tmp_path):
@@ -341,7 +354,7 @@ def test_sharded_input_gives_byte_identical_release(tmp_path, monkeypatch):
     single = _shard_input(table, tmp_path / "one", [])
     many = _shard_input(table, tmp_path / "many", [1, 90, 7, 33, 2] * 9)
     assert len(single) == 1 and len(many) > 40
-    kw = dict(max_rows_per_shard=150, st_export=True)
+    kw = dict(max_rows_per_shard=150)
     releases = {
         "table": _write(table, tmp_path / "t", **kw).path,
         "one": write_release(single, synthetic_stats(1500), tmp_path / "o", NAME, **kw).path,
@@ -349,8 +362,8 @@ def test_sharded_input_gives_byte_identical_release(tmp_path, monkeypatch):
     }
     files = {k: _release_files(p) for k, p in releases.items()}
     assert files["many"] == files["one"] == files["table"]
-    data = sorted(f for f in files["one"] if f.startswith(("data/", "st/")))
-    assert len([f for f in data if f.startswith("data/train-")]) > 5 and "st/test.parquet" in data
+    data = sorted(f for f in files["one"] if f.startswith(("data/", "triplets/")))
+    assert len([f for f in data if f.startswith("data/train-")]) > 5 and "triplets/test.parquet" in data
 
     # Each file equals one pq.write_table of its whole content (the pre-streaming writer's output),
     # so the row groups are cut as before: 64-row groups within 150-row shards.

@@ -7,6 +7,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import re
 import resource
 import shutil
 import signal
@@ -19,8 +20,10 @@ import pytest
 
 from conftest import SAMPLE
 from pipeline.cli import main
+from pipeline.errors import InfirError
 from pipeline.release import verify_release
 from pipeline.store.ids import sha256_file
+from pipeline.store.verify_input import verify_upstream
 from stage_helpers import names_between
 from reliability_helpers import child_env, infir_cmd
 
@@ -34,8 +37,6 @@ def cli(capsys, *args: str) -> tuple[int, str]:
 
 
 def assert_clean_error(rc: int, output: str, pattern: str) -> None:
-    import re
-
     assert rc == 2, output[-2000:]
     assert "Traceback" not in output and "internal error" not in output, output[-2000:]
     assert re.search(pattern, output), output[-2000:]
@@ -159,10 +160,37 @@ def _qrels_wrong_column_count(d):
     return "qrels/test.tsv", 149, "wrong column count"
 
 
+def _deeply_nested_corpus_line(d):
+    with open(d / "corpus.jsonl", "a") as f:
+        f.write("[" * 1500 + "\n")  # json recurses per level: a RecursionError, not a JSONDecodeError
+    return "corpus.jsonl", 463, "malformed JSON: nested too deeply"
+
+
+def _deeply_nested_field_in_a_query(d):
+    with open(d / "queries.jsonl", "a") as f:
+        f.write('{"_id": "x-q99", "text": "bread", "meta": ' + "[" * 5000 + "]" * 5000 + "}\n")
+    return "queries.jsonl", 148, "malformed JSON: nested too deeply"
+
+
+def _invisible_only_query(d):
+    ls = lines(d / "queries.jsonl")
+    ls[0] = json.dumps({**json.loads(ls[0]), "text": "\u200b\u2060\ufeff \u200d"})
+    (d / "queries.jsonl").write_text("\n".join(ls) + "\n")
+    return "queries.jsonl", 1, "empty after cleaning"
+
+
+def _invisible_only_passage(d):
+    ls = lines(d / "corpus.jsonl")
+    ls[0] = json.dumps({**json.loads(ls[0]), "text": "\u200b\u00ad\u2060\u200c"})
+    (d / "corpus.jsonl").write_text("\n".join(ls) + "\n")
+    return "corpus.jsonl", 1, "empty after cleaning"
+
+
 QUARANTINE_CASES = [
     _corpus_truncated_json, _query_is_an_array, _null_and_bool_ids, _non_utf8_query, _empty_query_text,
     _huge_query, _huge_passage, _duplicate_passage_id, _duplicate_query_id, _dangling_qrels,
-    _bad_relevance_score, _qrels_wrong_column_count,
+    _bad_relevance_score, _qrels_wrong_column_count, _deeply_nested_corpus_line, _deeply_nested_field_in_a_query,
+    _invisible_only_query, _invisible_only_passage,
 ]
 
 
@@ -278,6 +306,76 @@ def test_bad_input_is_one_clear_error_line(capsys, case):
     assert_nothing_looks_complete()
 
 
+# -- settings refused when the config is loaded: before the first (paid) stage of a build ---------
+
+BAD_SETTINGS = [  # (--set or --run arguments, the error that names the key)
+    (["--run", "../../escaped"], r"'run.name': '../../escaped' is not a safe name"),
+    (["--run", "{cwd}/abs-run"], r"'run.name': '/\S+/abs-run' is not a safe name"),
+    (["--run", "a b"], r"'run.name': 'a b' is not a safe name"),
+    (["--set", 'run.name=""'], r"'run.name': '' is not a safe name"),
+    (["--set", "write.name=rel-ü"], r"'write.name': 'rel-ü' is not a safe name"),
+    (["--set", 'write.name=".."'], r"'write.name': '..' is not a safe name"),
+    (["--set", 'write.version="../1.0.0"'], r"'write.version': '../1.0.0' is not a release version"),
+    (["--set", 'write.version="1.0"'], r"'write.version': '1.0' is not a release version"),
+    (["--set", "write.split_ratios=[0,0,0]"], r"'write.split_ratios': split ratios must be non-negative with a positive sum"),
+    (["--set", "write.split_ratios=[-1,1,1]"], r"'write.split_ratios': split ratios must be non-negative"),
+    (["--set", "write.max_rows_per_shard=0"], r"'write.max_rows_per_shard': Input should be greater than or equal to 1"),
+    (["--set", "source.min_passage_words=300", "--set", "source.max_passage_words=10"],
+     r"'source': min_passage_words \(300\) must be <= max_passage_words \(10\)"),
+    (["--set", "source.min_query_words=9", "--set", "source.max_query_words=3"], r"min_query_words \(9\) must be <= max_query_words"),
+    (["--set", "write.split_ratios=[inf, 1, 1]"], r"'write.split_ratios.0': Input should be a finite number"),
+    (["--set", "generate.temperature=nan"], r"'generate.temperature': Input should be a finite number"),
+    (["--set", "llm.max_cost_usd=inf"], r"'llm.max_cost_usd': Input should be a finite number"),
+    (["--set", "llm.deadline_s=-inf"], r"'llm.deadline_s': Input should be a finite number"),
+    (["--set", "mine.retrieval.margin=nan"], r"'mine.retrieval.margin': Input should be a finite number"),
+    (["--set", "train.learning_rate=inf"], r"'train.learning_rate': Input should be a finite number"),
+    (["--set", "generate.temperature=5"], r"'generate.temperature': Input should be less than or equal to 2"),
+    (["--set", "filter.near_copy_threshold=150"], r"'filter.near_copy_threshold': Input should be less than or equal to 100"),
+    (["--set", "a.b=1\nc.d=2"], r"--set 'a.b=1\\nc.d=2': a value cannot span lines"),
+    (["--set", 'generate.prompt="../../etc/passwd"'], r"'generate.prompt': '../../etc/passwd' is not a safe name"),
+    (["--set", 'source.qrels_file="/etc/passwd"'], r"'source.qrels_file': '/etc/passwd' must be a relative path inside"),
+    (["--set", 'source.corpus_file="../outside.jsonl"'], r"'source.corpus_file': '../outside.jsonl' must be a relative path"),
+    (["--set", 'source.qrels_split="../../x"'], r"'source.qrels_split': '../../x' is not a safe name"),
+]
+
+
+@pytest.mark.parametrize("args,pattern", BAD_SETTINGS, ids=lambda v: v if isinstance(v, str) and v[0] == "'" else None)
+def test_bad_setting_is_refused_before_the_first_stage(capsys, args, pattern):
+    d = sample_copy()
+    args = [a.replace("{cwd}", str(Path.cwd())) for a in args]
+    rc, output = cli(capsys, "build", "--until", "write", "--set", f'source.path="{d}"', *args)
+    assert_clean_error(rc, output, pattern)
+    assert not Path("runs").exists() and not Path("releases").exists() and not Path("abs-run").exists()
+
+
+def test_run_name_from_a_config_file_cannot_escape_runs_dir(capsys):
+    Path("run.toml").write_text('[run]\nname = "../x"\n[source]\npath = "in"\n')
+    sample_copy()
+    rc, output = cli(capsys, "build", "--config", "run.toml", "--until", "source")
+    assert_clean_error(rc, output, r"run.toml: invalid config: 'run.name': '../x' is not a safe name")
+    assert not Path("x").exists() and not Path("runs").exists()
+
+
+# -- passages that may enter a prompt are bounded ------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["truncate", "quarantine"])
+def test_overlong_passage_is_cut_or_quarantined_before_any_prompt(capsys, mode):
+    d = sample_copy()
+    ls = lines(d / "corpus.jsonl")
+    ls[3] = json.dumps({**json.loads(ls[3]), "text": "crumb " * 3000})  # a collection passage (a prompt candidate)
+    (d / "corpus.jsonl").write_text("\n".join(ls) + "\n")
+    rc, output = cli(capsys, "source", "--input", str(d), "--set", f'source.long_passages="{mode}"')
+    assert rc == 0, output
+    texts = pq.read_table("runs/sample/source/collection").column("text").to_pylist()
+    assert max(len(t.split()) for t in texts) <= 2000
+    hits = [(h["file"], h["line"]) for h in quarantined("passage too long")]
+    if mode == "quarantine":
+        assert hits == [("corpus.jsonl", 4)] and len(texts) == len(ls) - 1
+    else:
+        assert not hits and len(texts) == len(ls) and "crumb " * 1999 + "crumb" in texts
+
+
 # -- bad state and bad output places in later stages ----------------------------------------------------
 
 
@@ -292,14 +390,15 @@ def sourced(capsys):
 def test_corrupt_upstream_shard_is_named(capsys, sourced):
     Path("runs/sample/source/part-00000.parquet").write_bytes(b"PAR1 not really parquet PAR1")
     rc, output = cli(capsys, "generate", "--set", f'source.path="{sourced}"', *SMALL)
-    assert_clean_error(rc, output, r"runs/sample/source/part-00000.parquet: unreadable Parquet shard")
+    # The checksum recorded by source catches it before anything reads the bytes.
+    assert_clean_error(rc, output, r"runs/sample/source/part-00000.parquet: checksum mismatch .*rerun the stage with --force")
     assert not Path("runs/sample/generate/_SUCCESS.json").exists()
 
 
 def test_corrupt_success_marker_and_state_file(capsys, sourced):
     Path("runs/sample/source/_SUCCESS.json").write_text('{"stage": "sou')
     rc, output = cli(capsys, "source", "--input", str(sourced), *SMALL)
-    assert_clean_error(rc, output, r"_SUCCESS.json: corrupt success marker; rerun the stage with --force")
+    assert_clean_error(rc, output, r"_SUCCESS.json: corrupt success marker \(not JSON\); rerun `infir source --force`")
     rc, output = cli(capsys, "source", "--input", str(sourced), *SMALL, "--force")
     assert rc == 0, output
     gen = Path("runs/sample/generate")
@@ -307,6 +406,22 @@ def test_corrupt_success_marker_and_state_file(capsys, sourced):
     (gen / "_STATE.json").write_bytes(b"\x00\x01garbage")
     rc, output = cli(capsys, "generate", "--set", f'source.path="{sourced}"', *SMALL)
     assert_clean_error(rc, output, r"generate/_STATE.json: corrupt state file")
+
+
+@pytest.mark.parametrize("content,why", [
+    ("[1, 2]", "the file"),
+    ('{"stage": "source", "rows": 3, "summary": null}', "summary"),
+    ('{"stage": "source", "rows": 3, "shards": "none"}', "shards"),
+    ('{"stage": "source", "rows": -4}', "rows"),
+])
+def test_wrongly_shaped_success_marker_is_one_clear_line_everywhere(capsys, sourced, content, why):
+    rc, output = cli(capsys, "source", "--input", str(sourced), *SMALL)
+    assert rc == 0, output
+    Path("runs/sample/source/_SUCCESS.json").write_text(content)
+    for args in (("status", "runs/sample"), ("build", "--set", f'source.path="{sourced}"', *SMALL, "--until", "write"),
+                 ("generate", "--set", f'source.path="{sourced}"', *SMALL)):
+        rc, output = cli(capsys, *args)
+        assert_clean_error(rc, output, rf"source/_SUCCESS.json: malformed success marker \({why}.*rerun `infir source --force`")
 
 
 def test_unreadable_llm_cache_and_missing_prompts(capsys, sourced):
@@ -344,6 +459,42 @@ def test_disk_full_mid_stage_leaves_no_shard_or_marker_and_resumes(capsys, sourc
     rc, output = cli(capsys, "generate", *over)
     assert rc == 0, output
     assert json.loads((gen / "_SUCCESS.json").read_text())["summary"]["shards resumed"] == 1
+
+
+def test_upstream_shard_changed_after_its_stage_finished_is_one_clear_error(capsys, sourced):
+    stage = Path("runs/sample/source")
+    record = json.loads((stage / "_SUCCESS.json").read_text())
+    assert verify_upstream(stage, record) == len(record["shards"])
+    shard = stage / "part-00000.parquet"
+    pq.write_table(pq.read_table(shard).slice(1), shard)  # a valid Parquet file, one row short
+    with pytest.raises(InfirError, match=r"source/part-00000.parquet: checksum mismatch \(recorded sha256 .*rerun the stage"):
+        verify_upstream(stage, record)
+    shard.unlink()
+    with pytest.raises(InfirError, match=r"part-00000.parquet: listed in .*_SUCCESS.json but missing"):
+        verify_upstream(stage, record)
+    for bad in ({"shards": [{"name": "../../etc/passwd", "sha256": "0"}]}, {"shards": "x"}, {"shards": [{"name": 1}]}):
+        with pytest.raises(InfirError, match=r"_SUCCESS.json: corrupt success marker"):
+            verify_upstream(stage, bad)
+
+
+@pytest.mark.parametrize("limit_kib,where", [(16, r"\(writing the temporary file \S+-spill/bucket-\d+\.parquet\)"),
+                                             (40, r"1\.0\.0/plots/lengths\.png: cannot write release")])
+def test_disk_full_while_writing_a_release_names_the_file(capsys, sourced, limit_kib, where):
+    over = ("--set", f'source.path="{sourced}"', *SMALL)
+    rc, output = cli(capsys, "build", *over, "--until", "verify")
+    assert rc == 0, output
+
+    def tiny_disk():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit_kib * 1024, limit_kib * 1024))
+
+    proc = subprocess.run(infir_cmd("write", *over), env=child_env(), capture_output=True, text=True,
+                          preexec_fn=tiny_disk, timeout=300)
+    output = proc.stdout + proc.stderr
+    assert_clean_error(proc.returncode, output, r"releases/inf-ir-sample/1\.0\.0\S*: cannot write release: File too large")
+    assert re.search(where, output), output[-2000:]
+    assert not Path("releases/inf-ir-sample/1.0.0").exists()
+    assert_nothing_looks_complete()
 
 
 def test_nothing_accepted_and_unwritable_releases_dir(capsys, sourced):
@@ -384,7 +535,9 @@ def test_tiny_disk_build_fails_cleanly_then_resumes(limit_kib, where):
     expected = {
         "source": r"source/collection/part-00000.parquet: cannot write shard: .*File too large",
         "retrieval index": r"runs/sample/index: cannot write or read the retrieval index: .*File too large",
-        "LLM cache": r"runs/sample/generate: stopped: cache write failed: (disk I/O error|database or disk is full)",
+        # The answers' store runs out first: the LLM cache, or the run's spend ledger (naming its file).
+        "LLM cache": r"runs/sample/generate: stopped: (cache write failed|spend ledger failed: runs/sample/spend.sqlite3: "
+                     r"spend ledger): (disk I/O error|database or disk is full)",
     }[where]
     assert_clean_error(proc.returncode, output, expected)
     assert not Path("runs/sample/verify/_SUCCESS.json").exists()

@@ -175,6 +175,57 @@ def test_evaluate_release_pmrr_negative_when_model_ignores_instruction(tmp_path)
     assert r["pmrr_query"] == 0.0
 
 
+def test_build_pool_parts_order_and_seed():
+    from pipeline.train.pool import build_pool
+
+    rows = [
+        {"document_positive": "p0", "hard_negative_document_1": "h0", "hard_negative_document_2": "g0",
+         "mined_negatives": [{"text": "m0"}, {"text": "p0"}, {"text": "m1"}]},
+        {"document_positive": "p1", "hard_negative_document_1": "h1", "hard_negative_document_2": "g1",
+         "mined_negatives": [{"text": "m1"}, {"text": " "}]},
+    ]
+    collection = [f"c{i}" for i in range(50)] + ["p0", "m0", "c3"]
+    pool = build_pool(rows, collection, sample_size=10, seed=1)
+    assert pool.docs[:8] == ["p0", "h0", "g0", "p1", "h1", "g1", "m0", "m1"]
+    assert (pool.split_passages, pool.mined, pool.sampled, pool.collection_rest) == (6, 2, 10, 50)
+    assert len(set(pool.docs)) == len(pool.docs) and set(pool.docs[8:]) <= {f"c{i}" for i in range(50)}
+    assert build_pool(rows, collection, 10, seed=1).docs == pool.docs  # seeded: same pool
+    assert build_pool(rows, collection, 10, seed=2).docs != pool.docs
+    everything = build_pool(rows, collection, sample_size=10_000)  # the whole rest when it is smaller
+    assert everything.sampled == 50 and len(everything.docs) == 58
+    assert build_pool(rows, collection, sample_size=0).docs == pool.docs[:8]
+
+
+def test_evaluate_release_pool_holds_mined_negatives_and_collection(tmp_path):
+    from pipeline.train.synthetic import MINED_TYPE
+
+    rel = tmp_path / "rel"
+    test_row = _row("salmon", "grill", "salmon grill", "steam", "salmon steam", "tofu", "tofu grill", 0)
+    test_row["mined_negatives"] = [{"passage_id": "m", "text": "salmon grill grill", "score": 1.0, "rank": 1,
+                                    "method": "bm25"}]
+    train_row = _row("tofu", "steam", "tofu steam", "grill", "tofu grill", "salmon", "salmon steam", 1)
+    train_row["mined_negatives"] = []
+    for split, row in (("test", test_row), ("train", train_row)):
+        row["split"] = split
+        data = rel / "data"
+        data.mkdir(parents=True, exist_ok=True)
+        t = pa.Table.from_pylist([row])
+        t = t.set_column(t.column_names.index("mined_negatives"), "mined_negatives",
+                         pa.array([row["mined_negatives"]], type=MINED_TYPE))
+        pq.write_table(t, data / f"{split}-00000-of-00001.parquet")
+    r = evaluate_release(BowModel(), rel, "test")
+    # split passages 3, its mined negative 1, rest of the release: "tofu steam" only
+    assert r["pool_size"] == 5 and r["pool"]["mined_negatives"] == 1 and r["pool"]["sampled"] == 1
+    # the mined "salmon grill grill" is close to the query (cosine 0.95) but below P+ (1.0)
+    assert r["mrr_at_10"] == 1.0
+    # query only: "salmon" ties salmon grill, salmon steam, salmon grill grill -> P+ first (pool order)
+    assert r["mrr_at_10_query_only"] == 1.0
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("".join(json.dumps({"_id": str(i), "text": f"tofu {i}"}) + "\n" for i in range(30)))
+    r = evaluate_release(BowModel(), rel, "test", pool_sample=7, collection=corpus)
+    assert r["pool_size"] == 4 + 7 and r["pool"]["collection"] == str(corpus)
+
+
 def test_evaluate_beir_with_and_without_instruction(tmp_path):
     root = tmp_path / "beir"
     (root / "qrels").mkdir(parents=True)
@@ -284,10 +335,11 @@ def test_evaluate_release_real_model_ranges_and_ablation(synth_release, trained_
     rep = compare(None, a.model_dir, synth_release, out_dir=tmp_path / "cmp")
     assert set(rep["models"]) == {"base", "finetuned"}
     assert rep["models"]["base"]["ndcg_at_10"] == pytest.approx(r["ndcg_at_10"], abs=1e-6)
-    assert "| finetuned | pmrr |" in rep["markdown"]
+    assert re.search(r"^\| pmrr \| -?\d\.\d{4} \| -?\d\.\d{4} \|$", rep["markdown"], re.M)
+    assert rep["delta"]["pmrr"] == pytest.approx(rep["models"]["finetuned"]["pmrr"] - rep["models"]["base"]["pmrr"])
     for f in ("compare.json", "compare.md", "compare.png"):
         assert (tmp_path / "cmp" / f).stat().st_size > 0
-    assert json.loads((tmp_path / "cmp" / "compare.json").read_text())["delta"].keys() == rep["delta"].keys()
+    assert json.loads((tmp_path / "cmp" / "compare.json").read_text())["delta"]["finetuned"].keys() == rep["delta"].keys()
 
 
 def test_train_cached_mnrl_with_mined_negatives(synth_release, tmp_path):
@@ -297,6 +349,25 @@ def test_train_cached_mnrl_with_mined_negatives(synth_release, tmp_path):
     cols = json.loads(res.settings_path.read_text())["columns"]
     assert cols == ["anchor", "positive", "negative_1", "negative_2", "negative_3"]
     assert (res.model_dir / "model.safetensors").is_file()
+
+
+def test_training_check_with_and_without_mined_negatives(synth_release, tmp_path):
+    from pipeline.train.check import training_check
+
+    s = TrainSettings(batch_size=4, max_rows=4, max_seq_length=32, eval_pool_sample=20)
+    events: list[tuple[str, dict]] = []
+    rep = training_check(synth_release, tmp_path / "out", s, progress=lambda label, e: events.append((label, e)))
+    assert list(rep["models"]) == ["base", "finetuned", "finetuned_mined"] and rep["primary"] == "finetuned"
+    assert rep["training"]["finetuned"]["negatives_per_pair"] == 2
+    assert rep["training"]["finetuned_mined"]["negatives_per_pair"] == 3
+    assert (tmp_path / "out" / "model").is_dir() and (tmp_path / "out" / "ablation" / "model").is_dir()
+    assert {label for label, _ in events} == {"finetuned", "finetuned_mined"}
+    for name in ("finetuned", "finetuned_mined"):
+        for m in ("ndcg_at_10", "pmrr"):
+            assert rep["delta"][name][m] == pytest.approx(rep["models"][name][m] - rep["models"]["base"][m])
+    md = (tmp_path / "out" / "eval" / "compare.md").read_text()
+    assert "| metric | base | finetuned | finetuned_mined |" in md and md.startswith("Pool: ")
+    assert rep["pool_size"] == rep["models"]["finetuned_mined"]["pool_size"]  # one pool for all models
 
 
 def test_unloadable_model_is_infir_error(tmp_path):

@@ -6,20 +6,21 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
 from pipeline.retrieval.types import MiningSettings
+from pipeline.validate import SECTION_CONFIG, SafeName
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = SECTION_CONFIG
 
 
 class GenerateSettings(_Section):
     model: str = "gpt-4o-mini"
-    temperature: float = 0.7
-    max_tokens: int = 300
-    prompt: str = "generate_instruction"
+    temperature: float = Field(0.7, ge=0, le=2)  # the API's range: outside it every request is a 400
+    max_tokens: int = Field(300, ge=1)
+    prompt: SafeName = "generate_instruction"  # prompts_dir/<prompt>.md
     # Hand the retriever's near misses to the prompt so that I+ excludes them.
     use_near_misses: bool = True
     near_misses: int = Field(8, ge=0, le=50)
@@ -28,9 +29,9 @@ class GenerateSettings(_Section):
 
 class MineSettings(_Section):
     model: str = "gpt-4o-mini"
-    temperature: float = 0.7
-    max_tokens: int = 900
-    prompt: str = "poison"
+    temperature: float = Field(0.7, ge=0, le=2)
+    max_tokens: int = Field(900, ge=1)
+    prompt: SafeName = "poison"
     # Retrieved passages shown to the poison prompt (style examples; offline: HN sources).
     candidates: int = Field(8, ge=0, le=50)
     shard_rows: int = Field(1000, ge=1)
@@ -40,8 +41,8 @@ class MineSettings(_Section):
 class VerifySettings(_Section):
     model: str = "o3-mini"
     reasoning_effort: Literal["minimal", "low", "medium", "high"] = "medium"
-    max_completion_tokens: int = 4000
-    prompt: str = "judge"
+    max_completion_tokens: int = Field(4000, ge=1)
+    prompt: SafeName = "judge"
     shard_rows: int = Field(1000, ge=1)
 
 

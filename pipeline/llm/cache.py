@@ -7,17 +7,25 @@
   killed process), so a kill -9 loses at most the calls in flight.
 - One connection, guarded by a lock, does all the writing (the single writer). Hit counters are
   bumped in memory and flushed with the next write, on `stats()` and on `close()`.
+- In-flight claims (table `claims`: key, owner, expires_at) keep two processes sharing the file from
+  paying twice for one request: a process claims a key before sending it; another that finds a live
+  claim waits for the answer instead (`claim_or_wait`). The answer's `put` drops the claim; a claim
+  whose owner died (its pid is gone on this host, or it expired) is taken over.
 - The file is created with mode 0600 before SQLite opens it (SQLite gives its -wal/-shm files the
   same mode). Nothing of the request's headers (the API key) is ever stored.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import os
+import socket
 import sqlite3
 import threading
 import time
+import uuid
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -36,7 +44,11 @@ CREATE TABLE IF NOT EXISTS responses (
     hits INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS claims (key TEXT PRIMARY KEY, owner TEXT NOT NULL, expires_at REAL NOT NULL);
 """
+# Waiting for another process's answer: first poll soon (answers often take well under a second),
+# then back off to this interval.
+CLAIM_POLL_MAX_S = 0.5
 
 
 class Cache:
@@ -44,6 +56,11 @@ class Cache:
         self.path = Path(path)
         self._lock = threading.Lock()
         self._pending_hits: dict[str, int] = {}
+        # Who holds a claim: host and pid (so that a process on this host can see that the owner
+        # died) plus a random part (a reused pid is not the old owner).
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._claim_ttl_s = 0.0
+        self._claims_refreshed = 0.0
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             # Create the file ourselves so that its mode is 0600 from the first byte. Only when it is
@@ -127,6 +144,8 @@ class Cache:
                     rows,
                 )
                 self._write_hits()
+                self._conn.executemany("DELETE FROM claims WHERE key = ?", [(r[0],) for r in rows])
+                self._refresh_claims(now)
                 self._conn.execute("COMMIT")
             except BaseException:
                 self._rollback()
@@ -161,6 +180,60 @@ class Cache:
         with self._lock:
             self._flush_hits()
 
+    # -- in-flight claims (two processes, one request) ------------------------------------------
+    async def claim_or_wait(self, key: str, ttl_s: float) -> dict[str, Any] | None:
+        """The answer to `key` if another process sent it (awaited while its claim is live; counts
+        a hit), or None once this process holds the claim and must send the request itself: then
+        `put` (the answer) or `release` (a failure) ends the claim. `ttl_s`: how long a claim lives
+        without news from its owner (the owner's writes renew all its claims)."""
+        delay = 0.02
+        while True:
+            with self._lock:
+                answer, claimed = self._try_claim(key, ttl_s)
+            if answer is not None:
+                return json.loads(answer)
+            if claimed:
+                return None
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, CLAIM_POLL_MAX_S)
+
+    def _try_claim(self, key: str, ttl_s: float) -> tuple[str | None, bool]:
+        now = time.time()
+        self._conn.execute("BEGIN IMMEDIATE")  # check-and-claim as one step across processes
+        try:
+            row = self._conn.execute("SELECT response FROM responses WHERE key = ?", (key,)).fetchone()
+            if row is not None:
+                self._conn.execute("COMMIT")
+                self._pending_hits[key] = self._pending_hits.get(key, 0) + 1
+                return row[0], False
+            held = self._conn.execute("SELECT owner, expires_at FROM claims WHERE key = ?", (key,)).fetchone()
+            if held is not None and held[0] != self.owner and held[1] > now and _alive(held[0]):
+                self._conn.execute("COMMIT")
+                return None, False
+            self._claim_ttl_s = max(self._claim_ttl_s, ttl_s)
+            self._conn.execute(
+                "INSERT OR REPLACE INTO claims(key, owner, expires_at) VALUES (?, ?, ?)", (key, self.owner, now + ttl_s)
+            )
+            self._refresh_claims(now)
+            self._conn.execute("COMMIT")
+            return None, True
+        except BaseException:
+            self._rollback()
+            raise
+
+    def _refresh_claims(self, now: float) -> None:
+        """Renew this process's claims (inside a write transaction), at most every quarter TTL: a
+        claim taken long before its request leaves the queue must not expire while its owner lives."""
+        if self._claim_ttl_s and now - self._claims_refreshed > self._claim_ttl_s / 4:
+            self._conn.execute("UPDATE claims SET expires_at = ? WHERE owner = ?", (now + self._claim_ttl_s, self.owner))
+            self._claims_refreshed = now
+
+    def release(self, key: str) -> None:
+        """Drop this process's claim on `key` (its request failed: another process may try)."""
+        with self._lock, contextlib.suppress(sqlite3.Error):  # left behind, it expires
+            if self._conn is not None:
+                self._conn.execute("DELETE FROM claims WHERE key = ? AND owner = ?", (key, self.owner))
+
     # -- info --------------------------------------------------------------------------------
     def stats(self) -> dict[str, Any]:
         with self._lock:
@@ -190,6 +263,8 @@ class Cache:
                 return
             try:
                 self._flush_hits()
+                with contextlib.suppress(sqlite3.Error):  # left behind, they expire (or die with the pid)
+                    self._conn.execute("DELETE FROM claims WHERE owner = ?", (self.owner,))
             finally:
                 self._conn.close()
                 self._conn = None  # type: ignore[assignment]
@@ -211,3 +286,19 @@ def _row(key: str, response: dict[str, Any], model: str | None, now: float) -> t
         int(usage.get("completion_tokens") or 0),
         now,
     )
+
+
+def _alive(owner: str) -> bool:
+    """False when `owner` ("host:pid:nonce") ran on this host and its process is gone: its claims
+    are taken over at once instead of after their expiry. An owner on another host counts as alive."""
+    host, _, rest = owner.partition(":")
+    pid = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid.isdigit():
+        return True
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # EPERM: alive, someone else's
+        return True
+    return True

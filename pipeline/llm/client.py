@@ -21,6 +21,7 @@ from typing import Any, Callable, Iterable
 
 from pipeline.errors import InfirError
 from pipeline.llm.budget import SpendLedger
+from pipeline.llm.client_spend import SpendMixin, _RequestFailed
 from pipeline.llm.cache import Cache
 from pipeline.llm.openai_api.parse import parse_response, repair_body
 from pipeline.llm.openai_api.request import cache_key, request_of
@@ -42,12 +43,6 @@ from pipeline.llm.types import (
 
 log = logging.getLogger(__name__)
 
-class _RequestFailed(Exception):
-    def __init__(self, reason: str):
-        super().__init__(reason)
-        self.reason = reason
-
-
 # ------------------------------------------------------------------------------------------------
 # The client
 
@@ -58,7 +53,7 @@ class _Acc:
     cost: float = 0.0
 
 
-class LLMClient:
+class LLMClient(SpendMixin):
     def __init__(
         self,
         settings: LLMSettings,
@@ -175,33 +170,6 @@ class LLMClient:
             log.exception("LLM task %s failed unexpectedly", task.key_id)
             return self._fail(task, "", f"internal error: {type(e).__name__}: {e}", acc, Usage())
 
-    def estimate(self, tasks: Iterable[LLMTask]) -> dict[str, Any]:
-        """Dry run: calls, tokens and cost of the tasks not in the cache (cached ones are free).
-        Prompt tokens: tiktoken if installed, else chars/4. Completion tokens: the prompt's
-        `expected_output_tokens` hint, else half the max-tokens parameter (256 if unset).
-        `batch_cost_usd`: the same calls through the Batch API (the models' `batch_discount`)."""
-        rows = []
-        for t in tasks:
-            rows.append((t, *request_of(t)))
-        cached_keys = self.cache.contains_many(k for _, _, k in rows) if self.cache is not None else set()
-        seen: set[str] = set()
-        out = {"calls": 0, "prompt_tokens": 0, "completion_tokens": 0, "reasoning_tokens": 0, "cost_usd": 0.0,
-               "batch_cost_usd": 0.0, "cached": 0}
-        for t, body, key in rows:
-            if key in cached_keys or key in seen:
-                out["cached"] += 1
-                continue
-            seen.add(key)
-            pt, visible, reasoning = self.expected_tokens(body, t)
-            ct = visible + reasoning  # billed output: the answer and the hidden reasoning
-            out["calls"] += 1
-            out["prompt_tokens"] += pt
-            out["completion_tokens"] += ct
-            out["reasoning_tokens"] += reasoning
-            out["cost_usd"] += self.prices.cost(t.model, pt, ct)
-            out["batch_cost_usd"] += self.prices.cost(t.model, pt, ct, batch=True)
-        return out
-
     async def aclose_backend(self) -> None:
         """Close the backend's connections (call at the end of the loop that used `arun`)."""
         closer = getattr(self.backend, "aclose", None)
@@ -305,13 +273,31 @@ class LLMClient:
             return response, True
         fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._inflight[key] = fut
+        claimed = False
         try:
+            if self.cache is not None and not fresh:
+                # Another process on this cache may be sending the same request: wait for its answer.
+                try:
+                    hit = await self.cache.claim_or_wait(key, self.settings.deadline_s + self.settings.request_timeout_s)
+                except (sqlite3.Error, OSError) as e:  # as for `put`: a cache we cannot write stops the sending
+                    self.stop_reason = f"cache write failed: {e}"
+                    raise _RequestFailed(self.stop_reason) from None
+                if hit is not None:
+                    self.totals.cache_hits += 1
+                    self.totals.saved_cost_usd += self._price(body, hit)
+                    fut.set_result(hit)
+                    return hit, True
+                claimed = True
             response = await self._send(body, task, acc)
         except _RequestFailed as e:
+            if claimed:
+                self.cache.release(key)
             fut.set_exception(e)
             fut.exception()  # retrieved: no "never retrieved" warning when nobody waits
             raise
         except BaseException:
+            if claimed:
+                self.cache.release(key)
             fut.cancel()
             raise
         finally:
@@ -340,35 +326,6 @@ class LLMClient:
         cap = self.settings.max_cost_usd
         if self.ledger is None and cap is not None and self.totals.cost_usd >= cap:
             self._exhausted(cap)
-
-    def _exhausted(self, cap: float | None) -> None:
-        if not self.budget_exhausted:
-            log.warning("LLM budget of $%.4f reached: no further requests are sent", cap or 0.0)
-        self.budget_exhausted = True
-        raise _RequestFailed(BUDGET_EXHAUSTED)
-
-    def expected_tokens(self, body: dict[str, Any], task: LLMTask) -> tuple[int, int, int]:
-        """(prompt, visible output, hidden reasoning) tokens to expect from one request: the prompt
-        counted, the answer from the prompt's `expected_output_tokens` hint (else half the max
-        tokens), reasoning from the price table's expectation for the model and effort."""
-        pt = estimate_prompt_tokens(body["messages"], task.model, exact=True)
-        visible = task.prompt.expected_output_tokens or (max_output_tokens(body) // 2) or 256
-        reasoning = self.prices.expected_reasoning(body["model"], body.get("reasoning_effort"))
-        return pt, visible, reasoning
-
-    def _reserve(self, body: dict[str, Any], task: LLMTask) -> int | None:
-        """Reserve a request's expected cost in the run's ledger before it is sent."""
-        if self.ledger is None:
-            return None
-        pt, visible, reasoning = self.expected_tokens(body, task)
-        reservation = self.ledger.reserve(self.prices.cost(body["model"], pt, visible + reasoning))
-        if reservation is None:
-            self._exhausted(self.ledger.cap)
-        return reservation
-
-    def _release(self, reservation: int | None) -> None:
-        if self.ledger is not None:
-            self.ledger.release(reservation)  # nothing to pay for a failed attempt
 
     async def _send(self, body: dict[str, Any], task: LLMTask, acc: _Acc) -> dict[str, Any]:
         """HTTP with retries: the only retry layer (the SDK runs with max_retries=0).
@@ -446,7 +403,12 @@ class LLMClient:
                 raise _RequestFailed(f"backend error: {type(e).__name__}: {e}") from None
         cost = self._price(body, response)
         if self.ledger is not None:
-            self.ledger.settle(reservation, cost)
+            try:
+                self.ledger.settle(reservation, cost)
+            except InfirError as e:  # the answer is kept (and cached); nothing more is sent
+                if self.stop_reason is None:
+                    self.stop_reason = f"spend ledger failed: {e}"
+                    log.error("%s; no further requests are sent", e)
         u = Usage.of(response)
         t = self.totals
         t.prompt_tokens += u.prompt_tokens

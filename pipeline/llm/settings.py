@@ -9,11 +9,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
+
+from pipeline.validate import SECTION_CONFIG
 
 
 class LLMSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = SECTION_CONFIG
 
     # "offline" (the deterministic local backend) is the default so that a fresh clone runs with
     # no key and no spending; real runs pass `--backend openai`.

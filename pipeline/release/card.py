@@ -96,6 +96,48 @@ def _kv(d: dict[str, Any] | None) -> str:
     return ", ".join(f"{k}: `{v}`" for k, v in sorted(d.items()))
 
 
+def _training_section(manifest: dict[str, Any]) -> list[str]:
+    """How to train on the release: the `triplets` config, or the full table's columns by name."""
+    st = manifest.get("st_export")
+    lines = ["## Training", ""]
+    if not st:
+        return lines + [
+            "This release was written without the `triplets` config. Training uses three (text, passage) pairs "
+            "per row: (Q+ I+ -> P+), (Q+ I- -> HN1), (Q- I+ -> HN2); each pair's passage is a hard negative of "
+            "the other two. Select the columns by name: the default config also holds list-valued provenance "
+            "columns that sentence-transformers cannot take.",
+            "",
+        ]
+    return lines + [
+        "Train on the `triplets` config. Its columns are `anchor, positive, negative_1, negative_2`, in that "
+        "order (sentence-transformers' MultipleNegativesRankingLoss reads them by position), three rows per "
+        "corpus row: (Q+ I+ -> P+ | HN1, HN2), (Q+ I- -> HN1 | P+, HN2), (Q- I+ -> HN2 | P+, HN1). The "
+        f"anchor is the query text already formatted with the template `{st['template']}`; use the same "
+        "template for queries at evaluation time.",
+        "",
+        "```python",
+        "from datasets import load_dataset",
+        "from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer, "
+        "SentenceTransformerTrainingArguments, losses",
+        "from sentence_transformers.training_args import BatchSamplers",
+        "",
+        'train = load_dataset("<this repo or directory>", "triplets")["train"]',
+        'model = SentenceTransformer("sentence-transformers/all-MiniLM-L6-v2")',
+        "args = SentenceTransformerTrainingArguments(",
+        '    output_dir="out", num_train_epochs=1, per_device_train_batch_size=32,',
+        "    batch_sampler=BatchSamplers.NO_DUPLICATES,  # a row's P+ is also a negative of its other two pairs",
+        ")",
+        "SentenceTransformerTrainer(model=model, args=args, train_dataset=train,",
+        "                           loss=losses.MultipleNegativesRankingLoss(model)).train()",
+        "```",
+        "",
+        "The default config holds every column InF-IR's training code (InF_Embed) reads, under the same "
+        "names; that code only loads its own Hub dataset ids, so it needs a one-branch change to its data "
+        "loader to read this dataset (positive passage column: `document_positive`).",
+        "",
+    ]
+
+
 def render_card(manifest: dict[str, Any], examples: list[dict[str, Any]]) -> str:
     """Full README.md text; deterministic for a given manifest (created_at is not used)."""
     meta = yaml.safe_dump(front_matter(manifest), sort_keys=False, allow_unicode=True, default_flow_style=False)
@@ -109,14 +151,17 @@ def render_card(manifest: dict[str, Any], examples: list[dict[str, Any]]) -> str
         "[InF-IR](https://arxiv.org/abs/2505.21439). Each row is one positive (query, instruction, passage) "
         "triplet with two poisoned negatives: an instruction changed so the positive passage no longer satisfies "
         "it (with a passage that does), and a query changed the same way. The seven InF-IR columns keep the "
-        "released InF-IR dataset's names, so models trained on InF-IR train on this corpus unchanged.",
+        "released InF-IR dataset's names and come first in the default config.",
         "",
         "```python",
         "from datasets import load_dataset",
-        'ds = load_dataset("<this repo or directory>")  # splits: '
+        'ds = load_dataset("<this repo or directory>")  # the full table; splits: '
         + ", ".join(s for s in SPLITS if manifest["splits"].get(s, {}).get("rows", 0) > 0),
         "```",
         "",
+    ]
+    lines += _training_section(manifest)
+    lines += [
         "## Columns",
         "",
         "| column | meaning |",
@@ -129,9 +174,6 @@ def render_card(manifest: dict[str, Any], examples: list[dict[str, Any]]) -> str
         "| `verdicts` | the judge's per-check verdicts (check, passed, reason) |",
         "| `generator_model`, `judge_model`, `prompt_generate`, `prompt_poison`, `prompt_judge` | models and prompt versions (content hashes) |",
         "| `split` | train / validation / test, assigned by query id (no query appears in two splits) |",
-        "",
-        "Training uses three (text, passage) pairs per row: (Q+ I+ -> P+), (Q+ I- -> HN1), (Q- I+ -> HN2); each "
-        "pair's passage is a hard negative of the other two.",
         "",
         "## How it was built",
         "",
@@ -193,16 +235,6 @@ def render_card(manifest: dict[str, Any], examples: list[dict[str, Any]]) -> str
         lines.append("|---|---|")
         lines += [f"| `{c}` | {_cell(row.get(c))} |" for c in INFIR_COLUMNS]
         lines.append("")
-    if manifest.get("st_export"):
-        st = manifest["st_export"]
-        lines += [
-            "## Sentence-transformers triplets",
-            "",
-            f"`st/<split>.parquet` (config `triplets`) holds (anchor, positive, negative) columns, three triplets per "
-            f"row, anchor text template `{st['template']}`: (Q+ I+ -> P+, negative HN1), (Q+ I- -> HN1, negative P+), "
-            "(Q- I+ -> HN2, negative P+).",
-            "",
-        ]
     lines += [
         "## Limitations",
         "",
@@ -216,7 +248,8 @@ def render_card(manifest: dict[str, Any], examples: list[dict[str, Any]]) -> str
         "",
         "## Files",
         "",
-        "`data/<split>-NNNNN-of-NNNNN.parquet` (zstd), `manifest.json` (sha256 and row count of every shard, "
+        "`data/<split>-NNNNN-of-NNNNN.parquet` (zstd; the default config), `triplets/<split>.parquet` (the "
+        "`triplets` config, when written), `manifest.json` (sha256 and row count of every shard, "
         "config, models, prompt hashes, tokens and cost), `plots/`. A copy is intact when every shard's sha256 and "
         "row count match the manifest.",
         "",

@@ -16,7 +16,7 @@ from pipeline.release.verify import verify_release
 log = logging.getLogger(__name__)
 
 #: Top-level folders a release owns in the repo; stale files there are deleted when publishing.
-MANAGED_DIRS = ("data", "st", "plots")
+MANAGED_DIRS = ("data", "triplets", "st", "plots")  # "st": where releases before the triplets config kept them
 
 
 @dataclass(frozen=True)

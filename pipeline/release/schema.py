@@ -43,13 +43,11 @@ RELEASE_SCHEMA = pa.schema(
     + [pa.field("split", pa.string(), nullable=False)]
 )
 
-ST_SCHEMA = pa.schema(
-    [
-        pa.field("anchor", pa.string(), nullable=False),
-        pa.field("positive", pa.string(), nullable=False),
-        pa.field("negative", pa.string(), nullable=False),
-    ]
-)
+#: The `triplets` config (pipeline.release.triplets): sentence-transformers reads columns by
+#: position, so this order is part of the format.
+TRIPLETS_COLUMNS: tuple[str, ...] = ("anchor", "positive", "negative_1", "negative_2")
+TRIPLETS_SCHEMA = pa.schema([pa.field(c, pa.string(), nullable=False) for c in TRIPLETS_COLUMNS])
+ST_SCHEMA = TRIPLETS_SCHEMA  # the name earlier releases' code used
 
 
 def schema_fields(schema: pa.Schema) -> list[dict]:

@@ -12,8 +12,10 @@ So the peak is about one output row group, whatever the number of rows.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -179,7 +181,8 @@ def spill(rows: AcceptedRows, sc: Scan, max_rows: int, tmp: Path) -> list[Bucket
                 # lz4, no dictionary: a scratch file read back once, speed over size
                 bk.writer = pq.ParquetWriter(bk.path, schema, compression="lz4", use_dictionary=False,
                                              write_statistics=False)
-            bk.writer.write_table(pa.Table.from_batches(parts, schema), row_group_size=1 << 30)
+            with named_io(bk.path):
+                bk.writer.write_table(pa.Table.from_batches(parts, schema), row_group_size=1 << 30)
         pending.clear()
 
     offset = 0
@@ -207,9 +210,22 @@ def spill(rows: AcceptedRows, sc: Scan, max_rows: int, tmp: Path) -> list[Bucket
     finally:
         for bk in buckets:
             if bk.writer is not None:
-                bk.writer.close()
+                with named_io(bk.path):
+                    bk.writer.close()
                 bk.writer = None
     return buckets
+
+
+@contextlib.contextmanager
+def named_io(path: Path) -> Iterator[None]:
+    """Arrow's I/O errors ("Error writing bytes to file: No space left on device") carry no file
+    name: give them `path`, so that the user learns where the disk filled up."""
+    try:
+        yield
+    except OSError as e:
+        if e.filename:
+            raise
+        raise OSError(e.errno, os.strerror(e.errno) if e.errno else (e.strerror or str(e)), str(path)) from e
 
 
 def gather(bk: Bucket) -> pa.Table:

@@ -12,6 +12,7 @@ from pipeline.errors import InfirError
 from pipeline.release.card import linked_files, parse_front_matter
 from pipeline.release.manifest import MANIFEST_NAME, load_manifest, sha256_file
 from pipeline.release.schema import RELEASE_SCHEMA, SPLITS, ST_SCHEMA, schema_fingerprint
+from pipeline.release.triplets import TRIPLETS_DIR
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,21 @@ class VerifyReport:
 
 def _fail(release: Path, rel: str, why: str) -> InfirError:
     return InfirError(f"release {release}: {rel}: {why}")
+
+
+def _check_splits(release: Path, manifest: dict, rows_per_split: dict, queries: dict) -> None:
+    """No query in two splits; each split's and the total row count as the manifest says."""
+    for i, a in enumerate(SPLITS):
+        for b in SPLITS[i + 1 :]:
+            leak = queries[a] & queries[b]
+            if leak:
+                raise _fail(release, "data/", f"query id {sorted(leak)[0]!r} appears in both {a} and {b}")
+    for s in SPLITS:
+        expected = manifest.get("splits", {}).get(s, {}).get("rows", 0)
+        if rows_per_split[s] != expected:
+            raise _fail(release, MANIFEST_NAME, f"split {s}: shards hold {rows_per_split[s]} rows, manifest says {expected}")
+    if sum(rows_per_split.values()) != manifest.get("rows"):
+        raise _fail(release, MANIFEST_NAME, f"shards hold {sum(rows_per_split.values())} rows, manifest says {manifest.get('rows')}")
 
 
 def verify_release(path: Path | str) -> VerifyReport:
@@ -80,17 +96,7 @@ def verify_release(path: Path | str) -> VerifyReport:
         queries[split].update(cols.column("query_id").to_pylist())
         rows_per_split[split] += shard["rows"]
 
-    for i, a in enumerate(SPLITS):
-        for b in SPLITS[i + 1 :]:
-            leak = queries[a] & queries[b]
-            if leak:
-                raise _fail(release, "data/", f"query id {sorted(leak)[0]!r} appears in both {a} and {b}")
-    for s in SPLITS:
-        expected = manifest.get("splits", {}).get(s, {}).get("rows", 0)
-        if rows_per_split[s] != expected:
-            raise _fail(release, MANIFEST_NAME, f"split {s}: shards hold {rows_per_split[s]} rows, manifest says {expected}")
-    if sum(rows_per_split.values()) != manifest.get("rows"):
-        raise _fail(release, MANIFEST_NAME, f"shards hold {sum(rows_per_split.values())} rows, manifest says {manifest.get('rows')}")
+    _check_splits(release, manifest, rows_per_split, queries)
 
     for f in manifest.get("files", []):
         rel = f["path"]
@@ -101,9 +107,9 @@ def verify_release(path: Path | str) -> VerifyReport:
         digest = sha256_file(p)
         if digest != f["sha256"]:
             raise _fail(release, rel, f"sha256 mismatch (manifest {f['sha256'][:16]}…, file {digest[:16]}…)")
-        if rel.startswith("st/") and rel.endswith(".parquet"):
+        if rel.startswith(f"{TRIPLETS_DIR}/") and rel.endswith(".parquet"):
             if not pq.ParquetFile(p).schema_arrow.equals(ST_SCHEMA, check_metadata=False):
-                raise _fail(release, rel, "schema differs from (anchor, positive, negative)")
+                raise _fail(release, rel, "schema differs from (anchor, positive, negative_1, negative_2)")
 
     on_disk = sorted(p.relative_to(release).as_posix() for p in release.rglob("*") if p.is_file())
     for rel in on_disk:

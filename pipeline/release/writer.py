@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import statistics
 import uuid
@@ -14,13 +13,13 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from pipeline.errors import InfirError
 from pipeline.fileio import write_bytes_atomic
 from pipeline.release import card as card_mod
 from pipeline.release import plots as plots_mod
 from pipeline.release import stream
+from pipeline.release.parquet_out import _PARQUET_OPTIONS, PARQUET_COMPRESSION, PARQUET_COMPRESSION_LEVEL, ParquetOut  # noqa: F401
 from pipeline.release.manifest import (
     MANIFEST_FORMAT,
     MANIFEST_NAME,
@@ -35,57 +34,25 @@ from pipeline.release.schema import (
     INFIR_COLUMNS,
     RELEASE_SCHEMA,
     SPLITS,
-    ST_SCHEMA,
+    TRIPLETS_SCHEMA,
     schema_fields,
     schema_fingerprint,
 )
+from pipeline.release.triplets import TRIPLETS_DIR, triplets_path, triplets_table
 from pipeline.release.rows import AcceptedRows
 from pipeline.release.splits import normalize_ratios
 from pipeline.release.stream import Scan
+from pipeline.validate import check_safe_name
+from pipeline.release.versions import remove_stale_temp_dirs, bump_version, existing_versions, parse_version  # noqa: F401
 
-PARQUET_COMPRESSION = "zstd"
-PARQUET_COMPRESSION_LEVEL = 9
 DEFAULT_ST_TEMPLATE = "{query} {instruction}"
 SPLIT_METHOD = "sha256(f'{seed}:{query_id}')[:8] / 2**64 vs cumulative ratios"
-
-_VERSION_RE = re.compile(r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)$")
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
-
 
 @dataclass(frozen=True)
 class ReleaseResult:
     path: Path
     version: str
     created: bool
-
-
-# --- versions -----------------------------------------------------------------------------------
-
-
-def parse_version(v: str) -> tuple[int, int, int]:
-    m = _VERSION_RE.match(v or "")
-    if not m:
-        raise InfirError(f"invalid release version {v!r}: expected MAJOR.MINOR.PATCH, e.g. 1.0.0")
-    return int(m[1]), int(m[2]), int(m[3])
-
-
-def existing_versions(name_dir: Path) -> list[str]:
-    """Completed versions under releases/<name>/, oldest first (temp dirs are ignored)."""
-    if not name_dir.is_dir():
-        return []
-    vs = [p.name for p in name_dir.iterdir() if p.is_dir() and _VERSION_RE.match(p.name)]
-    return sorted(vs, key=parse_version)
-
-
-def bump_version(version: str, bump: str) -> str:
-    major, minor, patch = parse_version(version)
-    if bump == "major":
-        return f"{major + 1}.0.0"
-    if bump == "minor":
-        return f"{major}.{minor + 1}.0"
-    if bump == "patch":
-        return f"{major}.{minor}.{patch + 1}"
-    raise InfirError(f"invalid bump {bump!r}: expected patch, minor or major")
 
 
 # --- stats --------------------------------------------------------------------------------------
@@ -132,70 +99,9 @@ def _build_counts(stats: dict[str, Any], accepted_rows: int, checks: list[str]) 
 # --- writing ------------------------------------------------------------------------------------
 
 
-_PARQUET_OPTIONS = dict(
-    compression=PARQUET_COMPRESSION,
-    compression_level=PARQUET_COMPRESSION_LEVEL,
-    use_dictionary=True,
-    write_statistics=True,
-)
-
-
 def _write_text_atomic(path: Path, text: str) -> None:
-    write_bytes_atomic(path, text.encode("utf-8"), fsync=False)
-
-
-class _ParquetOut:
-    """One Parquet file written piece by piece, byte-identical to `pq.write_table(whole,
-    row_group_size=ROW_GROUP_SIZE)`: each row group is cut from one contiguous table, since
-    Parquet page boundaries depend on how the arrays are chunked."""
-
-    def __init__(self, path: Path, schema: pa.Schema):
-        self.path = path
-        self.rows = 0
-        self._tmp = path.with_name(f".{path.name}.tmp")
-        self._writer = pq.ParquetWriter(self._tmp, schema, **_PARQUET_OPTIONS)
-        self._pending: list[pa.Table] = []
-        self._pending_rows = 0
-
-    def write(self, table: pa.Table) -> None:
-        self._pending.append(table)
-        self._pending_rows += table.num_rows
-        self.rows += table.num_rows
-        group = stream.ROW_GROUP_SIZE
-        if self._pending_rows >= group:
-            self._flush(self._pending_rows - self._pending_rows % group)
-
-    def _flush(self, n: int) -> None:
-        whole = pa.concat_tables(self._pending).combine_chunks()
-        self._writer.write_table(whole.slice(0, n), row_group_size=stream.ROW_GROUP_SIZE)
-        rest = whole.slice(n)
-        self._pending = [rest] if rest.num_rows else []
-        self._pending_rows = rest.num_rows
-
-    def close(self) -> dict:
-        if self._pending_rows:
-            self._flush(self._pending_rows)
-        self._writer.close()
-        os.replace(self._tmp, self.path)
-        return {"bytes": self.path.stat().st_size, "sha256": sha256_file(self.path)}
-
-
-def st_triplets(t: pa.Table, template: str) -> pa.Table:
-    """Three (anchor, positive, negative) triplets per row, in row order."""
-
-    def fmt(q: str, i: str) -> str:
-        return template.format(query=q, instruction=i).strip()
-
-    anchors, positives, negatives = [], [], []
-    cols = {c: t.column(c).to_pylist() for c in INFIR_COLUMNS}
-    for k in range(t.num_rows):
-        qp, ip, pp = cols["query_positive"][k], cols["instruction_positive"][k], cols["document_positive"][k]
-        ineg, hn1 = cols["instruction_negative"][k], cols["hard_negative_document_1"][k]
-        qn, hn2 = cols["query_negative"][k], cols["hard_negative_document_2"][k]
-        anchors += [fmt(qp, ip), fmt(qp, ineg), fmt(qn, ip)]
-        positives += [pp, hn1, hn2]
-        negatives += [hn1, pp, pp]
-    return pa.table({"anchor": anchors, "positive": positives, "negative": negatives}, schema=ST_SCHEMA)
+    with stream.named_io(path):
+        write_bytes_atomic(path, text.encode("utf-8"), fsync=False)
 
 
 def _check_template(template: str) -> None:
@@ -210,18 +116,18 @@ def _check_template(template: str) -> None:
 def _write_data(
     rows: AcceptedRows, sc: Scan, root: Path, max_rows: int, st_template: str | None
 ) -> tuple[list[dict], dict[str, dict], list[dict], list[dict]]:
-    """Data shards (and the sentence-transformers files), one output row group in memory at a time.
+    """Data shards (and the `triplets` config's files), one output row group in memory at a time.
 
     Returns the shard entries, the per-split counts, the st files and the card's example rows."""
     if st_template is not None:
         _check_template(st_template)
-        (root / "st").mkdir()
+        (root / TRIPLETS_DIR).mkdir()
     (root / "data").mkdir(parents=True)
     shards: list[dict] = []
     st_files: list[dict] = []
     examples: list[dict] = []
-    shard: _ParquetOut | None = None
-    st: _ParquetOut | None = None
+    shard: ParquetOut | None = None
+    st: ParquetOut | None = None
     spill_dir = root.with_name(root.name + "-spill")
 
     def close_shard() -> None:
@@ -229,7 +135,7 @@ def _write_data(
 
     def close_st() -> None:
         st.close()
-        st_files.append({"path": f"st/{st.path.name}", "split": st_split, "rows": st.rows})
+        st_files.append({"path": triplets_path(st_split), "split": st_split, "rows": st.rows})
 
     split = st_split = None
     try:
@@ -240,18 +146,18 @@ def _write_data(
                 if shard is not None:
                     close_shard()
                 split = bk.split
-                shard = _ParquetOut(root / "data" / name, RELEASE_SCHEMA)
+                shard = ParquetOut(root / "data" / name, RELEASE_SCHEMA)
             if st_template is not None and (st is None or st_split != bk.split):
                 if st is not None:
                     close_st()
                 st_split = bk.split
-                st = _ParquetOut(root / "st" / f"{bk.split}.parquet", ST_SCHEMA)
+                st = ParquetOut(root / triplets_path(bk.split), TRIPLETS_SCHEMA)
             t = stream.gather(bk)
             if not examples:
                 examples = t.slice(0, 3).select(["id", "split", *INFIR_COLUMNS]).to_pylist()
             shard.write(t)
             if st is not None:
-                st.write(st_triplets(t, st_template))
+                st.write(triplets_table(t, st_template))
             del t
         if shard is not None:
             close_shard()
@@ -341,22 +247,30 @@ def _build_release(
         manifest["plots_skipped"] = "matplotlib is not installed; pip install 'infir[plots]'"
     manifest = scrub(manifest)
 
-    if plots_mod.available():
-        (root / "plots").mkdir()
-        plots_mod.plot_lengths(word_lengths, root / card_mod.LENGTHS_PLOT)
-        plots_mod.plot_rejections(counts["failures"], counts["candidates"], root / card_mod.REJECTIONS_PLOT)
-
+    _draw_plots(root, word_lengths, counts)
     _write_text_atomic(root / "README.md", card_mod.render_card(manifest, examples))
-
-    files = []
-    for p in sorted(root.rglob("*")):
-        if p.is_file() and not p.name.startswith(".") and p.name != MANIFEST_NAME and p.parts[-2] != "data":
-            rel = p.relative_to(root).as_posix()
-            files.append({"path": rel, "bytes": p.stat().st_size, "sha256": sha256_file(p)})
-    manifest["files"] = files
+    manifest["files"] = _file_entries(root)
     _write_text_atomic(root / MANIFEST_NAME, dumps(manifest))
     _check_no_local_paths(root)
     return manifest
+
+
+def _draw_plots(root: Path, word_lengths: dict, counts: dict) -> None:
+    if plots_mod.available():
+        (root / "plots").mkdir()
+        with stream.named_io(root / card_mod.LENGTHS_PLOT):
+            plots_mod.plot_lengths(word_lengths, root / card_mod.LENGTHS_PLOT)
+        with stream.named_io(root / card_mod.REJECTIONS_PLOT):
+            plots_mod.plot_rejections(counts["failures"], counts["candidates"], root / card_mod.REJECTIONS_PLOT)
+
+
+def _file_entries(root: Path) -> list[dict]:
+    """Every file of the release beside the data shards and the manifest: path, bytes, sha256."""
+    return [
+        {"path": p.relative_to(root).as_posix(), "bytes": p.stat().st_size, "sha256": sha256_file(p)}
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and not p.name.startswith(".") and p.name != MANIFEST_NAME and p.parts[-2] != "data"
+    ]
 
 
 def _check_no_local_paths(root: Path) -> None:
@@ -382,7 +296,7 @@ def write_release(
     split_ratios: tuple[float, float, float] = (0.8, 0.1, 0.1),
     seed: int = 13,
     max_rows_per_shard: int = 50_000,
-    st_export: bool = False,
+    st_export: bool = True,
     *,
     st_template: str = DEFAULT_ST_TEMPLATE,
     license: str | None = None,
@@ -395,8 +309,10 @@ def write_release(
     `table`: the accepted rows, or the paths of Parquet shards holding them (read batch by batch, so
     memory stays about one output row group whatever the number of rows).
     """
-    if not _NAME_RE.match(name or ""):
-        raise InfirError(f"invalid release name {name!r}: use letters, digits, '.', '_' or '-'")
+    try:
+        check_safe_name(name or "")
+    except ValueError:
+        raise InfirError(f"invalid release name {name!r}: use letters, digits, '.', '_' or '-'") from None
     if version is not None and bump is not None:
         raise InfirError("give either a version or --bump, not both")
     if max_rows_per_shard < 1:
@@ -439,12 +355,17 @@ def _write_versioned(
     rows.check_columns()
     sc = stream.scan(rows, seed, ratios)
     name_dir.mkdir(parents=True, exist_ok=True)
-    tmp = name_dir / f".tmp-{version}-{uuid.uuid4().hex[:12]}"
+    remove_stale_temp_dirs(name_dir)
+    # The writer's pid in the name: a later writer can tell a dead writer's leftovers from a live one's.
+    tmp = name_dir / f".tmp-{version}-{os.getpid()}-{uuid.uuid4().hex[:12]}"
     tmp.mkdir()
     try:
-        manifest = _build_release(
-            rows, sc, stats, tmp, name, version, seed, ratios, max_rows_per_shard, st_export, st_template, license
-        )
+        try:
+            manifest = _build_release(
+                rows, sc, stats, tmp, name, version, seed, ratios, max_rows_per_shard, st_export, st_template, license
+            )
+        except OSError as e:
+            raise InfirError(_write_error(e, tmp, name_dir / version)) from None
         if compare_to is not None:
             prev = load_manifest(name_dir / compare_to)
             if _same_content(prev, manifest):
@@ -464,6 +385,18 @@ def _write_versioned(
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _write_error(e: OSError, tmp: Path, target: Path) -> str:
+    """One line naming the file (as it would be named in the finished release) that could not be
+    written; the release folder when the OS named none (e.g. the sort's spill files)."""
+    reason = os.strerror(e.errno) if e.errno else (e.strerror or str(e))
+    if not e.filename:
+        return f"{target}: cannot write release: {reason}"
+    p = Path(os.fsdecode(e.filename))
+    if p.is_relative_to(tmp):
+        return f"{target / p.relative_to(tmp)}: cannot write release: {reason}"
+    return f"{target}: cannot write release: {reason} (writing the temporary file {p})"
 
 
 def _same_content(prev: dict[str, Any], new: dict[str, Any]) -> bool:

@@ -40,7 +40,7 @@ class MinedNegative:
 class MiningSettings(BaseModel):
     """How negatives are mined. Defaults follow NV-Retriever's TopK-PercPos (95%)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     method: Literal["bm25", "dense", "hybrid"] = "bm25"
     range_min: int = Field(0, ge=0, description="skip the first range_min non-positive candidates")

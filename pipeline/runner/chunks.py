@@ -72,7 +72,8 @@ def run_chunks(ctx, stage, total_rows: int) -> Counter:
         return k, rows, digest, keep, (None if keep else pool.submit(stage.prepare, ctx, rows))
 
     try:
-        with StageWatch(stage.name, total_rows, client, ctx.cfg.run.progress_interval_s, ctx.quiet) as watch:
+        interval = getattr(getattr(ctx.cfg, "run", None), "progress_interval_s", 30.0)
+        with StageWatch(stage.name, total_rows, client, interval, ctx.quiet, ctx.options.get("build_rest_usd")) as watch:
             ctx.on_result = watch.on_result
             nxt = take()
             while nxt is not None:

@@ -59,7 +59,7 @@ def _input_rows(pipe: Pipeline, stage: LLMStage, ctx):
         yield rows
 
 
-def estimate_stage(pipe: Pipeline, cfg, stage: LLMStage, client) -> StageEstimate:
+def estimate_stage(pipe: Pipeline, cfg, stage: LLMStage, client, sample_rows: int | None = None) -> StageEstimate:
     ctx = context(pipe, stage, cfg)
     llm_prepare(ctx, stage)
     exact = ctx.upstream_done()
@@ -74,6 +74,10 @@ def estimate_stage(pipe: Pipeline, cfg, stage: LLMStage, client) -> StageEstimat
     discount = price.batch_discount if price is not None else 1.0
     rejected = 0
     for rows in _input_rows(pipe, stage, ctx):
+        if sample_rows is not None:
+            if est.rows >= sample_rows:
+                break
+            rows = rows[: sample_rows - est.rows]
         est.rows += len(rows)
         rejected += sum(1 for r in rows if r.get(REJECTIONS))
         e = client.estimate(stage.tasks(ctx, rows)[0])
@@ -89,6 +93,29 @@ def estimate_stage(pipe: Pipeline, cfg, stage: LLMStage, client) -> StageEstimat
     if price is None:
         est.notes.append(f"no price for {ctx.model}: counted as $0")
     return est
+
+
+def quick_estimates(pipe: Pipeline, cfg, names: list[str], sample_rows: int = 64) -> dict[str, float]:
+    """Online cost of each named LLM stage from its first `sample_rows` input rows, scaled to all of
+    them: cheap enough to run when a build starts, for the build's projected total in the progress
+    lines (the stage's own projection then recalibrates from its answers)."""
+    from pipeline.llm import make_client
+    from pipeline.store import read_success
+
+    client = make_client(cfg.llm, backend=_NoBackend())
+    out: dict[str, float] = {}
+    try:
+        for stage in pipe.llm_stages():
+            if stage.name not in names:
+                continue
+            ctx = context(pipe, stage, cfg)
+            source = read_success(ctx.upstream_dir) if ctx.upstream_done() else read_success(ctx.run_dir / pipe.stages[0].name)
+            total = (source or {}).get("rows", 0)
+            est = estimate_stage(pipe, cfg, stage, client, sample_rows=sample_rows)
+            out[stage.name] = est.cost_usd * (total / est.rows) if est.rows else 0.0
+    finally:
+        client.close()
+    return out
 
 
 class _NoBackend:

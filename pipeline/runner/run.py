@@ -14,6 +14,7 @@ from pipeline.runner.pipeline import Pipeline
 from pipeline.runner.shape import Context, LLMStage, RowStage, Stage, StageResult
 from pipeline.store import StageOutput, identity_hash, read_success
 from pipeline.store.lock import StageLock
+from pipeline.store.verify_input import verify_upstream
 
 
 def run_dir(cfg) -> Path:
@@ -83,6 +84,10 @@ def llm_prepare(ctx: Context, stage: LLMStage) -> None:
 
 
 def _run(ctx: Context, stage: Stage) -> dict:
+    if ctx.upstream_done():
+        # The upstream's shards are what its marker says they are (re-hashed once per stage run):
+        # a shard changed or lost since is one clear error, never silently different input.
+        verify_upstream(ctx.upstream_dir, ctx.upstream_success())
     if not isinstance(stage, RowStage):
         return stage.run(ctx)
     upstream = ctx.upstream_success()

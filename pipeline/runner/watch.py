@@ -16,6 +16,10 @@ import time
 from pipeline.progress import console, progress_bar
 
 
+#: `-q`: no periodic progress lines (set by the CLI).
+QUIET = False
+
+
 def _duration(seconds: float) -> str:
     seconds = max(0, int(seconds))
     h, rem = divmod(seconds, 3600)
@@ -24,9 +28,10 @@ def _duration(seconds: float) -> str:
 
 
 class StageWatch:
-    def __init__(self, name: str, total_rows: int, client=None, interval_s: float = 30.0, quiet: bool = False):
+    def __init__(self, name: str, total_rows: int, client=None, interval_s: float = 30.0, quiet: bool = False,
+                 later_usd: float | None = None):
         self.name, self.total, self.client = name, max(int(total_rows or 0), 0), client
-        self.interval_s, self.quiet = interval_s, quiet
+        self.interval_s, self.quiet = interval_s, quiet or QUIET
         self.done = 0  # rows finished (adopted or processed)
         self.processed = 0  # rows processed by this attempt (not adopted from an earlier one)
         self._chunk_base = 0
@@ -34,6 +39,10 @@ class StageWatch:
         self._t0 = time.monotonic()
         ledger = getattr(client, "ledger", None)
         self._spent_before = ledger.spent(label=name) if ledger is not None else 0.0
+        # The build's projection: what the run spent before this stage, this stage's projection,
+        # and the estimate of the LLM stages after it (`estimate.quick_estimates`, when a build runs).
+        self._run_before = ledger.spent() - self._spent_before if ledger is not None else 0.0
+        self.later_usd = later_usd
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._bar = None
@@ -79,6 +88,8 @@ class StageWatch:
         if ledger is not None and with_run:  # a ledger query: only in the periodic lines
             out["run_spent_usd"] = ledger.spent()
             out["run_cap_usd"] = ledger.cap
+        if self.later_usd is not None and out["projected_stage_usd"] is not None:
+            out["projected_build_usd"] = self._run_before + out["projected_stage_usd"] + self.later_usd
         return out
 
     def line(self) -> str:
@@ -96,6 +107,9 @@ class StageWatch:
         if "run_spent_usd" in f:
             cap = f" of ${f['run_cap_usd']:.2f} cap" if f["run_cap_usd"] is not None else ""
             parts.append(f"run ${f['run_spent_usd']:.4f}{cap}")
+        if "projected_build_usd" in f:
+            parts.append(f"build projected ${f['projected_build_usd']:.4f}")
+        parts.append(f"elapsed {time.monotonic() - self._t0:.1f}s")
         return " | ".join(parts)
 
     # -- output ------------------------------------------------------------------------------

@@ -88,7 +88,7 @@ def _key(part: str, field: str) -> str:
 
 
 def read_jsonl(path: Path, cols: RecordColumns, q: Quarantine, with_title: bool, part: str) -> Iterator[Record]:
-    yield from _records_from_rows(_jsonl_rows(path, q), cols, q, with_title, str(path), part, "field")
+    yield from _records_from_rows(((n, o) for n, o, _ in _jsonl_objects(path, q)), cols, q, with_title, str(path), part, "field")
 
 
 def read_tsv_pairs(path: Path, q: Quarantine) -> Iterator[Record]:
@@ -307,7 +307,7 @@ class SourceReader:
         if path.is_dir() or path.suffix == ".parquet":
             return self._parquet_qrels(path, cols)
         if path.suffix == ".jsonl":
-            return _qrels_from_rows(_jsonl_rows(path, self.q), cols, self.q, str(path))
+            return _qrels_from_rows(((n, o) for n, o, _ in _jsonl_objects(path, self.q)), cols, self.q, str(path))
         return read_qrels_text(path, self.q)
 
     def _parquet_qrels(self, path: Path, cols: QrelColumns) -> Iterator[Qrel]:
@@ -317,14 +317,19 @@ class SourceReader:
             yield from _qrels_from_rows(_table_rows(f), cols, self.q, str(f))
 
 
-def _jsonl_rows(path: Path, q: Quarantine) -> Iterator[tuple[int, dict]]:
+def _jsonl_objects(path: Path, q: Quarantine) -> Iterator[tuple[int, dict, str]]:
+    """(line number, object, raw line) of each JSON-object line; any other line is quarantined."""
     for n, line in _open_text_lines(path, q):
         try:
             obj = json.loads(line)
         except json.JSONDecodeError as e:
             q.add(path, n, f"malformed JSON: {e.msg} at column {e.colno}", line)
             continue
+        except RecursionError:
+            # json's decoder recurses once per nesting level: `[` x 1,500 exhausts the stack.
+            q.add(path, n, "malformed JSON: nested too deeply", line)
+            continue
         if isinstance(obj, dict):
-            yield n, obj
+            yield n, obj, line
         else:
             q.add(path, n, "malformed JSON: not an object", line)

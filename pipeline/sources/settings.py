@@ -7,11 +7,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, Field, model_validator
+
+from pipeline.validate import SECTION_CONFIG, InnerPath, SafeName, check_min_max
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = SECTION_CONFIG
 
 
 class RecordColumns(_Section):
@@ -80,12 +82,12 @@ class SourceSettings(_Section):
     name: str | None = None  # the `source` column; defaults to the input folder's name
     # File names inside `path` (each format's defaults apply when left empty; see sources/readers.py).
     # A Parquet corpus may also be a folder of Parquet files.
-    corpus_file: str | None = None
-    queries_file: str | None = None
-    qrels_file: str | None = None
+    corpus_file: InnerPath | None = None
+    queries_file: InnerPath | None = None
+    qrels_file: InnerPath | None = None
     # BEIR: qrels/<split>.tsv (default "test"). MS MARCO: queries.<split>.tsv and qrels.<split>.tsv
     # ("dev" or "train"; when empty, whichever of the two is present).
-    qrels_split: str | None = None
+    qrels_split: SafeName | None = None
     columns: ColumnMap = ColumnMap()
     hf_corpus: HFSource | None = None
     hf_queries: HFSource | None = None
@@ -96,9 +98,19 @@ class SourceSettings(_Section):
     max_query_words: int = Field(40, ge=1)
     min_passage_words: int = Field(5, ge=1)
     max_passage_words: int = Field(400, ge=1)
+    # The longest passage that may enter a prompt (a collection passage shown to the poison prompt,
+    # a positive): longer ones are cut to this many words, or quarantined.
+    prompt_passage_words: int = Field(2000, ge=1)
+    long_passages: Literal["truncate", "quarantine"] = "truncate"
     min_relevance: int = 1
     dedup_threshold: float = Field(95.0, ge=0, le=100)
     decontaminate: list[Path] = []
     decontam_threshold: float = Field(95.0, ge=0, le=100)
     shard_rows: int = Field(50_000, ge=1)
     collection_shard_rows: int = Field(200_000, ge=1)
+
+    @model_validator(mode="after")
+    def _ranges(self) -> "SourceSettings":
+        check_min_max(self.min_query_words, self.max_query_words, "min_query_words", "max_query_words")
+        check_min_max(self.min_passage_words, self.max_passage_words, "min_passage_words", "max_passage_words")
+        return self

@@ -19,6 +19,23 @@ def normalize(text: str) -> str:
     return _WS.sub(" ", text).strip()
 
 
+def has_visible(text: str) -> bool:
+    """Whether `text` shows anything: some character that is not whitespace (Z*), a control or a
+    format character (C*: zero-width space/joiners, word joiner, BOM, soft hyphen, ...). A query of
+    only `\u200b\u2060\ufeff` passes a strip() check but is empty to a reader and to a model."""
+    return any(not unicodedata.category(ch).startswith(("Z", "C")) for ch in text)
+
+
+def bound_words(text: str, limit: int) -> str | None:
+    """`text` cut to its first `limit` words, or None when it has no more than that. Normalised
+    text has single spaces, so a text of under 2*limit characters cannot exceed `limit` words:
+    only the rare long passage pays for the split."""
+    if len(text) < 2 * limit:
+        return None
+    words = text.split()
+    return " ".join(words[:limit]) if len(words) > limit else None
+
+
 def match_key(text: str) -> str:
     """Comparison form: case-folded words only, so punctuation and case never hide a duplicate."""
     return " ".join(_WORD.findall(unicodedata.normalize("NFKD", text).casefold()))

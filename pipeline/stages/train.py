@@ -55,7 +55,7 @@ class Train(Stage):
 
     def run(self, ctx: Context) -> dict:
         require_extra("train", "infir train")
-        from pipeline.train import compare, train
+        from pipeline.train.check import training_check
 
         release, settings, out = self.release(ctx), ctx.settings, ctx.out.dir
         for p in out.iterdir():  # training is not resumable mid-way; a partial model is never kept
@@ -63,20 +63,22 @@ class Train(Stage):
                 shutil.rmtree(p) if p.is_dir() else p.unlink()
         with progress_bar("train", None) as (bar, task):
 
-            def on_step(info: dict) -> None:
-                bar.update(task, completed=info.get("step", 0), total=info.get("max_steps"),
+            def on_step(label: str, info: dict) -> None:
+                bar.update(task, description=f"train {label}", completed=info.get("step", 0),
+                           total=info.get("max_steps"),
                            info=f"loss {info.get('loss', float('nan')):.4f}" if info.get("loss") is not None else "")
 
-            result = train(release, out, settings, progress=on_step)
-        report = compare(settings.model, result.model_dir, release, split="test", template=settings.template,
-                         out_dir=out / "eval")
+            report = training_check(release, out, settings, progress=on_step)
+        primary = report["training"][report["primary"]]
         return {
             "release": str(release),
-            "rows": result.rows_used,
-            "train_pairs": result.train_pairs,
-            "steps": result.steps,
-            "final_loss": result.final_loss,
-            "runtime_s": round(result.runtime_s, 1),
+            "rows": primary["rows_used"],
+            "train_pairs": primary["train_pairs"],
+            "steps": primary["steps"],
+            "final_loss": primary["final_loss"],
+            "runtime_s": primary["runtime_s"],
+            "training": report["training"],
+            "pool_size": report["pool_size"],
             "metrics": report["models"],
             "delta": report["delta"],
             "markdown": report["markdown"],

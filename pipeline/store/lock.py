@@ -49,3 +49,18 @@ class StageLock:
         if self._lock is not None:
             self._lock.release()
             self._lock = None
+
+
+def held_by(stage_dir: Path) -> str | None:
+    """Who holds a stage's lock now ('pid N'), or None when nobody does. Takes and drops the lock
+    when free, so it never waits; a stage that has never run has no lock file and is not touched."""
+    path = Path(stage_dir) / ".lock"
+    if not path.is_file():
+        return None
+    lock = FileLock(path, timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        return holder_of(path)
+    lock.release()
+    return None

@@ -17,6 +17,7 @@ from typing import Callable, Iterator
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from pipeline import __version__
 from pipeline import fileio
@@ -54,14 +55,62 @@ def write_json_atomic(obj: dict, path: Path) -> None:
         raise InfirError(f"{path}: cannot write: {e.strerror or e}") from None
 
 
+class _Shard(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    name: str
+    rows: int = Field(ge=0)
+    sha256: str
+    failed: int = Field(0, ge=0)
+    input: str | None = None
+
+
+class SuccessRecord(BaseModel):
+    """What `_SUCCESS.json` must hold; any other shape is refused with one clear line."""
+
+    model_config = ConfigDict(extra="allow")
+    stage: str
+    rows: int = Field(0, ge=0)
+    shards: list[_Shard] = []
+    summary: dict = {}
+    input_fingerprint: str | None = None
+    config_hash: str | None = None
+    prompt_hashes: dict[str, str] = {}
+    lineage: list[str] = []
+
+
+class StateRecord(BaseModel):
+    """What `_STATE.json` (an attempt in progress) must hold."""
+
+    model_config = ConfigDict(extra="allow")
+    input_fingerprint: str | None = None
+    config_hash: str | None = None
+    prompt_hashes: dict[str, str] = {}
+    inputs: dict[str, str] | None = {}
+    lineage: list[str] = []
+    retrying: int = Field(0, ge=0)
+
+
+def _load_record(p: Path, model: type[BaseModel], what: str) -> dict:
+    stage = p.parent.name
+    try:
+        data = json.loads(p.read_text())
+        model.model_validate(data)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise InfirError(f"{p}: corrupt {what} (not JSON); rerun `infir {stage} --force`") from None
+    except ValidationError as e:
+        err = e.errors()[0]
+        where = ".".join(str(x) for x in err["loc"]) or "the file"
+        raise InfirError(f"{p}: malformed {what} ({where}: {err['msg']}); rerun `infir {stage} --force`") from None
+    except OSError as e:
+        raise InfirError(f"{p}: cannot read {what}: {e.strerror or e}") from None
+    return data
+
+
 def read_success(stage_dir: Path) -> dict | None:
     p = Path(stage_dir) / SUCCESS
     if not p.is_file():
         return None
-    try:
-        return json.loads(p.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise InfirError(f"{p}: corrupt success marker; rerun the stage with --force") from None
+    return _load_record(p, SuccessRecord, "success marker")
 
 
 def require_stage(run_dir: Path, stage: str, hint: str | None = None) -> dict:
@@ -344,10 +393,4 @@ def failed_rows(success: dict) -> int:
 
 
 def _read_state(path: Path) -> dict:
-    try:
-        state = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise InfirError(f"{path}: corrupt state file; rerun the stage with --force") from None
-    if not isinstance(state, dict):
-        raise InfirError(f"{path}: corrupt state file; rerun the stage with --force")
-    return state
+    return _load_record(path, StateRecord, "state file")

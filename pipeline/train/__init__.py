@@ -7,7 +7,8 @@ importing this package stays cheap for the CLI.
 from pipeline.train.compare import compare
 from pipeline.train.data import DEFAULT_TEMPLATE, build_training_pairs, format_query, load_release_split
 from pipeline.train.evaluate import evaluate_beir, evaluate_release
-from pipeline.train.metrics import mrr_at_k, ndcg_at_k, pmrr_pair, rank_in_scores, ranks_of_targets
+from pipeline.train.followir import evaluate_followir
+from pipeline.train.metrics import followir_pmrr, ir_metrics, pmrr_pair, rank_in_scores, ranks_of_targets
 from pipeline.train.settings import TrainSettings, default_model_path
 from pipeline.train.trainer import TrainResult, load_model, train
 
@@ -23,10 +24,11 @@ __all__ = [
     "format_query",
     "evaluate_release",
     "evaluate_beir",
+    "evaluate_followir",
     "compare",
     "pmrr_pair",
-    "mrr_at_k",
-    "ndcg_at_k",
+    "ir_metrics",
+    "followir_pmrr",
     "rank_in_scores",
     "ranks_of_targets",
 ]

@@ -1,4 +1,4 @@
-"""Base vs fine-tuned comparison on a release split: JSON, markdown table, PNG bar plot."""
+"""Models compared on one release split and one pool: JSON, markdown table, PNG bar plot."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ from typing import Any
 
 from pipeline.train.data import DEFAULT_TEMPLATE
 from pipeline.train.evaluate import PMRR_SCALE, evaluate_release
+from pipeline.train.pool import DEFAULT_POOL_SAMPLE
 
-__all__ = ["compare", "METRICS", "markdown_table", "plot_comparison"]
+__all__ = ["compare", "compare_models", "METRICS", "markdown_table", "plot_comparison"]
 
 METRICS = (
     "ndcg_at_10",
@@ -32,11 +33,18 @@ def _label(model: Any) -> str:
 
 
 def markdown_table(results: dict[str, dict[str, Any]], metrics: tuple[str, ...] = METRICS) -> str:
-    """Rows = model x metric; columns: model, metric, value (4 decimals)."""
-    lines = ["| model | metric | value |", "|---|---|---|"]
-    for name, res in results.items():
-        for m in metrics:
-            lines.append(f"| {name} | {m} | {res[m]:.4f} |")
+    """One row per metric, one column per model (4 decimals); the pool it was measured on above."""
+    names = list(results)
+    lines = []
+    first = next(iter(results.values()), {})
+    if "pool" in first:
+        p = first["pool"]
+        lines += [f"Pool: {first['pool_size']} passages ({p['split_passages']} of the split, {p['mined_negatives']} "
+                  f"mined negatives, {p['sampled']} sampled from the rest of the collection); "
+                  f"{first['rows']} test queries.", ""]
+    lines += ["| metric | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
+    for m in metrics:
+        lines.append(f"| {m} | " + " | ".join(f"{results[n][m]:.4f}" for n in names) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -59,7 +67,7 @@ def plot_comparison(results: dict[str, dict[str, Any]], path: str | Path, metric
     ax.axhline(0, color="black", linewidth=0.8)
     ax.set_xticks(x, metrics, rotation=20, ha="right")
     ax.set_ylabel("score (p-MRR raw, [-1, 1])")
-    ax.set_title("base vs fine-tuned")
+    ax.set_title(" vs ".join(names))
     ax.legend()
     fig.tight_layout()
     out = Path(path)
@@ -70,35 +78,39 @@ def plot_comparison(results: dict[str, dict[str, Any]], path: str | Path, metric
     return out
 
 
-def compare(
-    base_model: Any,
-    finetuned_model: Any,
+def compare_models(
+    models: dict[str, Any],
     release_dir: str | Path,
     split: str = "test",
     template: str = DEFAULT_TEMPLATE,
     batch_size: int = 64,
     out_dir: str | Path | None = None,
     max_rows: int | None = None,
+    pool_sample: int = DEFAULT_POOL_SAMPLE,
+    collection: str | Path | None = None,
 ) -> dict[str, Any]:
-    """Run :func:`evaluate_release` on both models (``base_model=None`` -> bundled MiniLM).
+    """:func:`evaluate_release` for each model (label -> path/object; ``None`` -> bundled MiniLM),
+    all on the same pool. The first model is the reference of ``delta`` (label -> metric -> diff).
 
-    Returns ``{"split", "template", "pmrr_scale", "models": {"base": {...}, "finetuned": {...}},
-    "delta": {metric: finetuned - base}, "markdown": str, "files": {...}}``. With ``out_dir``,
-    also writes ``compare.json``, ``compare.md`` and ``compare.png`` there.
+    Returns ``{"split", "template", "pmrr_scale", "pool_size", "pool", "models", "delta",
+    "markdown", "files"}``; with ``out_dir``, also writes ``compare.json``, ``compare.md`` and
+    ``compare.png`` there.
     """
-    results = {
-        "base": evaluate_release(base_model, release_dir, split, template, batch_size, max_rows=max_rows),
-        "finetuned": evaluate_release(finetuned_model, release_dir, split, template, batch_size, max_rows=max_rows),
-    }
-    results["base"]["model"] = _label(base_model)
-    results["finetuned"]["model"] = _label(finetuned_model)
+    kw = dict(max_rows=max_rows, pool_sample=pool_sample, collection=collection)
+    results = {name: evaluate_release(m, release_dir, split, template, batch_size, **kw) for name, m in models.items()}
+    for name, m in models.items():
+        results[name]["model"] = _label(m)
+    ref = next(iter(results))
+    first = results[ref]
     report: dict[str, Any] = {
         "split": split,
         "template": template,
         "release_dir": str(release_dir),
         "pmrr_scale": PMRR_SCALE,
+        "pool_size": first["pool_size"],
+        "pool": first["pool"],
         "models": results,
-        "delta": {m: results["finetuned"][m] - results["base"][m] for m in METRICS},
+        "delta": {n: {m: results[n][m] - first[m] for m in METRICS} for n in results if n != ref},
         "markdown": markdown_table(results),
         "files": {},
     }
@@ -113,4 +125,24 @@ def compare(
         tmp = js.with_name(f".{js.name}.tmp-{os.getpid()}")
         tmp.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
         os.replace(tmp, js)
+    return report
+
+
+def compare(
+    base_model: Any,
+    finetuned_model: Any,
+    release_dir: str | Path,
+    split: str = "test",
+    template: str = DEFAULT_TEMPLATE,
+    batch_size: int = 64,
+    out_dir: str | Path | None = None,
+    max_rows: int | None = None,
+    pool_sample: int = DEFAULT_POOL_SAMPLE,
+    collection: str | Path | None = None,
+) -> dict[str, Any]:
+    """Base vs fine-tuned (``base_model=None`` -> bundled MiniLM): :func:`compare_models` with
+    ``delta`` flattened to {metric: finetuned - base}."""
+    report = compare_models({"base": base_model, "finetuned": finetuned_model}, release_dir, split, template,
+                            batch_size, out_dir, max_rows, pool_sample, collection)
+    report["delta"] = report["delta"]["finetuned"]
     return report

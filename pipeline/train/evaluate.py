@@ -1,13 +1,12 @@
 """Instruction-following evaluation: on a release split (nDCG/MRR, p-MRR) and on BEIR-layout data.
 
 Scores are cosine similarities of normalised embeddings. Ranks use the tie rule of
-:mod:`pipeline.train.metrics` (MTEB's: stable sort, earlier pool position wins ties).
+:mod:`pipeline.train.metrics` (MTEB's: stable sort, earlier pool position wins ties); nDCG and MRR
+are computed by pytrec_eval on runs in that order.
 """
 
 from __future__ import annotations
 
-import csv
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -16,27 +15,36 @@ import numpy as np
 
 from pipeline.errors import InfirError
 from pipeline.train.data import DEFAULT_TEMPLATE, check_template, format_query, load_release_split
-from pipeline.train.metrics import mean, mrr_at_k, ndcg_at_k, pmrr_pair, ranks_of_targets
+from pipeline.train.metrics import ir_metrics, mean, pmrr_pair, ranks_of_targets, run_from_ranking
+from pipeline.train.pool import DEFAULT_POOL_SAMPLE, build_pool, read_corpus_texts, release_collection
+from pipeline.train.readers import read_jsonl, read_qrels
 
-__all__ = ["evaluate_release", "evaluate_beir", "encode_texts", "PMRR_SCALE"]
+__all__ = ["evaluate_release", "evaluate_beir", "encode_texts", "score_runs", "PMRR_SCALE"]
 
 PMRR_SCALE = "raw mean in [-1, 1], as MTEB's calculate_pmrr returns it (no x100)"
 _K = 10
+_ENCODE_CHUNK = 512  # texts per progress update
 
 
-def encode_texts(model, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
-    """L2-normalised float32 embeddings, one row per text (duplicate texts encoded once)."""
+def encode_texts(model, texts: Sequence[str], batch_size: int = 64, label: str | None = None) -> np.ndarray:
+    """L2-normalised float32 embeddings, one row per text (duplicate texts encoded once).
+
+    With ``label``, a progress bar (stderr, terminals only) counts the texts encoded."""
+    from pipeline.progress import progress_bar
+
     uniq = list(dict.fromkeys(texts))
     if not uniq:
         return np.zeros((0, 0), dtype=np.float32)
-    emb = model.encode(
-        uniq,
-        batch_size=batch_size,
-        convert_to_numpy=True,
-        normalize_embeddings=True,
-        show_progress_bar=False,
-    )
-    emb = np.asarray(emb, dtype=np.float32)
+    parts = []
+    with progress_bar(f"encode {label}" if label else "encode", len(uniq)) as (bar, task):
+        for s in range(0, len(uniq), _ENCODE_CHUNK):
+            chunk = uniq[s : s + _ENCODE_CHUNK]
+            emb = model.encode(
+                chunk, batch_size=batch_size, convert_to_numpy=True, normalize_embeddings=True, show_progress_bar=False
+            )
+            parts.append(np.asarray(emb, dtype=np.float32))
+            bar.update(task, advance=len(chunk))
+    emb = np.concatenate(parts, axis=0)
     index = {t: i for i, t in enumerate(uniq)}
     return emb[[index[t] for t in texts]]
 
@@ -47,20 +55,33 @@ def _model(model_path_or_model: Any, max_seq_length: int | None = None):
     return load_model(model_path_or_model, max_seq_length=max_seq_length)
 
 
-def _ranks(query_emb: np.ndarray, doc_emb: np.ndarray, targets: np.ndarray, chunk: int | None = None) -> np.ndarray:
-    """Rank of ``targets[i]`` for query ``i`` against all docs, computed in query chunks."""
+def score_runs(
+    query_emb: np.ndarray,
+    doc_emb: np.ndarray,
+    doc_ids: Sequence[str],
+    targets: np.ndarray | None = None,
+    depth: int = _K,
+) -> tuple[list[dict[str, float]], np.ndarray | None]:
+    """Per query: its top-``depth`` run (for pytrec_eval) and, with ``targets``, the full-pool rank
+    of ``targets[i]``; computed in query chunks so the score matrix stays small."""
     n_q, n_d = query_emb.shape[0], doc_emb.shape[0]
-    if chunk is None:
-        chunk = max(1, (1 << 24) // max(n_d, 1))
-    out = np.empty(n_q, dtype=np.int64)
+    chunk = max(1, (1 << 24) // max(n_d, 1))
+    runs: list[dict[str, float]] = []
+    ranks = np.empty(n_q, dtype=np.int64) if targets is not None else None
     for s in range(0, n_q, chunk):
         scores = query_emb[s : s + chunk] @ doc_emb.T
-        out[s : s + chunk] = ranks_of_targets(scores, targets[s : s + chunk])
-    return out
+        if targets is not None:
+            ranks[s : s + chunk] = ranks_of_targets(scores, targets[s : s + chunk])
+        runs.extend(run_from_ranking(doc_ids, row, depth) for row in scores)
+    return runs, ranks
 
 
 def _clean(v: Any) -> str:
     return v.strip() if isinstance(v, str) else ""
+
+
+_FIELDS = ("query_positive", "instruction_positive", "document_positive", "instruction_negative",
+           "hard_negative_document_1", "query_negative", "hard_negative_document_2")
 
 
 def evaluate_release(
@@ -71,13 +92,18 @@ def evaluate_release(
     batch_size: int = 64,
     max_rows: int | None = None,
     k: int = _K,
+    pool_sample: int = DEFAULT_POOL_SAMPLE,
+    pool_seed: int = 13,
+    collection: str | Path | None = None,
 ) -> dict[str, Any]:
     """Evaluate a model on one split of a release.
 
-    Pool: every P+, HN1 and HN2 of the split, deduplicated by text (first occurrence order:
-    row order, then P+, HN1, HN2). Per row, the relevant document is that row's P+.
+    Pool (:func:`pipeline.train.pool.build_pool`): the split's P+, HN1 and HN2, its rows' mined
+    negatives, and ``pool_sample`` passages drawn with ``pool_seed`` from the rest of the
+    collection: every passage of the release (all splits, mined negatives included), or the BEIR
+    ``corpus.jsonl`` given as ``collection``. Per row, the relevant document is that row's P+.
 
-    - ``ndcg_at_10`` / ``mrr_at_10``: query text = template(Q+, I+).
+    - ``ndcg_at_10`` / ``mrr_at_10``: query text = template(Q+, I+) (pytrec_eval).
     - ``ndcg_at_10_query_only`` / ``mrr_at_10_query_only``: the same with Q+ alone (ablation).
     - ``pmrr_instruction``: FollowIR p-MRR of P+ between og = template(Q+, I+) and changed =
       template(Q+, I-); ``pmrr_query``: og = template(Q+, I+), changed = template(Q-, I+);
@@ -85,50 +111,60 @@ def evaluate_release(
       P+, per row, so MTEB's per-query averaging is the identity here). Raw scale, see ``PMRR_SCALE``.
     """
     check_template(template)
-    rows = load_release_split(release_dir, split, columns=(), max_rows=max_rows)
-    fields = ("query_positive", "instruction_positive", "document_positive", "instruction_negative",
-              "hard_negative_document_1", "query_negative", "hard_negative_document_2")
-    usable = []
-    for r in rows:
-        v = {c: _clean(r.get(c)) for c in fields}
-        if all(v.values()):
-            usable.append(v)
+    rows = load_release_split(release_dir, split, columns=("mined_negatives",), max_rows=max_rows)
+    usable = [r for r in rows if all(_clean(r.get(c)) for c in _FIELDS)]
     if not usable:
         raise InfirError(f"{release_dir}: split {split!r} has no complete rows to evaluate")
+    v = [{c: _clean(r.get(c)) for c in _FIELDS} for r in usable]
+    if collection is None:
+        coll, coll_name = release_collection(release_dir), "release passages (all splits, mined negatives included)"
+    else:
+        coll, coll_name = read_corpus_texts(collection), str(collection)
+    pool = build_pool(usable, coll, pool_sample, pool_seed, coll_name)
+    index = {t: i for i, t in enumerate(pool.docs)}
+    doc_ids = [f"d{i}" for i in range(len(pool.docs))]
+    targets = np.array([index[x["document_positive"]] for x in v], dtype=np.int64)
 
-    pool: dict[str, int] = {}
-    for v in usable:
-        for c in ("document_positive", "hard_negative_document_1", "hard_negative_document_2"):
-            pool.setdefault(v[c], len(pool))
-    docs = list(pool)
-    targets = np.array([pool[v["document_positive"]] for v in usable], dtype=np.int64)
-
-    q_og = [format_query(template, v["query_positive"], v["instruction_positive"]) for v in usable]
-    q_inst = [format_query(template, v["query_positive"], v["instruction_negative"]) for v in usable]
-    q_query = [format_query(template, v["query_negative"], v["instruction_positive"]) for v in usable]
-    q_only = [format_query(template, v["query_positive"], None) for v in usable]
+    q_og = [format_query(template, x["query_positive"], x["instruction_positive"]) for x in v]
+    q_inst = [format_query(template, x["query_positive"], x["instruction_negative"]) for x in v]
+    q_query = [format_query(template, x["query_negative"], x["instruction_positive"]) for x in v]
+    q_only = [format_query(template, x["query_positive"], None) for x in v]
 
     model = _model(model_path_or_model)
-    d_emb = encode_texts(model, docs, batch_size)
-    all_q = q_og + q_inst + q_query + q_only
-    q_emb = encode_texts(model, all_q, batch_size)
-    n = len(usable)
-    r_og, r_inst, r_query, r_only = (
-        _ranks(q_emb[i * n : (i + 1) * n], d_emb, targets) for i in range(4)
+    d_emb = encode_texts(model, pool.docs, batch_size, label="pool")
+    q_emb = encode_texts(model, q_og + q_inst + q_query + q_only, batch_size, label="queries")
+    n = len(v)
+    (run_og, r_og), (_, r_inst), (_, r_query), (run_only, _) = (
+        score_runs(q_emb[i * n : (i + 1) * n], d_emb, doc_ids, targets, k) for i in range(4)
     )
+    qrels = {f"q{i}": {doc_ids[targets[i]]: 1} for i in range(n)}
 
+    def metrics(runs: list[dict[str, float]]) -> dict[str, float]:
+        # runs are cut at k, so reciprocal rank is MRR@k
+        return ir_metrics(qrels, {f"q{i}": r for i, r in enumerate(runs)}, (f"ndcg_at_{k}", "mrr"))
+
+    m_og, m_only = metrics(run_og), metrics(run_only)
     pm_inst = mean([pmrr_pair(a, b) for a, b in zip(r_og, r_inst, strict=True)])
     pm_query = mean([pmrr_pair(a, b) for a, b in zip(r_og, r_query, strict=True)])
     return {
         "split": split,
         "rows": n,
         "rows_skipped": len(rows) - n,
-        "pool_size": len(docs),
+        "pool_size": len(pool.docs),
+        "pool": {
+            "split_passages": pool.split_passages,
+            "mined_negatives": pool.mined,
+            "sampled": pool.sampled,
+            "sample_size": pool_sample,
+            "seed": pool_seed,
+            "collection": pool.collection,
+            "collection_rest": pool.collection_rest,
+        },
         "template": template,
-        f"ndcg_at_{k}": mean([ndcg_at_k([r], k) for r in r_og]),
-        f"mrr_at_{k}": mean([mrr_at_k([r], k) for r in r_og]),
-        f"ndcg_at_{k}_query_only": mean([ndcg_at_k([r], k) for r in r_only]),
-        f"mrr_at_{k}_query_only": mean([mrr_at_k([r], k) for r in r_only]),
+        f"ndcg_at_{k}": m_og[f"ndcg_at_{k}"],
+        f"mrr_at_{k}": m_og["mrr"],
+        f"ndcg_at_{k}_query_only": m_only[f"ndcg_at_{k}"],
+        f"mrr_at_{k}_query_only": m_only["mrr"],
         "pmrr_instruction": pm_inst,
         "pmrr_query": pm_query,
         "pmrr": (pm_inst + pm_query) / 2,
@@ -140,49 +176,16 @@ def evaluate_release(
 # ---------------------------------------------------------------- BEIR
 
 
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    if not path.is_file():
-        raise InfirError(f"{path}: file not found")
-    out = []
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise InfirError(f"{path}:{lineno}: invalid JSON ({exc.msg})") from exc
-            if not isinstance(obj, dict) or "_id" not in obj:
-                raise InfirError(f"{path}:{lineno}: expected an object with an '_id' field")
-            out.append(obj)
-    return out
-
-
-def _read_qrels(path: Path) -> dict[str, dict[str, float]]:
-    if not path.is_file():
-        raise InfirError(f"{path}: file not found")
-    qrels: dict[str, dict[str, float]] = {}
-    with path.open(encoding="utf-8", newline="") as fh:
-        for lineno, rec in enumerate(csv.reader(fh, delimiter="\t"), 1):
-            if not rec or not "".join(rec).strip():
-                continue
-            if lineno == 1 and rec[0].strip().lower() in {"query-id", "query_id", "qid"}:
-                continue
-            if len(rec) < 3:
-                raise InfirError(f"{path}:{lineno}: expected query-id<TAB>corpus-id<TAB>score")
-            try:
-                score = float(rec[2])
-            except ValueError as exc:
-                raise InfirError(f"{path}:{lineno}: score {rec[2]!r} is not a number") from exc
-            qrels.setdefault(rec[0].strip(), {})[rec[1].strip()] = score
-    return qrels
-
-
 def _instruction(q: dict[str, Any]) -> str:
     inst = q.get("instruction")
     if not inst and isinstance(q.get("metadata"), dict):
         inst = q["metadata"].get("instruction")
     return _clean(inst)
+
+
+def doc_text(d: dict[str, Any]) -> str:
+    """How a corpus document is encoded: ``title + " " + text`` (either may be empty)."""
+    return " ".join(x for x in (_clean(d.get("title")), _clean(d.get("text"))) if x)
 
 
 def evaluate_beir(
@@ -205,23 +208,16 @@ def evaluate_beir(
     """
     check_template(template)
     root = Path(dataset_dir)
-    corpus = _read_jsonl(root / "corpus.jsonl")
-    queries = {str(q["_id"]): q for q in _read_jsonl(root / "queries.jsonl")}
-    qrels = _read_qrels(root / "qrels" / f"{split}.tsv")
+    corpus = read_jsonl(root / "corpus.jsonl")
+    queries = {str(q["_id"]): q for q in read_jsonl(root / "queries.jsonl")}
+    qrels = read_qrels(root / "qrels" / f"{split}.tsv")
 
-    doc_ids = []
-    doc_texts = []
-    seen: set[str] = set()
+    docs: dict[str, str] = {}
     for d in corpus:
-        did = str(d["_id"])
-        if did in seen:
-            continue
-        seen.add(did)
-        doc_ids.append(did)
-        doc_texts.append(" ".join(x for x in (_clean(d.get("title")), _clean(d.get("text"))) if x))
-    doc_index = {d: i for i, d in enumerate(doc_ids)}
-    if not doc_ids:
+        docs.setdefault(str(d["_id"]), doc_text(d))
+    if not docs:
         raise InfirError(f"{root / 'corpus.jsonl'}: empty corpus")
+    doc_ids = list(docs)
 
     qids = [q for q in qrels if q in queries and any(s > 0 for s in qrels[q].values())]
     if not qids:
@@ -232,32 +228,16 @@ def evaluate_beir(
     without = [format_query(template, _clean(queries[q].get("text")), None) for q in qids]
 
     st = _model(model)
-    d_emb = encode_texts(st, doc_texts, batch_size)
-    q_emb = encode_texts(st, with_inst + without, batch_size)
+    d_emb = encode_texts(st, list(docs.values()), batch_size, label="corpus")
+    q_emb = encode_texts(st, with_inst + without, batch_size, label="queries")
     n = len(qids)
+    judged = {q: {d: (int(g) if graded else 1) for d, g in qrels[q].items() if g > 0} for q in qids}
 
-    def run(qe: np.ndarray) -> tuple[float, float]:
-        ndcgs, mrrs = [], []
-        chunk = max(1, (1 << 24) // len(doc_ids))
-        for s in range(0, n, chunk):
-            scores = qe[s : s + chunk] @ d_emb.T
-            for i, qid in enumerate(qids[s : s + chunk]):
-                rel = {d: g for d, g in qrels[qid].items() if g > 0}
-                present = [d for d in rel if d in doc_index]
-                row = scores[i]
-                ranks = [
-                    int(ranks_of_targets(row[None, :], [doc_index[d]])[0]) for d in present
-                ]
-                if graded:
-                    nd = ndcg_at_k(ranks, k, gains=[rel[d] for d in present], ideal_gains=list(rel.values()))
-                else:
-                    nd = ndcg_at_k(ranks, k, n_relevant=len(rel))
-                ndcgs.append(nd)
-                mrrs.append(mrr_at_k(ranks, k))
-        return mean(ndcgs), mean(mrrs)
+    def run(qe: np.ndarray) -> dict[str, float]:
+        runs, _ = score_runs(qe, d_emb, doc_ids, None, k)
+        return ir_metrics(judged, dict(zip(qids, runs, strict=True)), (f"ndcg_at_{k}", "mrr"))
 
-    nd_i, mr_i = run(q_emb[:n])
-    nd_q, mr_q = run(q_emb[n:])
+    m_i, m_q = run(q_emb[:n]), run(q_emb[n:])
     return {
         "dataset": str(root),
         "split": split,
@@ -265,8 +245,8 @@ def evaluate_beir(
         "queries_with_instruction": sum(1 for q in qids if _instruction(queries[q])),
         "corpus_size": len(doc_ids),
         "template": template,
-        f"ndcg_at_{k}": nd_i,
-        f"mrr_at_{k}": mr_i,
-        f"ndcg_at_{k}_query_only": nd_q,
-        f"mrr_at_{k}_query_only": mr_q,
+        f"ndcg_at_{k}": m_i[f"ndcg_at_{k}"],
+        f"mrr_at_{k}": m_i["mrr"],
+        f"ndcg_at_{k}_query_only": m_q[f"ndcg_at_{k}"],
+        f"mrr_at_{k}_query_only": m_q["mrr"],
     }

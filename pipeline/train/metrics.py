@@ -1,4 +1,8 @@
-"""Pure ranking metrics: ranks with MTEB's tie rule, MRR@k, nDCG@k, FollowIR p-MRR.
+"""Ranking metrics: ranks with MTEB's tie rule, trec_eval measures (pytrec_eval), FollowIR p-MRR.
+
+nDCG, MAP and reciprocal rank come from pytrec_eval (trec_eval's own C code, the library MTEB
+uses). p-MRR is ours: no IR library has it outside MTEB, and MTEB is far too heavy a dependency
+for one formula; it is written here from MTEB's definition and tested against it.
 
 Tie rule (one rule for every metric here, taken from MTEB): documents are ordered by score,
 highest first, with a *stable* sort over the pool order; among equal scores the document that
@@ -11,14 +15,12 @@ This is what MTEB's ``get_rank_from_dict`` (used for p-MRR) and its ``mrr`` do: 
 ``reverse=True``, so equal scores keep the run's insertion order (our pool order).
 See embeddings-benchmark/mteb, ``mteb/evaluation/evaluators/retrieval_metrics.py``
 (``get_rank_from_dict``, ``calculate_pmrr``, ``rank_score``, ``mrr``).
-(MTEB's nDCG goes through pytrec_eval, which breaks score ties by document id instead; with
-float embeddings ties only come from identical texts, which the pool removes, so the two agree
-in practice. We use the stable rule everywhere so that rank, MRR, nDCG and p-MRR agree.)
+(pytrec_eval breaks score ties by document id instead; :func:`run_from_ranking` hands it runs
+with strictly decreasing scores in our order, so rank, MRR, nDCG and p-MRR all use one rule.)
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -26,9 +28,12 @@ import numpy as np
 __all__ = [
     "rank_in_scores",
     "ranks_of_targets",
-    "mrr_at_k",
-    "ndcg_at_k",
+    "run_from_ranking",
+    "ir_metrics",
+    "rank_in_run",
     "pmrr_pair",
+    "qrel_diff",
+    "followir_pmrr",
     "mean",
 ]
 
@@ -57,61 +62,64 @@ def ranks_of_targets(scores: np.ndarray, targets: Sequence[int] | np.ndarray) ->
     return (1 + higher + tied_before).astype(np.int64)
 
 
-def mrr_at_k(relevant_ranks: Sequence[int], k: int = 10) -> float:
-    """Reciprocal rank of the best-ranked relevant document if it is within the top ``k``, else 0.
+def run_from_ranking(doc_ids: Sequence[str], scores: Sequence[float] | np.ndarray, depth: int | None = None) -> dict[str, float]:
+    """A trec run for one query: the top ``depth`` documents in our tie order, as {doc_id: score}.
 
-    ``relevant_ranks`` holds the 1-based ranks of one query's relevant documents (any order; empty
-    means no relevant document was retrieved -> 0.0).
+    trec_eval (so pytrec_eval) breaks score ties by document id, not by our pool order; the run
+    therefore carries strictly decreasing scores (``depth - position``), so the library sees exactly
+    our ranking and the metrics agree with :func:`rank_in_scores` and p-MRR.
     """
-    if k < 1:
-        raise ValueError("k must be >= 1")
-    ranks = [int(r) for r in relevant_ranks]
-    if any(r < 1 for r in ranks):
-        raise ValueError("ranks are 1-based")
-    best = min(ranks, default=None)
-    if best is None or best > k:
-        return 0.0
-    return 1.0 / best
+    s = np.asarray(scores, dtype=np.float64)
+    order = np.argsort(-s, kind="stable")  # stable: equal scores keep pool order
+    if depth is not None:
+        order = order[:depth]
+    n = len(order)
+    return {str(doc_ids[i]): float(n - pos) for pos, i in enumerate(order)}
 
 
-def ndcg_at_k(
-    relevant_ranks: Sequence[int],
-    k: int = 10,
-    n_relevant: int | None = None,
-    gains: Sequence[float] | None = None,
-    ideal_gains: Sequence[float] | None = None,
-) -> float:
-    """nDCG@k of one query, trec_eval style: DCG = sum gain / log2(rank + 1) over ranks <= k.
+#: Our metric names -> pytrec_eval measure (and the result key it reports).
+_TREC = {
+    "ndcg_at_5": ("ndcg_cut.5", "ndcg_cut_5"),
+    "ndcg_at_10": ("ndcg_cut.10", "ndcg_cut_10"),
+    "map_at_1000": ("map_cut.1000", "map_cut_1000"),
+    "mrr": ("recip_rank", "recip_rank"),
+}
 
-    Binary relevance by default: ``relevant_ranks`` are the 1-based ranks of the query's relevant
-    documents (gain 1 each) and ``n_relevant`` (default: ``len(relevant_ranks)``) is how many
-    relevant documents exist, for the ideal DCG (a relevant document missing from the pool still
-    counts there, as in trec_eval). Graded relevance: ``gains`` parallel to ``relevant_ranks`` and
-    ``ideal_gains`` the gains of every relevant document (default: ``gains``).
-    Returns 0.0 when there is no relevant document.
+
+def ir_metrics(
+    qrels: dict[str, dict[str, int]],
+    run: dict[str, dict[str, float]],
+    metrics: Sequence[str] = ("ndcg_at_10", "mrr"),
+) -> dict[str, float]:
+    """Mean of trec_eval measures (computed by pytrec_eval) over the queries with a relevant document.
+
+    ``metrics`` from ``ndcg_at_5``, ``ndcg_at_10``, ``map_at_1000``, ``mrr`` (reciprocal rank of the
+    run as given: pass a run cut at 10 for MRR@10). Relevance is graded as in trec_eval (gain =
+    judgement, judgements <= 0 are not relevant). A query with a relevant document but no run counts
+    0, as in trec_eval's ``-c``; a query with no relevant document, and a run query with no
+    judgement, are left out.
     """
-    if k < 1:
-        raise ValueError("k must be >= 1")
-    ranks = [int(r) for r in relevant_ranks]
-    if any(r < 1 for r in ranks):
-        raise ValueError("ranks are 1-based")
-    if gains is None:
-        g = [1.0] * len(ranks)
-        n_rel = len(ranks) if n_relevant is None else int(n_relevant)
-        if n_rel < len(ranks):
-            raise ValueError("n_relevant is smaller than the number of relevant ranks")
-        ideal = [1.0] * n_rel
-    else:
-        g = [float(x) for x in gains]
-        if len(g) != len(ranks):
-            raise ValueError("gains must be parallel to relevant_ranks")
-        ideal = [float(x) for x in (g if ideal_gains is None else ideal_gains)]
-    dcg = sum(gi / math.log2(r + 1) for r, gi in zip(ranks, g, strict=True) if r <= k)
-    ideal = sorted(ideal, reverse=True)[:k]
-    idcg = sum(gi / math.log2(i + 2) for i, gi in enumerate(ideal))
-    if idcg <= 0:
-        return 0.0
-    return dcg / idcg
+    import pytrec_eval
+
+    unknown = [m for m in metrics if m not in _TREC]
+    if unknown:
+        raise ValueError(f"unknown metric(s) {unknown}; known: {sorted(_TREC)}")
+    judged = {q: {d: int(g) for d, g in docs.items()} for q, docs in qrels.items() if any(g > 0 for g in docs.values())}
+    if not judged:
+        return {m: 0.0 for m in metrics}
+    evaluator = pytrec_eval.RelevanceEvaluator(judged, {_TREC[m][0] for m in metrics})
+    per_query = evaluator.evaluate({q: r for q, r in run.items() if q in judged and r})
+    return {m: sum(per_query.get(q, {}).get(_TREC[m][1], 0.0) for q in judged) / len(judged) for m in metrics}
+
+
+def rank_in_run(run: dict[str, float], doc_id: str) -> int:
+    """MTEB's ``get_rank_from_dict``: 1-based rank of ``doc_id`` in a run sorted by score (stable
+    over the run's insertion order); a document missing from the run ranks ``len(run) + 1``."""
+    ordered = sorted(run.items(), key=lambda kv: kv[1], reverse=True)
+    for i, (d, _) in enumerate(ordered):
+        if d == doc_id:
+            return i + 1
+    return len(ordered) + 1
 
 
 def pmrr_pair(rank_og: int, rank_new: int) -> float:
@@ -138,6 +146,36 @@ def pmrr_pair(rank_og: int, rank_new: int) -> float:
     if og >= new:
         return ((1 / og) / (1 / new)) - 1
     return 1 - ((1 / new) / (1 / og))
+
+
+def qrel_diff(qrels_og: dict[str, dict[str, float]], qrels_changed: dict[str, dict[str, float]]) -> dict[str, list[str]]:
+    """Per query, the documents judged under the original instruction whose judgement differs under
+    the changed one (MTEB's ``create_qrel_diff``; a document missing from the changed qrels counts
+    as judgement 0)."""
+    return {
+        q: [d for d, g in docs.items() if qrels_changed.get(q, {}).get(d, 0) != g]
+        for q, docs in qrels_og.items()
+    }
+
+
+def followir_pmrr(
+    run_og: dict[str, dict[str, float]],
+    run_changed: dict[str, dict[str, float]],
+    changed_docs: dict[str, list[str]],
+) -> tuple[float, dict[str, float]]:
+    """FollowIR p-MRR as MTEB's InstructionRetrieval tasks compute it (``calculate_pmrr``).
+
+    For each query and each of its changed documents, :func:`pmrr_pair` of the document's rank in
+    the original-instruction run and in the changed-instruction run (:func:`rank_in_run`); the
+    mean per query, then the mean over queries. Queries with no changed document, or missing
+    from either run, are left out (MTEB skips them). Returns (p-MRR, per-query values).
+    """
+    per_query: dict[str, float] = {}
+    for q, docs in changed_docs.items():
+        if not docs or q not in run_og or q not in run_changed:
+            continue
+        per_query[q] = mean([pmrr_pair(rank_in_run(run_og[q], d), rank_in_run(run_changed[q], d)) for d in docs])
+    return mean(list(per_query.values())), per_query
 
 
 def mean(values: Sequence[float]) -> float:

@@ -27,7 +27,7 @@ def resolve_model(model: str | Path | None) -> str:
 class TrainSettings(BaseModel):
     """Contrastive fine-tuning on an InF-IR release. Field names double as the ``[train]`` TOML keys."""
 
-    model_config = ConfigDict(extra="forbid", frozen=False)
+    model_config = ConfigDict(extra="forbid", frozen=False, allow_inf_nan=False)
 
     model: str | None = Field(None, description="sentence-transformers model path or name; None = bundled all-MiniLM-L6-v2")
     template: str = Field(DEFAULT_TEMPLATE, description="query text = template.format(query=..., instruction=...), training and eval")
@@ -39,10 +39,16 @@ class TrainSettings(BaseModel):
     loss: Literal["mnrl", "cached_mnrl"] = "mnrl"
     mini_batch_size: int = Field(8, ge=1, description="GradCache mini-batch size (loss='cached_mnrl' only)")
     use_mined_negatives: bool = False
+    ablate_mined_negatives: bool = Field(
+        True, description="the training check also trains with use_mined_negatives flipped and reports both"
+    )
     num_mined_negatives: int = Field(1, ge=1, description="mined negatives added per pair when use_mined_negatives")
     max_rows: int | None = Field(None, ge=1, description="use only the first N train rows (file order)")
     max_seq_length: int = Field(256, ge=8)
     output_dir: str | None = Field(None, description="where train() writes; the out_dir argument wins")
+    eval_pool_sample: int = Field(
+        10_000, ge=0, description="evaluation pool: passages sampled from the rest of the collection (all if fewer)"
+    )
 
     @field_validator("template")
     @classmethod

@@ -101,7 +101,7 @@ class _Collect:
                     try:
                         entry = json.loads(raw)
                         cid = entry["custom_id"]
-                    except (ValueError, KeyError, TypeError):
+                    except (ValueError, KeyError, TypeError, RecursionError):
                         log.warning("%s: result file %s line %d is not a batch result; skipped", self.label, file_id, n)
                         continue
                     if cid not in keys:

@@ -59,6 +59,8 @@ def parse_response(response: dict[str, Any], output_model: type[BaseModel]) -> P
         data = json.loads(src)
     except json.JSONDecodeError as e:
         return ParseOutcome(None, f"invalid JSON: {e.msg} at char {e.pos}", text)
+    except RecursionError:  # `[` x 10,000 from a misbehaving model: a bad answer, not a crash
+        return ParseOutcome(None, "invalid JSON: nested too deeply", text)
     if not isinstance(data, dict):
         return ParseOutcome(None, f"invalid JSON: expected an object, got {type(data).__name__}", text)
     try:

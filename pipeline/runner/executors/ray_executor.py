@@ -75,7 +75,8 @@ def run_chunks(ctx, stage, total_rows: int) -> Counter:
 
     warmed = False
     try:
-        with StageWatch(stage.name, total_rows, ctx.client, ctx.cfg.run.progress_interval_s, ctx.quiet) as watch:
+        with StageWatch(stage.name, total_rows, ctx.client, ctx.cfg.run.progress_interval_s, ctx.quiet,
+                        ctx.options.get("build_rest_usd")) as watch:
             for k, rows in enumerate(iter_chunks(ctx.upstream_dir, stage.shard_rows(ctx.cfg))):
                 digest = rows_hash(rows)
                 name = shard_name(k)

@@ -1,0 +1,90 @@
+"""The client's spending side: expected tokens and cost of a request (the dry run, the budget's
+reservations), and the run's spend ledger (reserve before sending, settle on the answer). A mixin of
+`LLMClient`, kept apart so that the client module stays about sending and caching."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Iterable
+
+from pipeline.errors import InfirError
+from pipeline.llm.openai_api.request import request_of
+from pipeline.llm.tokens import estimate_prompt_tokens, max_output_tokens
+from pipeline.llm.types import BUDGET_EXHAUSTED, LLMTask
+
+log = logging.getLogger("pipeline.llm.client")
+
+
+class _RequestFailed(Exception):
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+class SpendMixin:
+    def estimate(self, tasks: Iterable[LLMTask]) -> dict[str, Any]:
+        """Dry run: calls, tokens and cost of the tasks not in the cache (cached ones are free).
+        Prompt tokens: tiktoken if installed, else chars/4. Completion tokens: the prompt's
+        `expected_output_tokens` hint, else half the max-tokens parameter (256 if unset).
+        `batch_cost_usd`: the same calls through the Batch API (the models' `batch_discount`)."""
+        rows = []
+        for t in tasks:
+            rows.append((t, *request_of(t)))
+        cached_keys = self.cache.contains_many(k for _, _, k in rows) if self.cache is not None else set()
+        seen: set[str] = set()
+        out = {"calls": 0, "prompt_tokens": 0, "completion_tokens": 0, "reasoning_tokens": 0, "cost_usd": 0.0,
+               "batch_cost_usd": 0.0, "cached": 0}
+        for t, body, key in rows:
+            if key in cached_keys or key in seen:
+                out["cached"] += 1
+                continue
+            seen.add(key)
+            pt, visible, reasoning = self.expected_tokens(body, t)
+            ct = visible + reasoning  # billed output: the answer and the hidden reasoning
+            out["calls"] += 1
+            out["prompt_tokens"] += pt
+            out["completion_tokens"] += ct
+            out["reasoning_tokens"] += reasoning
+            out["cost_usd"] += self.prices.cost(t.model, pt, ct)
+            out["batch_cost_usd"] += self.prices.cost(t.model, pt, ct, batch=True)
+        return out
+
+    def _exhausted(self, cap: float | None) -> None:
+        if not self.budget_exhausted:
+            log.warning("LLM budget of $%.4f reached: no further requests are sent", cap or 0.0)
+        self.budget_exhausted = True
+        raise _RequestFailed(BUDGET_EXHAUSTED)
+
+    def expected_tokens(self, body: dict[str, Any], task: LLMTask) -> tuple[int, int, int]:
+        """(prompt, visible output, hidden reasoning) tokens to expect from one request: the prompt
+        counted, the answer from the prompt's `expected_output_tokens` hint (else half the max
+        tokens), reasoning from the price table's expectation for the model and effort."""
+        pt = estimate_prompt_tokens(body["messages"], task.model, exact=True)
+        visible = task.prompt.expected_output_tokens or (max_output_tokens(body) // 2) or 256
+        reasoning = self.prices.expected_reasoning(body["model"], body.get("reasoning_effort"))
+        return pt, visible, reasoning
+
+    def _reserve(self, body: dict[str, Any], task: LLMTask) -> int | None:
+        """Reserve a request's expected cost in the run's ledger before it is sent."""
+        if self.ledger is None:
+            return None
+        pt, visible, reasoning = self.expected_tokens(body, task)
+        reservation = self._ledger(self.ledger.reserve, self.prices.cost(body["model"], pt, visible + reasoning))
+        if reservation is None:
+            self._exhausted(self.ledger.cap)
+        return reservation
+
+    def _ledger(self, fn, *args):
+        """A ledger call; a spend that cannot be recorded stops the client (paying for calls the
+        budget cannot count is worse than stopping), as a failed cache write does."""
+        try:
+            return fn(*args)
+        except InfirError as e:
+            if self.stop_reason is None:
+                self.stop_reason = f"spend ledger failed: {e}"
+                log.error("%s; no further requests are sent", e)
+            raise _RequestFailed(self.stop_reason) from None
+
+    def _release(self, reservation: int | None) -> None:
+        if self.ledger is not None:
+            self._ledger(self.ledger.release, reservation)  # nothing to pay for a failed attempt

@@ -1,0 +1,170 @@
+"""`infir plan --target-accepted N`: size a run from a pilot before paying for it.
+
+The pilot is the same run on the first `pilot` queries of the same seeded sample (the source
+draws queries in one seeded order, so a sample of K queries is the first K of a larger one): it
+runs every stage up to the judge in `runs/<run>-pilot/`, through the run's own LLM cache, so the
+full run pays nothing again for the pilot's rows. From it: rows per query, the acceptance rate with
+a 95% Wilson interval, and the cost per candidate as its rows record it (what every answer cost
+when it was made, cache hits included). The plan is the number of source queries to sample and
+the projected cost, online and at batch prices, each with the interval that follows from the
+acceptance's.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+from pipeline.columns import usage_columns
+from pipeline.errors import InfirError
+from pipeline.llm.pricing import PriceTable
+from pipeline.runner.pipeline import Pipeline
+from pipeline.runner.run import run_dir, run_stage
+from pipeline.runner.shape import LLMStage
+from pipeline.store import read_stage_table, require_stage
+
+Z95 = 1.959963984540054
+
+
+def wilson(successes: int, n: int, z: float = Z95) -> tuple[float, float]:
+    """95% Wilson score interval of a proportion (well-behaved near 0 and 1 and for small n,
+    unlike the normal approximation; five lines, so no statistics package for it)."""
+    if n == 0:
+        return 0.0, 1.0
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+@dataclass
+class Plan:
+    target_accepted: int
+    pilot_queries: int
+    pilot_candidates: int
+    pilot_accepted: int
+    rows_per_query: float
+    acceptance: float
+    acceptance_low: float
+    acceptance_high: float
+    cost_per_candidate_usd: float
+    batch_cost_per_candidate_usd: float
+    queries_needed: int
+    queries_needed_low: int
+    queries_needed_high: int
+    queries_available: int
+    cost_usd: float
+    cost_low_usd: float
+    cost_high_usd: float
+    batch_cost_usd: float
+    pilot_run: str
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    @property
+    def enough_queries(self) -> bool:
+        return self.queries_needed_high <= self.queries_available
+
+
+def _pilot_cfg(cfg, pilot: int):
+    run = cfg.run.model_copy(update={"name": f"{cfg.run.name}-pilot"})
+    source = cfg.source.model_copy(update={"sample_queries": pilot})
+    return cfg.model_copy(update={"run": run, "source": source})
+
+
+def _judge_stage(pipe: Pipeline) -> LLMStage:
+    judged = [s for s in pipe.llm_stages()]
+    if not judged:
+        raise InfirError("the pipeline has no LLM stage to plan for")
+    return judged[-1]
+
+
+def _corpus_costs(table, prices: PriceTable, models: dict[str, str]) -> tuple[float, float]:
+    """Online and batch cost of every candidate row's answers (the usage columns)."""
+    online = batch = 0.0
+    for col in usage_columns(table.schema):
+        stage = col.removeprefix("usage_")
+        price = prices.lookup(models.get(stage))
+        discount = price.batch_discount if price is not None else 1.0
+        for u in table.column(col).to_pylist():
+            if u:
+                online += u["cost_usd"]
+                batch += u["cost_usd"] * discount
+    return online, batch
+
+
+def measure(pipe: Pipeline, cfg, pilot_cfg, target: int) -> Plan:
+    judge = _judge_stage(pipe)
+    rd = run_dir(pilot_cfg)
+    first = require_stage(rd, pipe.stages[0].name)["summary"]
+    verdict = require_stage(rd, judge.name)["summary"]
+    queries = int(first.get("queries kept", 0)) or 1
+    rows_per_query = first["rows"] / queries
+    candidates, accepted = int(verdict["candidates"]), int(verdict["accepted"])
+    p = accepted / candidates if candidates else 0.0
+    lo, hi = wilson(accepted, candidates)
+    models = {s.name: s.model(cfg) for s in pipe.llm_stages()}
+    online, batch = _corpus_costs(read_stage_table(rd / judge.name), PriceTable.load(cfg.llm.price_file), models)
+    per_cand, per_cand_batch = online / max(candidates, 1), batch / max(candidates, 1)
+
+    def queries_for(rate: float) -> int:
+        return math.ceil(target / (rate * rows_per_query)) if rate > 0 else 10**12
+
+    need, need_lo, need_hi = queries_for(p), queries_for(hi), queries_for(lo)
+    available = queries + int(first.get("queries not sampled", 0))
+    cost = lambda q: q * rows_per_query * per_cand  # noqa: E731
+    return Plan(
+        target_accepted=target, pilot_queries=queries, pilot_candidates=candidates, pilot_accepted=accepted,
+        rows_per_query=round(rows_per_query, 4), acceptance=round(p, 4), acceptance_low=round(lo, 4),
+        acceptance_high=round(hi, 4), cost_per_candidate_usd=per_cand, batch_cost_per_candidate_usd=per_cand_batch,
+        queries_needed=need, queries_needed_low=need_lo, queries_needed_high=need_hi, queries_available=available,
+        cost_usd=cost(need), cost_low_usd=cost(need_lo), cost_high_usd=cost(need_hi),
+        batch_cost_usd=need * rows_per_query * per_cand_batch, pilot_run=str(rd),
+    )
+
+
+def plan(pipe: Pipeline, cfg, target: int, pilot: int, force: bool = False) -> Plan:
+    """Run (or reuse) the pilot and size the run for `target` accepted rows."""
+    if target < 1:
+        raise InfirError(f"--target-accepted {target}: expected a positive number of rows")
+    if pilot < 1:
+        raise InfirError(f"--pilot {pilot}: expected a positive number of queries")
+    pilot_cfg = _pilot_cfg(cfg, pilot)
+    for stage in pipe.until(_judge_stage(pipe).name):
+        run_stage(pipe, stage.name, pilot_cfg, force=force)
+    return measure(pipe, cfg, pilot_cfg, target)
+
+
+def describe(p: Plan, cap: float | None = None) -> list[str]:
+    lines = [
+        f"pilot: {p.pilot_queries:,} queries -> {p.pilot_candidates:,} candidates, {p.pilot_accepted:,} accepted "
+        f"({p.acceptance:.1%}, 95% interval {p.acceptance_low:.1%}-{p.acceptance_high:.1%}); "
+        f"{p.rows_per_query:.2f} candidates per query; ${p.cost_per_candidate_usd:.5f} per candidate",
+        f"for {p.target_accepted:,} accepted rows: sample {p.queries_needed:,} source queries "
+        f"(interval {p.queries_needed_low:,}-{p.queries_needed_high:,}; the source offers {p.queries_available:,})",
+        f"projected cost: ${p.cost_usd:.4f} online (interval ${p.cost_low_usd:.4f}-${p.cost_high_usd:.4f}), "
+        f"${p.batch_cost_usd:.4f} in batch mode",
+    ]
+    if not p.enough_queries:
+        lines.append(f"not enough source queries: up to {p.queries_needed_high:,} needed, {p.queries_available:,} available")
+    if cap is not None:
+        verdict = "within" if p.cost_high_usd <= cap else "OVER"
+        lines.append(f"budget: ${cap:.2f} (llm.max_cost_usd): the projection's upper end is {verdict} it")
+    return lines
+
+
+def sized_config(pipe: Pipeline, cfg, target: int, pilot: int, force: bool = False):
+    """`build --target-accepted N`: the config whose source samples enough queries for N accepted
+    rows at the acceptance's lower bound (so N is reached with ~97.5% confidence), and its plan.
+    Refuses before anything is paid when the projection's upper end passes the budget."""
+    p = plan(pipe, cfg, target, pilot, force=force)
+    cap = cfg.llm.max_cost_usd
+    if cap is not None and p.cost_high_usd > cap:
+        raise InfirError(
+            f"--target-accepted {target}: projected up to ${p.cost_high_usd:.4f} (point ${p.cost_usd:.4f}), over the "
+            f"budget of ${cap:.2f} (--max-cost-usd / llm.max_cost_usd); raise the budget or lower the target"
+        )
+    queries = min(p.queries_needed_high, p.queries_available)
+    source = cfg.source.model_copy(update={"sample_queries": queries})
+    return cfg.model_copy(update={"source": source}), p
