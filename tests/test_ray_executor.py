@@ -127,11 +127,12 @@ def test_request_rate_holds_over_two_workers(tmp_path, monkeypatch, local_ray):
         run_until(cfg, "generate")
         arrived = sorted(r.arrived for r in srv.chat_requests())
     assert len(arrived) >= 30
-    # In any window of w seconds at most capacity + rate * w requests arrive (+1 for timing at the
-    # edges). Two workers each with their own limiter would send about twice that.
+    # The limiter grants at most capacity + rate * w requests in any w seconds; what the server sees
+    # can be squeezed by the network and a loaded machine, so one more second of rate is allowed:
+    # 40 in 2 s. Two workers each with their own limiter would send about 60 in the first 2 s.
     w = 2.0
     worst = max(sum(1 for t in arrived if a <= t < a + w) for a in arrived)
-    assert worst <= 10 + 10 * w + 1, worst
+    assert worst <= 10 + 10 * (w + 1), worst
 
 
 def test_dense_encoding_on_ray_data_gives_the_local_vectors_and_negatives(tmp_path, local_ray):
