@@ -27,7 +27,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	# Every extra (dense, train, plots) and the test tools; constraints.txt pins torch to the CPU
 	# wheel the suite is tested with (the package itself does not pin torch).
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -c constraints.txt -e '.[all,dev]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[all,ray,dev]'
 	touch $@
 
 install: $(VENV)/.installed ## create .venv and install infir with every extra and its test tools

@@ -46,7 +46,7 @@ def machine() -> str:
 
 # Older hand-written titles of what these benchmarks now produce: never carried over next to them.
 REPLACED = {"client": ("LLM client",), "mining": ("BM25 mining", "Dense mining", "Hard-negative mining"),
-            "pipeline": ("End-to-end",), "memory": ("Memory",)}
+            "pipeline": ("End-to-end",), "memory": ("Memory",), "ray": ("Local vs Ray",)}
 
 
 def kept_sections(path: Path, produced: set[str], replaced: tuple[str, ...] = ()) -> list[str]:
@@ -68,7 +68,8 @@ def main() -> None:
     ap.add_argument("--sizes", default="100000,1000000", help="BM25 collection sizes")
     ap.add_argument("--memory-sizes", default="10000,100000", help="rows for the memory benchmark")
     ap.add_argument("--mining-rounds", default="1", help="dense mining: alternating rounds ours/theirs")
-    ap.add_argument("--skip", default="", help="comma-separated: pipeline,memory,client,mining")
+    ap.add_argument("--ray-passages", default="100000", help="Ray benchmark: passages to encode")
+    ap.add_argument("--skip", default="", help="comma-separated: pipeline,memory,client,mining,ray")
     args = ap.parse_args()
     skip = {s for s in args.skip.split(",") if s}
     t0 = time.perf_counter()
@@ -80,6 +81,7 @@ def main() -> None:
         ("client", "LLM client vs bare AsyncOpenAI (local server, 100 ms latency, concurrency 32)",
          "bench_llm_client.py", ()),
         ("mining", "Hard-negative mining", "bench_mining.py", ("--sizes", args.sizes, "--rounds", args.mining_rounds)),
+        ("ray", "Local vs Ray executor", "bench_ray.py", ("--passages", args.ray_passages)),
     ]
     for key, title, script, extra in plan:
         if key in skip:

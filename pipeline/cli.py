@@ -256,6 +256,12 @@ def build(
     concurrency: Optional[int] = ConcurrencyOpt,
     mode: Optional[str] = ModeOpt,
     until: Optional[str] = typer.Option(None, "--until", help="Stop after this stage (e.g. verify)."),
+    executor: Optional[str] = typer.Option(
+        None, "--executor", help="local (default: this process) or ray (one Ray task per shard; pip install 'infir[ray]')."
+    ),
+    ray_address: Optional[str] = typer.Option(
+        None, "--ray-address", help="Ray cluster to join (auto, ray://head:10001); none: start a local Ray for the run."
+    ),
     set_: Optional[list[str]] = SetOpt,
     force: bool = ForceOpt,
     json_: bool = JsonOpt,
@@ -273,7 +279,8 @@ def build(
     from pipeline.declaration import PIPELINE
     from pipeline.runner.build import run_build
 
-    cfg = _config(config, run, set_, **_llm_flags(backend, max_cost_usd, concurrency, mode))
+    cfg = _config(config, run, set_, **_llm_flags(backend, max_cost_usd, concurrency, mode),
+                  **{"run.executor": executor, "run.ray_address": ray_address})
     run_build(PIPELINE, cfg, until, force=force, dry_run=dry_run, as_json=json_, target=target_accepted, pilot=pilot,
               echo=lambda line: typer.echo(line, err=True))
 

@@ -10,7 +10,7 @@ import importlib.resources
 import json
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field, ValidationError
 
@@ -38,6 +38,11 @@ class RunSettings(Section):
     # None: the bundled pipeline/prompts/ folder (`infir --prompts DIR` sets this). Prompt hashes are
     # part of every cache key and row.
     prompts_dir: Path | None = None
+    # Where row stages run: "local" (this process, the default) or "ray" (one Ray task per shard;
+    # `pip install 'infir[ray]'`). Not part of any stage's identity: both write the same bytes.
+    executor: Literal["local", "ray"] = "local"
+    # None: start a local Ray for the run (stopped at exit); "auto" or "ray://host:10001": join a cluster.
+    ray_address: str | None = None
     # Seconds between plain progress lines when stderr is not a terminal (a log file, a cluster job).
     progress_interval_s: float = Field(30.0, gt=0)
 

@@ -53,3 +53,15 @@ def mined_negatives(ctx, rows: list[dict], settings) -> dict[str, list[dict]]:
     with _index_io(index_dir):
         mined = mine_hard_negatives(_queries(rows), paths, settings, index_dir, fingerprint=fingerprint)
     return {r["id"]: [n.to_dict() for n in mined.get(r["id"], [])] for r in rows}
+
+
+def encode_collection_on_ray(ctx, settings) -> dict | None:
+    """Dense / hybrid mining on the Ray executor: the collection's embeddings made on Ray Data first
+    (`retrieval.ray_encode`), so the index the mining builds finds every passage already encoded."""
+    if settings.method not in ("dense", "hybrid"):
+        return None
+    from pipeline.retrieval.ray_encode import encode_collection
+
+    paths, fingerprint, index_dir = ctx.collection()
+    with _index_io(index_dir):
+        return encode_collection(paths, index_dir, settings, fingerprint)

@@ -63,9 +63,12 @@ class Cache:
         self._claims_refreshed = 0.0
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            # Create the file ourselves so that its mode is 0600 from the first byte.
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-            os.close(fd)
+            # Create the file ourselves so that its mode is 0600 from the first byte. Only when it is
+            # missing: closing an fd of an existing database drops every POSIX lock this process
+            # holds on it (another Cache's), and another process would then delete its WAL under it.
+            if not self.path.exists():
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+                os.close(fd)
             self._conn = sqlite3.connect(
                 str(self.path), timeout=30.0, isolation_level=None, check_same_thread=False
             )

@@ -9,7 +9,7 @@ from pathlib import Path
 from pipeline.config import to_toml
 from pipeline.progress import console, print_summary
 from pipeline.runner import llm
-from pipeline.runner.chunks import run_chunks
+from pipeline.runner.executors import run_chunks
 from pipeline.runner.pipeline import Pipeline
 from pipeline.runner.shape import Context, LLMStage, RowStage, Stage, StageResult
 from pipeline.store import StageOutput, identity_hash, read_success

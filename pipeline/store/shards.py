@@ -341,6 +341,16 @@ class StageOutput:
         self._record(name, table.num_rows, sha256_file(path), failed, input_hash)
         return table
 
+    def register_shard(self, name: str, *, input_hash: str | None = None,
+                       count_failed: Callable[[pa.Table], int] | None = None) -> pa.Table | None:
+        """Record a shard another process (a Ray worker) wrote atomically into this folder, by
+        what is on disk now (its sha256 read back), and remember its input rows for a resume."""
+        table = self.adopt_shard(name, input_hash=input_hash, count_failed=count_failed)
+        if table is not None and input_hash is not None and self._inputs is not None:
+            self._inputs[name] = input_hash
+            self._save_state()
+        return table
+
     def _record(self, name: str, rows: int, sha: str, failed: int = 0, input_hash: str | None = None) -> None:
         self.shards = [s for s in self.shards if s["name"] != name]
         rec: dict = {"name": name, "rows": rows, "sha256": sha}

@@ -1,0 +1,84 @@
+"""One chunk of a row stage on a Ray worker: rebuild the stage's context from what the driver sent,
+run `stage.prepare` + `stage.process` exactly as the local loop does, write the shard atomically
+under the stage folder, and return what the driver needs to record it.
+
+Atomic: the shard is written under a temporary name unique to this process and attempt, then
+renamed, so a task killed mid-write leaves only a temp file (the driver's next attempt removes it),
+and two copies of one task (a retry racing a slow original) each rename a complete file: the
+folder never holds a mixed or partial shard. The driver records the shard by reading back what
+is on disk, never by trusting the task's answer.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from dataclasses import asdict
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline.errors import InfirError
+from pipeline.runner.shape import Context, LLMStage
+from pipeline.store import shard_name
+
+
+def chunk_task(spec: dict, k: int, rows: list[dict], limits) -> dict:
+    """The body of the Ray task (the driver wraps it with `ray.remote`)."""
+    if spec.get("cwd") and os.path.isdir(spec["cwd"]):
+        os.chdir(spec["cwd"])  # relative paths of the config (prompts, prices) as the driver sees them
+    ctx = Context(**spec["ctx"])
+    stage = ctx.stage
+    client = None
+    if isinstance(stage, LLMStage):
+        from pipeline.runner.run import llm_prepare
+
+        llm_prepare(ctx, stage)
+        client = ctx.client = worker_client(ctx, spec["group"], limits)
+    try:
+        prepared = stage.prepare(ctx, rows)
+        processed = stage.process(ctx, rows, prepared)
+    finally:
+        if client is not None:
+            client.close()
+    answer = {"k": k, "pid": os.getpid(), "totals": asdict(client.totals) if client is not None else None}
+    if client is not None and (client.budget_exhausted or client.stop_reason):
+        # As locally: a chunk cut short is not written; the resume redoes it from the cache.
+        return {**answer, "budget_exhausted": client.budget_exhausted, "stopped": client.stop_reason or "budget"}
+    table = pa.Table.from_pylist(processed, schema=ctx.schema)
+    write_shard(table, ctx.run_dir / stage.name / shard_name(k))
+    return answer
+
+
+def write_shard(table: pa.Table, path: Path) -> None:
+    # Host, pid and a random part: two nodes sharing the folder may run processes with the same pid.
+    tmp = path.with_name(f".{path.name}.tmp-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    try:
+        pq.write_table(table, tmp, compression="zstd")  # as `store.write_parquet_atomic`: same bytes
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise InfirError(f"{path}: cannot write shard: {e.strerror or e}") from None
+
+
+def worker_client(ctx, group: str, limits):
+    """The worker's LLM client: its own cache file (reading the run's cache and its siblings'), the
+    run's spend ledger (the budget), the run's shared limiter when a rate limit is set, and
+    `llm.concurrency` already divided by the driver."""
+    from pipeline.llm.cache_merge import WorkerCache
+    from pipeline.llm.client import make_client
+    from pipeline.runner import llm
+    from pipeline.runner.executors.ray_limits import RemoteLimiter
+
+    import pipeline.generation.offline_backend  # noqa: F401  registers the "offline" scripted backend
+
+    s = ctx.cfg.llm
+    client = make_client(s, cache=WorkerCache(s.cache_path, group) if s.cache_path is not None else False)
+    client.ledger = llm.ledger(ctx.cfg, ctx.run_dir, ctx.stage.name)
+    if limits is not None:
+        client.limiter = RemoteLimiter(limits)
+    return client
