@@ -19,7 +19,7 @@ ray = pytest.importorskip("ray", reason="Ray is an optional extra: pip install '
 from conftest import make_config, run_infir  # noqa: E402
 from openai_server import FakeOpenAIServer  # noqa: E402
 from stage_helpers import run_until  # noqa: E402
-from test_generation import openai_cfg, responder  # noqa: E402
+from test_llm_stages import openai_cfg, responder  # noqa: E402
 
 KEY = "sk-test-ray"
 SMALL_SHARDS = {f"{s}.shard_rows": 40 for s in ("generate", "mine", "filter", "verify")}
