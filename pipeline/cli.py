@@ -256,9 +256,7 @@ def build(
     concurrency: Optional[int] = ConcurrencyOpt,
     mode: Optional[str] = ModeOpt,
     until: Optional[str] = typer.Option(None, "--until", help="Stop after this stage (e.g. verify)."),
-    executor: Optional[str] = typer.Option(
-        None, "--executor", help="local (default: this process) or ray (one Ray task per shard; pip install 'infir[ray]')."
-    ),
+    executor: Optional[str] = typer.Option(None, "--executor", help="local (default) or ray (a Ray task per shard; infir[ray])."),
     ray_address: Optional[str] = typer.Option(
         None, "--ray-address", help="Ray cluster to join (auto, ray://head:10001); none: start a local Ray for the run."
     ),

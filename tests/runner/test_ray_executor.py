@@ -54,9 +54,9 @@ def test_cli_build_on_ray_writes_the_local_release(tmp_path, local_ray):
     run_until(local, "write")
     address = ray.get_runtime_context().gcs_address
     code, out, err = run_infir(
-        "build", "--config", str(Path(__file__).parent.parent / "configs/sample.toml"), "--run", "onray",
+        "build", "--config", str(Path(__file__).resolve().parents[2] / "configs/sample.toml"), "--run", "onray",
         "--executor", "ray", "--ray-address", address, "--until", "write",
-        "--set", f"source.path={Path(__file__).parent.parent / 'data/sample'}",
+        "--set", f"source.path={Path(__file__).resolve().parents[2] / 'data/sample'}",
         "--set", "write.releases_dir=rel-ray", *[a for k, v in SMALL_SHARDS.items() for a in ("--set", f"{k}={v}")],
     )
     assert code == 0, err[-2000:]
