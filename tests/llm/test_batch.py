@@ -138,7 +138,7 @@ def _spawn(tmp_path, srv, n, *extra) -> subprocess.Popen:
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def _wait_polling(srv, proc, batches: int, timeout: float = 60.0) -> None:
+def _wait_polling(srv, proc, batches: int, timeout: float = 180.0) -> None:
     """Until the child has created `batches` batches and polled each of them at least once."""
     end = time.monotonic() + timeout
     while time.monotonic() < end:
@@ -160,7 +160,7 @@ def test_kill9_while_in_flight_then_rerun_polls_recorded_batches(tmp_path, api_k
         proc = _spawn(tmp_path, srv, 25, "--max-requests", "10")
         _wait_polling(srv, proc, 3)
         proc.kill()  # SIGKILL: no cleanup of any kind
-        proc.communicate(timeout=30)
+        proc.communicate(timeout=120)
         assert not (tmp_path / "child.json").exists()
         assert (srv.batch_creations, srv.file_uploads) == (3, 3)
         state_path = tmp_path / "state" / "state.json"
@@ -196,7 +196,7 @@ def test_ctrl_c_while_polling_leaves_resumable_state(tmp_path, api_key, cancel):
         proc = _spawn(tmp_path, srv, 8, *(["--cancel-on-interrupt"] if cancel else []))
         _wait_polling(srv, proc, 1)
         proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=30)
+        _, err = proc.communicate(timeout=120)
         assert proc.returncode == 130, err
         assert "Traceback" not in err and "rerun" in err
         assert srv.batch_cancels == (1 if cancel else 0)
