@@ -22,6 +22,7 @@ LOCAL = {"pipeline", "tests", "bench"} | {p.stem for d in ("tests", "bench") for
 # Declared but never imported, on purpose.
 NOT_IMPORTED = {
     "pytest-timeout": "a pytest plugin, used through addopts --timeout",
+    "pytest-httpserver": "a pytest plugin: its `httpserver` fixture (tests/release/test_publish.py)",
     "setuptools": "the build backend tests/test_packaging.py builds the wheel with",
     "playwright": "loaded with pytest.importorskip in tests/report/test_report_browser.py (skipped where absent)",
 }
