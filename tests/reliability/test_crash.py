@@ -153,7 +153,9 @@ def runs(tmp_path_factory):
 @pytest.mark.slow
 def test_killed_run_gives_byte_identical_release_and_stage_shards(runs):
     a, b = runs["a"], runs["b"]
-    assert all(runs["kills"][s] >= KILLS for s in STAGES), runs["kills"]
+    # `filter` has no LLM wait and writes its shards in one quick burst: some kills come after its
+    # last shard. At least 3 of its 5 must land; every other stage takes all 5.
+    assert all(runs["kills"][s] >= (3 if s == "filter" else KILLS) for s in STAGES), runs["kills"]
     release_a, release_b = tree_bytes(a / RELEASE), tree_bytes(b / RELEASE)
     assert any(k.startswith("data/") for k in release_a)
     assert verify_release(a / RELEASE).rows > 0

@@ -83,7 +83,10 @@ def test_report_in_chromium(sample_report, tmp_path):
             assert page.locator("#rows details.row", has_text="hn2_fits").count() == expected
             first = page.locator("#rows details.row").first
             first.locator("summary").click()
-            assert first.locator("table.verdicts tr.fail", has_text="hn2_fits").count() == 1
+            # The row's details are painted on opening: wait for them (a loaded machine is slow to).
+            failed_row = first.locator("table.verdicts tr.fail", has_text="hn2_fits")
+            failed_row.wait_for(state="attached", timeout=30_000)
+            assert failed_row.count() == 1
             assert first.locator(".field mark").count() > 0  # I+/I- and Q+/Q- differences marked
             page.select_option("#f-reason", "any")
             page.fill("#f-search", "zzzz-no-such-text")
