@@ -68,7 +68,7 @@ def release_collection(release_dir: str | Path) -> list[str]:
 
 def read_corpus_texts(path: str | Path) -> list[str]:
     """Passage texts of a BEIR ``corpus.jsonl`` (``title + " " + text``), file order."""
-    import json
+    from pipeline.train.readers import iter_json_lines
 
     p = Path(path)
     if p.is_dir():
@@ -76,21 +76,12 @@ def read_corpus_texts(path: str | Path) -> list[str]:
     if not p.is_file():
         raise InfirError(f"{p}: collection file not found (expected a BEIR corpus.jsonl)")
     out = []
-    with p.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise InfirError(f"{p}:{lineno}: invalid JSON ({exc.msg})") from exc
-            except RecursionError:  # `[` x 10,000: one error line, not a crash
-                raise InfirError(f"{p}:{lineno}: invalid JSON (nested too deeply)") from None
-            if not isinstance(obj, dict):
-                raise InfirError(f"{p}:{lineno}: expected a JSON object with title/text")
-            text = " ".join(x for x in (_clean(obj.get("title")), _clean(obj.get("text"))) if x)
-            if text:
-                out.append(text)
+    for lineno, obj in iter_json_lines(p):
+        if not isinstance(obj, dict):
+            raise InfirError(f"{p}:{lineno}: expected a JSON object with title/text")
+        text = " ".join(x for x in (_clean(obj.get("title")), _clean(obj.get("text"))) if x)
+        if text:
+            out.append(text)
     return out
 
 

@@ -5,11 +5,25 @@ from __future__ import annotations
 import csv
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from pipeline.errors import InfirError
 
 __all__ = ["read_jsonl", "read_qrels"]
+
+
+def iter_json_lines(path: Path) -> Iterator[tuple[int, Any]]:
+    """(line number, decoded value) of each non-blank line; bad JSON is one error naming the line."""
+    with path.open(encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                yield lineno, json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise InfirError(f"{path}:{lineno}: invalid JSON ({exc.msg})") from exc
+            except RecursionError:  # `[` x 10,000: one error line, not a crash
+                raise InfirError(f"{path}:{lineno}: invalid JSON (nested too deeply)") from None
 
 
 def read_jsonl(path: Path, required: tuple[str, ...] = ("_id",)) -> list[dict[str, Any]]:
@@ -17,20 +31,11 @@ def read_jsonl(path: Path, required: tuple[str, ...] = ("_id",)) -> list[dict[st
     if not path.is_file():
         raise InfirError(f"{path}: file not found")
     out = []
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise InfirError(f"{path}:{lineno}: invalid JSON ({exc.msg})") from exc
-            except RecursionError:  # `[` x 10,000: one error line, not a crash
-                raise InfirError(f"{path}:{lineno}: invalid JSON (nested too deeply)") from None
-            if not isinstance(obj, dict) or any(k not in obj for k in required):
-                need = ", ".join(f"'{k}'" for k in required)
-                raise InfirError(f"{path}:{lineno}: expected an object with field(s) {need}")
-            out.append(obj)
+    for lineno, obj in iter_json_lines(path):
+        if not isinstance(obj, dict) or any(k not in obj for k in required):
+            need = ", ".join(f"'{k}'" for k in required)
+            raise InfirError(f"{path}:{lineno}: expected an object with field(s) {need}")
+        out.append(obj)
     return out
 
 
@@ -54,23 +59,14 @@ def _read_qrels_tsv(path: Path) -> dict[str, dict[str, float]]:
 
 def _read_qrels_jsonl(path: Path) -> dict[str, dict[str, float]]:
     qrels: dict[str, dict[str, float]] = {}
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise InfirError(f"{path}:{lineno}: invalid JSON ({exc.msg})") from exc
-            except RecursionError:  # `[` x 10,000: one error line, not a crash
-                raise InfirError(f"{path}:{lineno}: invalid JSON (nested too deeply)") from None
-            if not isinstance(obj, dict) or not {"query-id", "corpus-id", "score"} <= set(obj):
-                raise InfirError(f"{path}:{lineno}: expected an object with query-id, corpus-id and score")
-            try:
-                score = float(obj["score"])
-            except (TypeError, ValueError) as exc:
-                raise InfirError(f"{path}:{lineno}: score {obj['score']!r} is not a number") from exc
-            qrels.setdefault(str(obj["query-id"]).strip(), {})[str(obj["corpus-id"]).strip()] = score
+    for lineno, obj in iter_json_lines(path):
+        if not isinstance(obj, dict) or not {"query-id", "corpus-id", "score"} <= set(obj):
+            raise InfirError(f"{path}:{lineno}: expected an object with query-id, corpus-id and score")
+        try:
+            score = float(obj["score"])
+        except (TypeError, ValueError) as exc:
+            raise InfirError(f"{path}:{lineno}: score {obj['score']!r} is not a number") from exc
+        qrels.setdefault(str(obj["query-id"]).strip(), {})[str(obj["corpus-id"]).strip()] = score
     return qrels
 
 
