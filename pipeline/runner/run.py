@@ -7,7 +7,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from pipeline.config import to_toml
-from pipeline.progress import console, print_summary
 from pipeline.runner import llm
 from pipeline.runner.executors import run_chunks
 from pipeline.runner.pipeline import Pipeline
@@ -99,15 +98,3 @@ def _run(ctx: Context, stage: Stage) -> dict:
     if ctx.client is not None:
         summary["llm"] = llm.llm_summary(ctx.client, batch)
     return summary
-
-
-def run_until(pipe: Pipeline, cfg, until: str | None = None, *, force: bool = False) -> list[StageResult]:
-    return [run_stage(pipe, s.name, cfg, force=force) for s in pipe.until(until)]
-
-
-def skipped_message(stage: str, success: dict) -> None:
-    console.print(f"[green]{stage}[/]: already complete ({success['rows']:,} rows); nothing to do (--force redoes it)")
-
-
-def print_stage_summary(stage: str, rows: list[tuple[str, object]]) -> None:
-    print_summary(stage, rows)
