@@ -10,7 +10,6 @@ would produce.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from rich.table import Table
@@ -204,7 +203,3 @@ def print_status(run: Path) -> None:
     note = _release_note(run, states)
     if note:
         console.print(note)
-
-
-def status_json(run: Path) -> str:
-    return json.dumps(stage_states(Path(run)), indent=2, default=str)

@@ -4,7 +4,6 @@ Make targets all read the one declaration (`pipeline/declaration.py`)."""
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import pyarrow as pa
 
@@ -61,6 +60,3 @@ class Pipeline:
         """Config sections of the stages up to `upto` (all of them by default), in order."""
         stages = self.stages if upto is None else self.stages[: self.stages.index(upto) + 1]
         return [s.section for s in stages if s.section]
-
-    def dirs(self, run_dir: Path) -> dict[str, Path]:
-        return {s.name: Path(run_dir) / s.name for s in self.stages}
