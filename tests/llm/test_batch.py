@@ -502,6 +502,9 @@ def _child(argv: list[str]) -> None:
 
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "child":
+        # A job started in the background by a non-interactive shell inherits SIGINT ignored, and
+        # Python then keeps it ignored: restore Ctrl-C so the test's SIGINT reaches the child.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         _child(sys.argv[2:])
     else:
-        raise SystemExit("usage: test_llm_batch.py child ...")
+        raise SystemExit("usage: tests/llm/test_batch.py child ...")
