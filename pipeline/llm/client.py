@@ -385,6 +385,8 @@ class LLMClient(SpendMixin):
                 response = await asyncio.wait_for(self.backend.complete(body, task), remaining)
             except BackendError as err:
                 self._release(reservation)
+                if err.kind in ("timeout", "connection"):
+                    self.totals.no_response += 1
                 if err.fatal:
                     if self.stop_reason is None:
                         self.stop_reason = f"aborted: {err}"
@@ -395,6 +397,7 @@ class LLMClient(SpendMixin):
                 raise
             except asyncio.TimeoutError:
                 self._release(reservation)
+                self.totals.no_response += 1
                 raise _RequestFailed(f"deadline of {s.deadline_s:g}s exceeded after {attempt} attempt(s)") from None
             except (asyncio.CancelledError, KeyboardInterrupt):
                 self._release(reservation)

@@ -87,6 +87,10 @@ class Totals:
     requests: int = 0  # tasks processed
     cache_hits: int = 0  # responses served from the cache or from an identical in-flight request
     http_calls: int = 0  # HTTP attempts (failed ones included)
+    # Attempts that ended with no HTTP answer (timeout, connection error). The server may or may not
+    # have received them (a write on a keep-alive socket the server just closed never arrives), so
+    # the server's request count lies between http_calls - no_response and http_calls.
+    no_response: int = 0
     retries: int = 0
     prompt_tokens: int = 0  # billed in this run (HTTP responses only)
     completion_tokens: int = 0

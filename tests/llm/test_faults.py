@@ -37,8 +37,13 @@ def test_mixed_faults_30_percent_over_500_requests(tmp_path, api_key):
     assert [r.key_id for r in results] == [str(i) for i in range(n)]
     for r in results:
         assert (r.ok and r.value is not None and r.error is None) or (not r.ok and r.error), r
-    # Every HTTP request the server saw is accounted for by exactly one attempt of ours.
-    assert sum(r.http_calls for r in results) == srv.count == c.totals.http_calls
+    # Every HTTP request the server saw is accounted for by one attempt of ours. Our count may exceed
+    # the server's only by attempts that got no answer at all (a request written to a keep-alive
+    # socket the server had just closed, or a timeout before the server read it, never arrives).
+    ours = sum(r.http_calls for r in results)
+    assert ours == c.totals.http_calls
+    assert ours - c.totals.no_response <= srv.count <= ours, (ours, srv.count, c.totals.no_response)
+    assert c.totals.no_response > 0  # the drop and timeout faults did happen
     faults = defaultdict(list)
     for q in reqs:
         faults[item_of(q.body)].append(q.fault)
