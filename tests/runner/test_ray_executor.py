@@ -135,6 +135,61 @@ def test_request_rate_holds_over_two_workers(tmp_path, monkeypatch, local_ray):
     assert worst <= 10 + 10 * (w + 1), worst
 
 
+def test_budget_holds_over_two_workers_through_the_drivers_ledger(tmp_path, monkeypatch, local_ray):
+    """The cap holds for the run over both workers, and no worker opens the SQLite ledger (which
+    would be wrong on a network filesystem): every reservation seen in the file during the run is
+    held by the one ledger actor on the driver's node."""
+    import sqlite3
+
+    import psutil
+    from run_helpers import billing_server
+
+    from pipeline.errors import InfirError
+    from pipeline.llm.budget import SpendLedger
+
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    cap = 0.01  # generate costs ~$0.0003 a row at gpt-4o-mini prices: ~30 of the 80 rows fit
+    holders: set[int] = set()
+    ledger_file = tmp_path / "runs/sample/spend.sqlite3"
+    stop = threading.Event()
+
+    def watch() -> None:
+        while not stop.is_set():
+            if ledger_file.exists():
+                try:
+                    with sqlite3.connect(f"file:{ledger_file}?mode=ro", uri=True, timeout=1) as db:
+                        holders.update(p for (p,) in db.execute("SELECT DISTINCT pid FROM reserved"))
+                except sqlite3.Error:
+                    pass
+            stop.wait(0.005)
+
+    with billing_server(latency=0.05) as srv:
+        cfg = openai_cfg(srv, **{"source.sample_queries": 80, "generate.shard_rows": 10, "run.executor": "ray",
+                                 "llm.concurrency": 4, "llm.max_cost_usd": cap,
+                                 "llm.cache_path": str(tmp_path / "c.sqlite3")})
+        th = threading.Thread(target=watch, daemon=True)
+        th.start()
+        try:
+            with pytest.raises(InfirError, match="stopped at the cost budget"):
+                run_until(cfg, "generate")
+        finally:
+            stop.set()
+            th.join()
+        sent = len(srv.chat_requests())
+    ledger = SpendLedger(ledger_file)
+    spent = ledger.spent()
+    held = ledger._db.execute("SELECT COUNT(*) FROM reserved").fetchone()[0]
+    ledger.close()
+    assert 10 < sent < 80, sent  # stopped by the cap, after both workers had sent
+    # Over the cap by at most what was in flight beyond its reservations (4 requests at once).
+    assert cap * 0.5 < spent <= cap + 4 * 0.0005, spent
+    assert held == 0  # nothing left reserved by the tasks that stopped
+    assert holders, "no reservation was ever seen in the ledger file"
+    names = {pid: " ".join(psutil.Process(pid).cmdline()) if psutil.pid_exists(pid) else "(gone)" for pid in holders}
+    assert len(holders) == 1 and os.getpid() not in holders, names
+    assert all("SharedLedger" in n or n == "(gone)" for n in names.values()), names
+
+
 def test_dense_encoding_on_ray_data_gives_the_local_vectors_and_negatives(tmp_path, local_ray):
     import numpy as np
     import pyarrow.parquet as pq
@@ -158,3 +213,20 @@ def test_dense_encoding_on_ray_data_gives_the_local_vectors_and_negatives(tmp_pa
     lrows, rrows = local.lookup(keys), onray.lookup(keys)
     assert (rrows >= 0).all()
     np.testing.assert_allclose(onray.get(rrows), local.get(lrows), atol=1e-5)
+
+
+def test_ledger_actor_releases_what_a_dead_task_reserved(tmp_path):
+    """A task killed between reserve and settle leaves reservations that would block the cap for
+    the rest of the run (the actor's pid is alive): its next attempt, or the driver at stage end,
+    releases them by the task's key."""
+    from pipeline.llm.budget import SpendLedger
+    from pipeline.runner.executors.ray_limits import SharedLedger
+
+    actor = SharedLedger(str(tmp_path / "spend.sqlite3"), 1.0, "generate")
+    a = [actor.reserve("run-generate:0", 0.3) for _ in range(3)]
+    assert None not in a and actor.reserve("run-generate:1", 0.3) is None  # 0.9 held: 0.3 more passes $1
+    actor.settle("run-generate:0", a[0], 0.25)
+    assert actor.release_owner("run-generate:0") == 2 and actor.held() == 0
+    b = actor.reserve("run-generate:1", 0.7)
+    assert b is not None and actor.release_all() == 1
+    assert actor.spent() == pytest.approx(0.25) and SpendLedger(tmp_path / "spend.sqlite3").spent("generate") == pytest.approx(0.25)

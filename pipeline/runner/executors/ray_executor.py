@@ -41,6 +41,7 @@ def run_chunks(ctx, stage, total_rows: int) -> Counter:
     if is_llm:
         slots = min(slots, ctx.cfg.llm.concurrency)
     limits = _shared_limits(ray, ctx.cfg.llm) if is_llm else None
+    ledger = _shared_ledger(ray, ctx) if is_llm else None
     spec = _spec(ctx, stage, group, slots)
     remote = ray.remote(max_retries=MAX_TASK_RETRIES, retry_exceptions=False)(_chunk_task)
     counts, tally = Counter(), Counter()
@@ -91,7 +92,7 @@ def run_chunks(ctx, stage, total_rows: int) -> Counter:
                     _warm_up(ctx, stage, rows)
                     warmed = True
                 collect(watch, 2 * slots - 1)
-                pending[remote.remote(spec, k, rows, limits)] = (k, len(rows), digest)
+                pending[remote.remote(spec, k, rows, limits, ledger)] = (k, len(rows), digest)
             collect(watch, 0)
             if stopped:  # as locally: the same message, after every finished shard is recorded
                 ctx.client.budget_exhausted = any(a["budget_exhausted"] for a in stopped)
@@ -102,6 +103,11 @@ def run_chunks(ctx, stage, total_rows: int) -> Counter:
             ray.cancel(ref, force=True)
         if cache_path is not None and not pending:
             merge_worker_caches(cache_path, group)
+        if ledger is not None:  # reservations of cancelled or killed tasks: nothing will settle them
+            try:
+                ray.get(ledger.release_all.remote())
+            except ray.exceptions.RayError:
+                pass  # the actor died with its reservations' pid: the next reserve drops them
     if stage.error_column is not None:
         counts["failed rows retried"] = out.retrying
     return stage.summary(ctx, tally, counts)
@@ -118,10 +124,10 @@ def _warm_up(ctx, stage, rows: list[dict]) -> None:
     stage.prepare(ctx, rows[:1])
 
 
-def _chunk_task(spec: dict, k: int, rows: list[dict], limits) -> dict:
+def _chunk_task(spec: dict, k: int, rows: list[dict], limits, ledger) -> dict:
     from pipeline.runner.executors.ray_worker import chunk_task
 
-    return chunk_task(spec, k, rows, limits)
+    return chunk_task(spec, k, rows, limits, ledger)
 
 
 def _spec(ctx, stage, group: str, slots: int) -> dict:
@@ -150,6 +156,19 @@ def _shared_limits(ray, s):
 
     actor = ray.remote(num_cpus=0)(SharedLimits)
     return actor.remote(s.requests_per_minute, s.tokens_per_minute)
+
+
+def _shared_ledger(ray, ctx):
+    """The run's spend ledger as an actor on this (the driver's) node: it owns the SQLite file
+    locally, next to this process's own connection to it (see ray_limits)."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    from pipeline.runner.executors.ray_limits import SharedLedger
+    from pipeline.runner.llm import SPEND_LEDGER
+
+    here = NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(), soft=False)
+    actor = ray.remote(num_cpus=0, scheduling_strategy=here)(SharedLedger)
+    return actor.remote(str((ctx.run_dir / SPEND_LEDGER).resolve()), ctx.cfg.llm.max_cost_usd, ctx.stage.name)
 
 
 def _result(ray, ref, out_dir, k: int) -> dict:

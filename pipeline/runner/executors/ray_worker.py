@@ -25,7 +25,7 @@ from pipeline.runner.shape import Context, LLMStage
 from pipeline.store import shard_name
 
 
-def chunk_task(spec: dict, k: int, rows: list[dict], limits) -> dict:
+def chunk_task(spec: dict, k: int, rows: list[dict], limits, ledger) -> dict:
     """The body of the Ray task (the driver wraps it with `ray.remote`)."""
     if spec.get("cwd") and os.path.isdir(spec["cwd"]):
         os.chdir(spec["cwd"])  # relative paths of the config (prompts, prices) as the driver sees them
@@ -36,7 +36,7 @@ def chunk_task(spec: dict, k: int, rows: list[dict], limits) -> dict:
         from pipeline.runner.run import llm_prepare
 
         llm_prepare(ctx, stage)
-        client = ctx.client = worker_client(ctx, spec["group"], limits)
+        client = ctx.client = worker_client(ctx, spec["group"], limits, ledger, owner=f"{spec['group']}:{k}")
     try:
         prepared = stage.prepare(ctx, rows)
         processed = stage.process(ctx, rows, prepared)
@@ -65,20 +65,23 @@ def write_shard(table: pa.Table, path: Path) -> None:
         raise InfirError(f"{path}: cannot write shard: {e.strerror or e}") from None
 
 
-def worker_client(ctx, group: str, limits):
+def worker_client(ctx, group: str, limits, ledger, owner: str):
     """The worker's LLM client: its own cache file (reading the run's cache and its siblings'), the
-    run's spend ledger (the budget), the run's shared limiter when a rate limit is set, and
-    `llm.concurrency` already divided by the driver."""
+    run's spend ledger through the driver's ledger actor (the budget), the run's shared limiter when
+    a rate limit is set, and `llm.concurrency` already divided by the driver."""
+    import ray
+
     from pipeline.llm.cache_merge import WorkerCache
     from pipeline.llm.client import make_client
-    from pipeline.runner import llm
-    from pipeline.runner.executors.ray_limits import RemoteLimiter
+    from pipeline.runner.executors.ray_limits import RemoteLedger, RemoteLimiter
 
     import pipeline.generation.offline_backend  # noqa: F401  registers the "offline" scripted backend
 
     s = ctx.cfg.llm
     client = make_client(s, cache=WorkerCache(s.cache_path, group) if s.cache_path is not None else False)
-    client.ledger = llm.ledger(ctx.cfg, ctx.run_dir, ctx.stage.name)
+    # An earlier attempt of this task died holding reservations: they would never be settled.
+    ray.get(ledger.release_owner.remote(owner))
+    client.ledger = RemoteLedger(ledger, owner, s.max_cost_usd)
     if limits is not None:
         client.limiter = RemoteLimiter(limits)
     return client
