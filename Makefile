@@ -42,7 +42,7 @@ status: install ## per-stage progress of the run
 	$(INFIR) status runs/$(or $(RUN),sample)
 
 test: install ## the test suite
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=25
 
 test-fast: install ## the suite without slow tests
 	$(PY) -m pytest -q -m "not slow"

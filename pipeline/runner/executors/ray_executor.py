@@ -103,11 +103,7 @@ def run_chunks(ctx, stage, total_rows: int) -> Counter:
             ray.cancel(ref, force=True)
         if cache_path is not None and not pending:
             merge_worker_caches(cache_path, group)
-        if ledger is not None:  # reservations of cancelled or killed tasks: nothing will settle them
-            try:
-                ray.get(ledger.release_all.remote())
-            except ray.exceptions.RayError:
-                pass  # the actor died with its reservations' pid: the next reserve drops them
+        _release_all(ray, ledger)
     if stage.error_column is not None:
         counts["failed rows retried"] = out.retrying
     return stage.summary(ctx, tally, counts)
@@ -169,6 +165,16 @@ def _shared_ledger(ray, ctx):
     here = NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(), soft=False)
     actor = ray.remote(num_cpus=0, scheduling_strategy=here)(SharedLedger)
     return actor.remote(str((ctx.run_dir / SPEND_LEDGER).resolve()), ctx.cfg.llm.max_cost_usd, ctx.stage.name)
+
+
+def _release_all(ray, ledger) -> None:
+    """Reservations of cancelled or killed tasks: nothing will settle them."""
+    if ledger is None:
+        return
+    try:
+        ray.get(ledger.release_all.remote())
+    except ray.exceptions.RayError:
+        pass  # the actor died with its reservations' pid: the next reserve drops them
 
 
 def _result(ray, ref, out_dir, k: int) -> dict:
