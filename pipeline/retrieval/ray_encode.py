@@ -76,7 +76,7 @@ def encode_collection(paths: list[Path], index_dir: Path, settings, fingerprint:
     # (held by the actors, the read tasks that feed them never start). An actor's torch still uses
     # its share of the cores (Ray sets its thread count).
     light = {"num_cpus": 0.1}
-    ds = ray.data.read_parquet([str(p) for p in paths], columns=_columns(paths[0]), ray_remote_args=light)
+    ds = ray.data.read_parquet([str(p) for p in paths], num_cpus=light["num_cpus"]).select_columns(_columns(paths[0]))
     ds = ds.map_batches(
         _Encoder, batch_size=RAY_BATCH, batch_format="pyarrow", concurrency=actors,
         num_gpus=1 if gpus else 0, num_cpus=0.1 if gpus else (cpus - 1) / actors,
