@@ -138,14 +138,10 @@ def _training_section(manifest: dict[str, Any]) -> list[str]:
     ]
 
 
-def render_card(manifest: dict[str, Any], examples: list[dict[str, Any]]) -> str:
-    """Full README.md text; deterministic for a given manifest (created_at is not used)."""
-    meta = yaml.safe_dump(front_matter(manifest), sort_keys=False, allow_unicode=True, default_flow_style=False)
-    name, version = manifest["name"], manifest["version"]
-    counts = manifest["counts"]
-    lines: list[str] = ["---", meta.rstrip("\n"), "---", ""]
-    lines += [
-        f"# {name} {version}",
+def _intro_section(manifest: dict[str, Any]) -> list[str]:
+    """Title, what a row is, and how to load the full table."""
+    return [
+        f"# {manifest['name']} {manifest['version']}",
         "",
         "An instruction-following retrieval training corpus in the format of "
         "[InF-IR](https://arxiv.org/abs/2505.21439). Each row is one positive (query, instruction, passage) "
@@ -160,21 +156,29 @@ def render_card(manifest: dict[str, Any], examples: list[dict[str, Any]]) -> str
         "```",
         "",
     ]
-    lines += _training_section(manifest)
-    lines += [
+
+
+def _columns_section() -> list[str]:
+    lines = [
         "## Columns",
         "",
         "| column | meaning |",
         "|---|---|",
     ]
     lines += [f"| `{c}` | {COLUMN_DOC[c]} |" for c in INFIR_COLUMNS]
-    lines += [
+    return lines + [
         "| `id`, `source`, `query_id`, `passage_id` | provenance: stable row id (content hash), source corpus, source ids |",
         "| `mined_negatives` | retrieved candidate negatives (passage_id, text, score, rank, method) |",
         "| `verdicts` | the judge's per-check verdicts (check, passed, reason) |",
         "| `generator_model`, `judge_model`, `prompt_generate`, `prompt_poison`, `prompt_judge` | models and prompt versions (content hashes) |",
         "| `split` | train / validation / test, assigned by query id (no query appears in two splits) |",
         "",
+    ]
+
+
+def _build_section(manifest: dict[str, Any]) -> list[str]:
+    """Provenance (sources, models, prompts, code, spend, split) and the judge's checks."""
+    lines = [
         "## How it was built",
         "",
         f"- Source corpus: {', '.join(f'`{s}`' for s in manifest.get('sources', [])) or 'n/a'}",
@@ -192,10 +196,14 @@ def render_card(manifest: dict[str, Any], examples: list[dict[str, Any]]) -> str
         "a judge model checks every candidate row; a row is accepted only if every check passes:",
         "",
     ]
-    checks = manifest["checks"]
-    lines += [f"- `{c}`" for c in checks] or ["- (no checks recorded)"]
-    lines += [
-        "",
+    lines += [f"- `{c}`" for c in manifest["checks"]] or ["- (no checks recorded)"]
+    return lines + [""]
+
+
+def _statistics_section(manifest: dict[str, Any]) -> list[str]:
+    """Counts, rows per split, pass rate per check and text lengths, each table with its plot."""
+    counts = manifest["counts"]
+    lines = [
         "## Statistics",
         "",
         f"Candidates {counts['candidates']}, accepted {counts['accepted']}, rejected {counts['rejected']} "
@@ -214,7 +222,7 @@ def render_card(manifest: dict[str, Any], examples: list[dict[str, Any]]) -> str
         "| check | failed | pass rate |",
         "|---|---:|---:|",
     ]
-    for c in checks:
+    for c in manifest["checks"]:
         lines.append(f"| `{c}` | {counts['failures'].get(c, 0)} | {_fmt_rate(counts['pass_rate'].get(c))} |")
     lines += [
         "",
@@ -227,7 +235,12 @@ def render_card(manifest: dict[str, Any], examples: list[dict[str, Any]]) -> str
     ]
     for c, d in manifest["lengths"].items():
         lines.append(f"| `{c}` | {d['min']} | {d['median']} | {d['mean']} | {d['max']} |")
-    lines += ["", _plot(manifest, "Length distributions", LENGTHS_PLOT), "", "## Examples", ""]
+    return lines + ["", _plot(manifest, "Length distributions", LENGTHS_PLOT), ""]
+
+
+def _examples_section(examples: list[dict[str, Any]]) -> list[str]:
+    """One table per example row, its InF-IR columns only (cells flattened and cut, see `_cell`)."""
+    lines = ["## Examples", ""]
     for i, row in enumerate(examples, 1):
         lines.append(f"### Example {i} (`{row.get('id')}`, {row.get('split')})")
         lines.append("")
@@ -235,7 +248,11 @@ def render_card(manifest: dict[str, Any], examples: list[dict[str, Any]]) -> str
         lines.append("|---|---|")
         lines += [f"| `{c}` | {_cell(row.get(c))} |" for c in INFIR_COLUMNS]
         lines.append("")
-    lines += [
+    return lines
+
+
+def _limitations_section() -> list[str]:
+    return [
         "## Limitations",
         "",
         "- Instructions, poisoned instructions and poisoned queries are machine-written; the judge is an LLM and "
@@ -246,6 +263,11 @@ def render_card(manifest: dict[str, Any], examples: list[dict[str, Any]]) -> str
         "- Acceptance rates depend on the models, prompts and backend listed above; the offline backend produces "
         "deterministic placeholder text for testing only.",
         "",
+    ]
+
+
+def _files_section() -> list[str]:
+    return [
         "## Files",
         "",
         "`data/<split>-NNNNN-of-NNNNN.parquet` (zstd; the default config), `triplets/<split>.parquet` (the "
@@ -253,6 +275,11 @@ def render_card(manifest: dict[str, Any], examples: list[dict[str, Any]]) -> str
         "config, models, prompt hashes, tokens and cost), `plots/`. A copy is intact when every shard's sha256 and "
         "row count match the manifest.",
         "",
+    ]
+
+
+def _citation_section() -> list[str]:
+    return [
         "## Citation",
         "",
         "This corpus follows the construction of InF-IR:",
@@ -262,6 +289,21 @@ def render_card(manifest: dict[str, Any], examples: list[dict[str, Any]]) -> str
         "```",
         "",
     ]
+
+
+def render_card(manifest: dict[str, Any], examples: list[dict[str, Any]]) -> str:
+    """Full README.md text; deterministic for a given manifest (created_at is not used)."""
+    meta = yaml.safe_dump(front_matter(manifest), sort_keys=False, allow_unicode=True, default_flow_style=False)
+    lines: list[str] = ["---", meta.rstrip("\n"), "---", ""]
+    lines += _intro_section(manifest)
+    lines += _training_section(manifest)
+    lines += _columns_section()
+    lines += _build_section(manifest)
+    lines += _statistics_section(manifest)
+    lines += _examples_section(examples)
+    lines += _limitations_section()
+    lines += _files_section()
+    lines += _citation_section()
     return "\n".join(lines)
 
 

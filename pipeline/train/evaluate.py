@@ -16,7 +16,7 @@ import numpy as np
 from pipeline.errors import InfirError
 from pipeline.train.data import DEFAULT_TEMPLATE, check_template, format_query, load_release_split
 from pipeline.train.metrics import ir_metrics, mean, pmrr_pair, ranks_of_targets, run_from_ranking
-from pipeline.train.pool import DEFAULT_POOL_SAMPLE, build_pool, read_corpus_texts, release_collection
+from pipeline.train.pool import DEFAULT_POOL_SAMPLE, EvalPool, build_pool, read_corpus_texts, release_collection
 from pipeline.train.readers import read_jsonl, read_qrels
 
 __all__ = ["evaluate_release", "evaluate_beir", "encode_texts", "score_runs", "PMRR_SCALE"]
@@ -84,6 +84,76 @@ _FIELDS = ("query_positive", "instruction_positive", "document_positive", "instr
            "hard_negative_document_1", "query_negative", "hard_negative_document_2")
 
 
+def _complete_rows(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
+    """The rows with every InF-IR text present, as read (for their mined negatives) and as stripped texts."""
+    usable = [r for r in rows if all(_clean(r.get(c)) for c in _FIELDS)]
+    return usable, [{c: _clean(r.get(c)) for c in _FIELDS} for r in usable]
+
+
+def _release_pool(
+    release_dir: str | Path, usable: list[dict[str, Any]], collection: str | Path | None, pool_sample: int, pool_seed: int
+) -> EvalPool:
+    """:func:`build_pool` over every passage of the release, or over ``collection`` (a BEIR corpus) when given."""
+    if collection is None:
+        coll, coll_name = release_collection(release_dir), "release passages (all splits, mined negatives included)"
+    else:
+        coll, coll_name = read_corpus_texts(collection), str(collection)
+    return build_pool(usable, coll, pool_sample, pool_seed, coll_name)
+
+
+def _query_sets(template: str, v: list[dict[str, str]]) -> list[list[str]]:
+    """Per row: og = (Q+, I+), instruction changed = (Q+, I-), query changed = (Q-, I+), and Q+ alone."""
+    return [
+        [format_query(template, x["query_positive"], x["instruction_positive"]) for x in v],
+        [format_query(template, x["query_positive"], x["instruction_negative"]) for x in v],
+        [format_query(template, x["query_negative"], x["instruction_positive"]) for x in v],
+        [format_query(template, x["query_positive"], None) for x in v],
+    ]
+
+
+def _rank(
+    model,
+    docs: list[str],
+    doc_ids: list[str],
+    query_sets: list[list[str]],
+    targets: np.ndarray,
+    batch_size: int,
+    k: int,
+) -> list[tuple[list[dict[str, float]], np.ndarray]]:
+    """Per query set: its top-``k`` runs and the full-pool rank of each row's P+."""
+    d_emb = encode_texts(model, docs, batch_size, label="pool")
+    q_emb = encode_texts(model, [q for qs in query_sets for q in qs], batch_size, label="queries")
+    n = len(targets)
+    return [score_runs(q_emb[i * n : (i + 1) * n], d_emb, doc_ids, targets, k) for i in range(len(query_sets))]
+
+
+def _scores(
+    ranked: list[tuple[list[dict[str, float]], np.ndarray]], doc_ids: list[str], targets: np.ndarray, k: int
+) -> dict[str, Any]:
+    """nDCG@k and MRR@k with and without the instruction, p-MRR of the instruction and the query change."""
+    (run_og, r_og), (_, r_inst), (_, r_query), (run_only, _) = ranked
+    qrels = {f"q{i}": {doc_ids[targets[i]]: 1} for i in range(len(targets))}
+
+    def metrics(runs: list[dict[str, float]]) -> dict[str, float]:
+        # runs are cut at k, so reciprocal rank is MRR@k
+        return ir_metrics(qrels, {f"q{i}": r for i, r in enumerate(runs)}, (f"ndcg_at_{k}", "mrr"))
+
+    m_og, m_only = metrics(run_og), metrics(run_only)
+    pm_inst = mean([pmrr_pair(a, b) for a, b in zip(r_og, r_inst, strict=True)])
+    pm_query = mean([pmrr_pair(a, b) for a, b in zip(r_og, r_query, strict=True)])
+    return {
+        f"ndcg_at_{k}": m_og[f"ndcg_at_{k}"],
+        f"mrr_at_{k}": m_og["mrr"],
+        f"ndcg_at_{k}_query_only": m_only[f"ndcg_at_{k}"],
+        f"mrr_at_{k}_query_only": m_only["mrr"],
+        "pmrr_instruction": pm_inst,
+        "pmrr_query": pm_query,
+        "pmrr": (pm_inst + pm_query) / 2,
+        "pmrr_scale": PMRR_SCALE,
+        "mean_rank_positive": float(np.mean(r_og)),
+    }
+
+
 def evaluate_release(
     model_path_or_model: Any,
     release_dir: str | Path,
@@ -112,44 +182,19 @@ def evaluate_release(
     """
     check_template(template)
     rows = load_release_split(release_dir, split, columns=("mined_negatives",), max_rows=max_rows)
-    usable = [r for r in rows if all(_clean(r.get(c)) for c in _FIELDS)]
+    usable, v = _complete_rows(rows)
     if not usable:
         raise InfirError(f"{release_dir}: split {split!r} has no complete rows to evaluate")
-    v = [{c: _clean(r.get(c)) for c in _FIELDS} for r in usable]
-    if collection is None:
-        coll, coll_name = release_collection(release_dir), "release passages (all splits, mined negatives included)"
-    else:
-        coll, coll_name = read_corpus_texts(collection), str(collection)
-    pool = build_pool(usable, coll, pool_sample, pool_seed, coll_name)
+    pool = _release_pool(release_dir, usable, collection, pool_sample, pool_seed)
     index = {t: i for i, t in enumerate(pool.docs)}
     doc_ids = [f"d{i}" for i in range(len(pool.docs))]
     targets = np.array([index[x["document_positive"]] for x in v], dtype=np.int64)
-
-    q_og = [format_query(template, x["query_positive"], x["instruction_positive"]) for x in v]
-    q_inst = [format_query(template, x["query_positive"], x["instruction_negative"]) for x in v]
-    q_query = [format_query(template, x["query_negative"], x["instruction_positive"]) for x in v]
-    q_only = [format_query(template, x["query_positive"], None) for x in v]
-
-    model = _model(model_path_or_model)
-    d_emb = encode_texts(model, pool.docs, batch_size, label="pool")
-    q_emb = encode_texts(model, q_og + q_inst + q_query + q_only, batch_size, label="queries")
-    n = len(v)
-    (run_og, r_og), (_, r_inst), (_, r_query), (run_only, _) = (
-        score_runs(q_emb[i * n : (i + 1) * n], d_emb, doc_ids, targets, k) for i in range(4)
-    )
-    qrels = {f"q{i}": {doc_ids[targets[i]]: 1} for i in range(n)}
-
-    def metrics(runs: list[dict[str, float]]) -> dict[str, float]:
-        # runs are cut at k, so reciprocal rank is MRR@k
-        return ir_metrics(qrels, {f"q{i}": r for i, r in enumerate(runs)}, (f"ndcg_at_{k}", "mrr"))
-
-    m_og, m_only = metrics(run_og), metrics(run_only)
-    pm_inst = mean([pmrr_pair(a, b) for a, b in zip(r_og, r_inst, strict=True)])
-    pm_query = mean([pmrr_pair(a, b) for a, b in zip(r_og, r_query, strict=True)])
+    query_sets = _query_sets(template, v)
+    ranked = _rank(_model(model_path_or_model), pool.docs, doc_ids, query_sets, targets, batch_size, k)
     return {
         "split": split,
-        "rows": n,
-        "rows_skipped": len(rows) - n,
+        "rows": len(v),
+        "rows_skipped": len(rows) - len(v),
         "pool_size": len(pool.docs),
         "pool": {
             "split_passages": pool.split_passages,
@@ -161,15 +206,7 @@ def evaluate_release(
             "collection_rest": pool.collection_rest,
         },
         "template": template,
-        f"ndcg_at_{k}": m_og[f"ndcg_at_{k}"],
-        f"mrr_at_{k}": m_og["mrr"],
-        f"ndcg_at_{k}_query_only": m_only[f"ndcg_at_{k}"],
-        f"mrr_at_{k}_query_only": m_only["mrr"],
-        "pmrr_instruction": pm_inst,
-        "pmrr_query": pm_query,
-        "pmrr": (pm_inst + pm_query) / 2,
-        "pmrr_scale": PMRR_SCALE,
-        "mean_rank_positive": float(np.mean(r_og)),
+        **_scores(ranked, doc_ids, targets, k),
     }
 
 

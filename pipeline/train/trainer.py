@@ -23,7 +23,7 @@ from typing import Any
 
 from pipeline.errors import InfirError
 from pipeline.fileio import write_json_atomic
-from pipeline.train.data import build_training_pairs, load_release_split
+from pipeline.train.data import TrainingPairs, build_training_pairs, load_release_split
 from pipeline.train.settings import TrainSettings, resolve_model
 
 __all__ = ["TrainResult", "train", "load_model", "build_trainer"]
@@ -208,6 +208,121 @@ def build_trainer(model, columns: dict[str, list[str]], settings: TrainSettings,
     return trainer
 
 
+def _output_dir(out_dir: str | Path | None, settings: TrainSettings, overwrite: bool) -> Path:
+    """``out_dir``, else ``settings.output_dir``; refuses one that already holds a model unless ``overwrite``."""
+    target = out_dir if out_dir is not None else settings.output_dir
+    if target is None:
+        raise InfirError("train: no output directory (pass out_dir or set output_dir)")
+    out = Path(target)
+    model_dir = out / MODEL_DIRNAME
+    if model_dir.exists() and not overwrite:
+        raise InfirError(f"{model_dir} already exists (use overwrite to replace it)")
+    return out
+
+
+def _training_pairs(release_dir: str | Path, settings: TrainSettings) -> TrainingPairs:
+    """The release's train split as (text, passage) pair columns; raises if no row is usable."""
+    mined = settings.use_mined_negatives
+    rows = load_release_split(
+        release_dir, "train", columns=("mined_negatives",) if mined else (), max_rows=settings.max_rows
+    )
+    pairs = build_training_pairs(
+        rows, settings.template, use_mined_negatives=mined, num_mined_negatives=settings.num_mined_negatives
+    )
+    if len(pairs) == 0:
+        raise InfirError(f"{release_dir}: no usable train rows ({pairs.rows_skipped} skipped: {pairs.skip_reasons})")
+    return pairs
+
+
+def _fit(
+    model_name: str, pairs: TrainingPairs, settings: TrainSettings, out: Path, progress: ProgressFn | None
+) -> tuple[list[dict[str, Any]], int]:
+    """Train and save the model to ``out/model``; the trainer's log history and its global step."""
+    with (
+        quiet_progress(),
+        _deterministic(settings.seed),
+        tempfile.TemporaryDirectory(prefix=".trainer-", dir=out) as tmp,
+    ):
+        model = load_model(model_name, max_seq_length=settings.max_seq_length)
+        trainer = build_trainer(model, pairs.columns, settings, tmp, progress)
+        trainer.train()
+        history = list(trainer.state.log_history)
+        steps = int(trainer.state.global_step)
+        _save_model(model, out)
+        del trainer
+    return history, steps
+
+
+def _save_model(model, out: Path) -> None:
+    """Save beside ``out/model``, then move it there, so ``out/model`` is never a half-written model."""
+    model_dir = out / MODEL_DIRNAME
+    staged = out / f".model.tmp-{os.getpid()}"
+    if staged.exists():
+        shutil.rmtree(staged)
+    model.save(str(staged))
+    if model_dir.exists():
+        shutil.rmtree(model_dir)
+    os.replace(staged, model_dir)
+
+
+def _step_log(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One entry per logged optimizer step (the history also holds the end-of-training summary)."""
+    return [
+        {
+            "step": int(h["step"]),
+            "epoch": h.get("epoch"),
+            "loss": float(h["loss"]),
+            "learning_rate": h.get("learning_rate"),
+            "grad_norm": float(h["grad_norm"]) if h.get("grad_norm") is not None else None,
+        }
+        for h in history
+        if "loss" in h and "step" in h
+    ]
+
+
+def _write_log(
+    out: Path, step_log: list[dict[str, Any]], history: list[dict[str, Any]], steps: int, runtime: float
+) -> Path:
+    """Loss per step, plus the totals of the trainer's end-of-training entry."""
+    summary = next((h for h in reversed(history) if "train_runtime" in h), {})
+    log_path = out / LOG_FILENAME
+    _atomic_json(
+        log_path,
+        {
+            "steps": step_log,
+            "global_steps": steps,
+            "train_runtime_s": summary.get("train_runtime"),
+            "train_loss": summary.get("train_loss"),
+            "wall_s": round(runtime, 3),
+        },
+    )
+    return log_path
+
+
+def _write_settings(
+    out: Path, settings: TrainSettings, model_name: str, release_dir: str | Path, pairs: TrainingPairs,
+    torch_threads: int,
+) -> Path:
+    """The effective settings, data counts and library versions beside the model."""
+    settings_path = out / SETTINGS_FILENAME
+    _atomic_json(
+        settings_path,
+        {
+            "settings": settings.model_dump(mode="json"),
+            "resolved_model": model_name,
+            "release_dir": str(release_dir),
+            "rows_used": pairs.rows_used,
+            "rows_skipped": pairs.rows_skipped,
+            "skip_reasons": pairs.skip_reasons,
+            "train_pairs": len(pairs),
+            "columns": list(pairs.columns),
+            "torch_threads": torch_threads,
+            "versions": _versions(),
+        },
+    )
+    return settings_path
+
+
 def train(
     release_dir: str | Path,
     out_dir: str | Path | None,
@@ -229,90 +344,23 @@ def train(
     import torch
 
     settings = settings or TrainSettings()
-    target = out_dir if out_dir is not None else settings.output_dir
-    if target is None:
-        raise InfirError("train: no output directory (pass out_dir or set output_dir)")
-    out = Path(target)
-    model_dir = out / MODEL_DIRNAME
-    if model_dir.exists() and not overwrite:
-        raise InfirError(f"{model_dir} already exists (use overwrite to replace it)")
+    out = _output_dir(out_dir, settings, overwrite)
     eff = settings.model_copy(update={"output_dir": str(out)})
     model_name = resolve_model(eff.model)
-
-    rows = load_release_split(
-        release_dir, "train", columns=("mined_negatives",) if eff.use_mined_negatives else (), max_rows=eff.max_rows
-    )
-    pairs = build_training_pairs(
-        rows, eff.template, use_mined_negatives=eff.use_mined_negatives, num_mined_negatives=eff.num_mined_negatives
-    )
-    if len(pairs) == 0:
-        raise InfirError(f"{release_dir}: no usable train rows ({pairs.rows_skipped} skipped: {pairs.skip_reasons})")
+    pairs = _training_pairs(release_dir, eff)
 
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    with (
-        quiet_progress(),
-        _deterministic(eff.seed),
-        tempfile.TemporaryDirectory(prefix=".trainer-", dir=out) as tmp,
-    ):
-        model = load_model(model_name, max_seq_length=eff.max_seq_length)
-        trainer = build_trainer(model, pairs.columns, eff, tmp, progress)
-        trainer.train()
-        history = list(trainer.state.log_history)
-        steps = int(trainer.state.global_step)
-        staged = out / f".model.tmp-{os.getpid()}"
-        if staged.exists():
-            shutil.rmtree(staged)
-        model.save(str(staged))
-        if model_dir.exists():
-            shutil.rmtree(model_dir)
-        os.replace(staged, model_dir)
-        del trainer
+    history, steps = _fit(model_name, pairs, eff, out, progress)
     runtime = time.perf_counter() - t0
 
-    step_log = [
-        {
-            "step": int(h["step"]),
-            "epoch": h.get("epoch"),
-            "loss": float(h["loss"]),
-            "learning_rate": h.get("learning_rate"),
-            "grad_norm": float(h["grad_norm"]) if h.get("grad_norm") is not None else None,
-        }
-        for h in history
-        if "loss" in h and "step" in h
-    ]
-    summary = next((h for h in reversed(history) if "train_runtime" in h), {})
+    step_log = _step_log(history)
     losses = [s["loss"] for s in step_log]
-    log_path = out / LOG_FILENAME
-    _atomic_json(
-        log_path,
-        {
-            "steps": step_log,
-            "global_steps": steps,
-            "train_runtime_s": summary.get("train_runtime"),
-            "train_loss": summary.get("train_loss"),
-            "wall_s": round(runtime, 3),
-        },
-    )
-    settings_path = out / SETTINGS_FILENAME
-    _atomic_json(
-        settings_path,
-        {
-            "settings": eff.model_dump(mode="json"),
-            "resolved_model": model_name,
-            "release_dir": str(release_dir),
-            "rows_used": pairs.rows_used,
-            "rows_skipped": pairs.rows_skipped,
-            "skip_reasons": pairs.skip_reasons,
-            "train_pairs": len(pairs),
-            "columns": list(pairs.columns),
-            "torch_threads": torch.get_num_threads(),
-            "versions": _versions(),
-        },
-    )
+    log_path = _write_log(out, step_log, history, steps, runtime)
+    settings_path = _write_settings(out, eff, model_name, release_dir, pairs, torch.get_num_threads())
     return TrainResult(
         out_dir=out,
-        model_dir=model_dir,
+        model_dir=out / MODEL_DIRNAME,
         log_path=log_path,
         settings_path=settings_path,
         rows_used=pairs.rows_used,
