@@ -62,6 +62,14 @@ def kept_sections(path: Path, produced: set[str], replaced: tuple[str, ...] = ()
     return out
 
 
+def _old_header(path: Path) -> str | None:
+    """The first paragraph after the title of the existing file, without any earlier partial-run note."""
+    if not path.exists():
+        return None
+    m = re.search(r"(?m)^(Machine: .*)$", path.read_text())
+    return m.group(1) + "\n" if m else None
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", type=Path, default=Path("BENCHMARKS.md"))
@@ -92,12 +100,16 @@ def main() -> None:
         print(f"[bench] {script}: {secs:.0f} s", flush=True)
     total = time.perf_counter() - t0
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    parts = [
-        "# Benchmarks\n",
-        f"Machine: {machine()}. Date: {dt.date.today().isoformat()}. Command: `make bench` "
-        f"(bench/run_all.py, {total / 60:.1f} min; load average at the end {load:.1f}: the machine is shared, "
-        f"so absolute times are noisy and every comparison's baseline runs in the same command).\n",
-    ]
+    header = (f"Machine: {machine()}. Date: {dt.date.today().isoformat()}. Command: `make bench` "
+              f"(bench/run_all.py, {total / 60:.1f} min; load average at the end {load:.1f}: the machine is shared, "
+              f"so absolute times are noisy and every comparison's baseline runs in the same command).\n")
+    if skip:
+        # A partial run: the old header stays (it dates the carried-over sections) and says what was redone.
+        header = (_old_header(args.out) or header) + (
+            f"\nRegenerated on {dt.date.today().isoformat()} by `python bench/run_all.py --skip {args.skip}` "
+            f"({total / 60:.1f} min, load average at the end {load:.1f}, {machine()}): "
+            + "; ".join(f"\"{t}\"" for t, _, _ in sections) + ". Every other section is carried over.\n")
+    parts = ["# Benchmarks\n", header]
     # A benchmark whose output already opens with its own `## ` title keeps it (no empty duplicate).
     parts += [body if body.startswith("## ") else f"## {title}\n\n{body}" for title, _, body in sections]
     ran = {key for key, *_ in plan if key not in skip}

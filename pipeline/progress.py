@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Callable, Iterator
 
 from rich.console import Console
 from rich.progress import (
@@ -19,6 +21,40 @@ from rich.progress import (
 from rich.table import Table
 
 console = Console(stderr=True, highlight=False)
+
+
+def format_duration(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}h{m:02d}m" if h else (f"{m}m{s:02d}s" if m else f"{s}s")
+
+
+@contextmanager
+def plain_lines(line: Callable[[], str], interval_s: float, quiet: bool = False) -> Iterator[None]:
+    """When stderr is not a terminal (nohup, a cluster job's log): one `[progress] <line()>` every
+    `interval_s` seconds and a last one at the end, so long work can be watched in a log. On a
+    terminal the rich bar does that job, and this prints nothing."""
+    if console.is_terminal or quiet:
+        yield
+        return
+    stop = threading.Event()
+
+    def loop() -> None:
+        while not stop.wait(interval_s):
+            console.print(f"[progress] {line()}", markup=False, highlight=False, soft_wrap=True)
+
+    th = threading.Thread(target=loop, name="progress-lines", daemon=True)
+    th.start()
+    ok = False
+    try:
+        yield
+        ok = True
+    finally:
+        stop.set()
+        th.join(timeout=5)
+        if ok:
+            console.print(f"[progress] {line()} (done)", markup=False, highlight=False, soft_wrap=True)
 
 
 @contextmanager

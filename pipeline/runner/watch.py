@@ -13,18 +13,11 @@ from __future__ import annotations
 import threading
 import time
 
-from pipeline.progress import console, progress_bar
+from pipeline.progress import console, format_duration as _duration, progress_bar
 
 
 #: `-q`: no periodic progress lines (set by the CLI).
 QUIET = False
-
-
-def _duration(seconds: float) -> str:
-    seconds = max(0, int(seconds))
-    h, rem = divmod(seconds, 3600)
-    m, s = divmod(rem, 60)
-    return f"{h}h{m:02d}m" if h else (f"{m}m{s:02d}s" if m else f"{s}s")
 
 
 class StageWatch:

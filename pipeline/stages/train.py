@@ -4,12 +4,14 @@ instruction following (nDCG@10, MRR@10, p-MRR, instruction ablation) base vs fin
 from __future__ import annotations
 
 import shutil
+import time
 from pathlib import Path
 
 from pipeline.errors import InfirError
 from pipeline.extras import require_extra
 from pipeline.fileio import sha256_file
-from pipeline.progress import console, progress_bar
+from pipeline.progress import console, format_duration, plain_lines, progress_bar
+from pipeline.runner import watch
 from pipeline.runner.shape import Context, Option, Stage
 from pipeline.store import read_success
 
@@ -61,9 +63,12 @@ class Train(Stage):
         for p in out.iterdir():  # training is not resumable mid-way; a partial model is never kept
             if p.name not in (".lock", "_STATE.json"):
                 shutil.rmtree(p) if p.is_dir() else p.unlink()
-        with progress_bar("train", None) as (bar, task):
+        steps = _Steps()
+        interval = ctx.cfg.run.progress_interval_s
+        with progress_bar("train", None) as (bar, task), plain_lines(steps.line, interval, ctx.quiet or watch.QUIET):
 
             def on_step(label: str, info: dict) -> None:
+                steps.update(label, info)
                 bar.update(task, description=f"train {label}", completed=info.get("step", 0),
                            total=info.get("max_steps"),
                            info=f"loss {info.get('loss', float('nan')):.4f}" if info.get("loss") is not None else "")
@@ -86,6 +91,34 @@ class Train(Stage):
 
     def print_summary(self, ctx: Context, summary: dict) -> None:
         console.print(summary["markdown"])
+
+
+class _Steps:
+    """The latest optimizer step of the training under way, as a plain progress line."""
+
+    def __init__(self) -> None:
+        self.t0 = time.monotonic()
+        self.label, self.info, self.label_t0 = "", {}, self.t0
+
+    def update(self, label: str, info: dict) -> None:
+        if label != self.label:
+            self.label, self.label_t0 = label, time.monotonic()
+        self.info = info
+
+    def line(self) -> str:
+        now = time.monotonic()
+        elapsed = f"elapsed {format_duration(now - self.t0)}"
+        step, total = self.info.get("step", 0), self.info.get("max_steps")
+        if not self.label:
+            return f"train: loading the model and the release | {elapsed}"
+        parts = [f"train {self.label}: step {step:,}/{total:,}" if total else f"train {self.label}: step {step:,}"]
+        if total and step >= total:
+            parts.append("trained; evaluating or starting the next training")
+        elif total and step:
+            parts.append(f"ETA of this training {format_duration((now - self.label_t0) / step * (total - step))}")
+        if self.info.get("loss") is not None:
+            parts.append(f"loss {self.info['loss']:.4f}")
+        return " | ".join([*parts, elapsed])
 
 
 STAGE = Train()
