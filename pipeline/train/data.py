@@ -20,6 +20,7 @@ __all__ = [
     "check_template",
     "format_query",
     "build_training_pairs",
+    "clean_text",
     "TrainingPairs",
 ]
 
@@ -89,7 +90,8 @@ def format_query(template: str, query: str, instruction: str | None) -> str:
     return template.format(query=query, instruction=instruction).strip()
 
 
-def _clean(value: Any) -> str:
+def clean_text(value: Any) -> str:
+    """A text cell stripped; a missing or non-text cell is "" (the row counts as incomplete)."""
     return value.strip() if isinstance(value, str) else ""
 
 
@@ -129,7 +131,7 @@ def build_training_pairs(
     skip: dict[str, int] = {}
     kept: list[tuple[list[str], list[str], list[str]]] = []  # (anchors, passages, mined)
     for row in rows:
-        vals = {c: _clean(row.get(c)) for c in INFIR_COLUMNS}
+        vals = {c: clean_text(row.get(c)) for c in INFIR_COLUMNS}
         empty = [c for c, v in vals.items() if not v]
         if empty:
             skip["empty_field"] = skip.get("empty_field", 0) + 1
@@ -150,7 +152,7 @@ def build_training_pairs(
         if use_mined_negatives:
             seen = set(passages)
             for m in row.get("mined_negatives") or []:
-                text = _clean(m.get("text") if isinstance(m, dict) else None)
+                text = clean_text(m.get("text") if isinstance(m, dict) else None)
                 if text and text not in seen:
                     seen.add(text)
                     mined.append(text)

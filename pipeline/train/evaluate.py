@@ -14,7 +14,9 @@ from typing import Any
 import numpy as np
 
 from pipeline.errors import InfirError
-from pipeline.train.data import DEFAULT_TEMPLATE, check_template, format_query, load_release_split
+from pipeline.train.data import (
+    DEFAULT_TEMPLATE, INFIR_COLUMNS, check_template, clean_text, format_query, load_release_split,
+)
 from pipeline.train.metrics import ir_metrics, mean, pmrr_pair, ranks_of_targets, run_from_ranking
 from pipeline.train.pool import DEFAULT_POOL_SAMPLE, EvalPool, build_pool, read_corpus_texts, release_collection
 from pipeline.train.readers import read_jsonl, read_qrels
@@ -76,18 +78,12 @@ def score_runs(
     return runs, ranks
 
 
-def _clean(v: Any) -> str:
-    return v.strip() if isinstance(v, str) else ""
-
-
-_FIELDS = ("query_positive", "instruction_positive", "document_positive", "instruction_negative",
-           "hard_negative_document_1", "query_negative", "hard_negative_document_2")
 
 
 def _complete_rows(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
     """The rows with every InF-IR text present, as read (for their mined negatives) and as stripped texts."""
-    usable = [r for r in rows if all(_clean(r.get(c)) for c in _FIELDS)]
-    return usable, [{c: _clean(r.get(c)) for c in _FIELDS} for r in usable]
+    usable = [r for r in rows if all(clean_text(r.get(c)) for c in INFIR_COLUMNS)]
+    return usable, [{c: clean_text(r.get(c)) for c in INFIR_COLUMNS} for r in usable]
 
 
 def _release_pool(
@@ -217,12 +213,12 @@ def _instruction(q: dict[str, Any]) -> str:
     inst = q.get("instruction")
     if not inst and isinstance(q.get("metadata"), dict):
         inst = q["metadata"].get("instruction")
-    return _clean(inst)
+    return clean_text(inst)
 
 
 def doc_text(d: dict[str, Any]) -> str:
     """How a corpus document is encoded: ``title + " " + text`` (either may be empty)."""
-    return " ".join(x for x in (_clean(d.get("title")), _clean(d.get("text"))) if x)
+    return " ".join(x for x in (clean_text(d.get("title")), clean_text(d.get("text"))) if x)
 
 
 def evaluate_beir(
@@ -260,9 +256,9 @@ def evaluate_beir(
     if not qids:
         raise InfirError(f"{root}: no query in qrels/{split}.tsv has a positive judgement and a queries.jsonl entry")
     with_inst = [
-        format_query(template, _clean(queries[q].get("text")), _instruction(queries[q]) or None) for q in qids
+        format_query(template, clean_text(queries[q].get("text")), _instruction(queries[q]) or None) for q in qids
     ]
-    without = [format_query(template, _clean(queries[q].get("text")), None) for q in qids]
+    without = [format_query(template, clean_text(queries[q].get("text")), None) for q in qids]
 
     st = _model(model)
     d_emb = encode_texts(st, list(docs.values()), batch_size, label="corpus")

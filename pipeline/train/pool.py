@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.errors import InfirError
-from pipeline.train.data import SPLITS, load_release_split, split_shards
+from pipeline.train.data import SPLITS, clean_text, load_release_split, split_shards
 
 __all__ = ["DEFAULT_POOL_SAMPLE", "EvalPool", "build_pool", "release_collection", "read_corpus_texts"]
 
@@ -35,14 +35,10 @@ class EvalPool:
     collection: str  # where the rest came from
 
 
-def _clean(v: Any) -> str:
-    return v.strip() if isinstance(v, str) else ""
-
-
 def _mined_texts(row: dict[str, Any]) -> list[str]:
     out = []
     for m in row.get("mined_negatives") or []:
-        text = _clean(m.get("text") if isinstance(m, dict) else None)
+        text = clean_text(m.get("text") if isinstance(m, dict) else None)
         if text:
             out.append(text)
     return out
@@ -58,7 +54,7 @@ def release_collection(release_dir: str | Path) -> list[str]:
             continue  # a release may have an empty split
         for row in load_release_split(release_dir, split, columns=("mined_negatives",)):
             for c in _PASSAGE_COLUMNS:
-                t = _clean(row.get(c))
+                t = clean_text(row.get(c))
                 if t:
                     seen.setdefault(t, None)
             for t in _mined_texts(row):
@@ -79,7 +75,7 @@ def read_corpus_texts(path: str | Path) -> list[str]:
     for lineno, obj in iter_json_lines(p):
         if not isinstance(obj, dict):
             raise InfirError(f"{p}:{lineno}: expected a JSON object with title/text")
-        text = " ".join(x for x in (_clean(obj.get("title")), _clean(obj.get("text"))) if x)
+        text = " ".join(x for x in (clean_text(obj.get("title")), clean_text(obj.get("text"))) if x)
         if text:
             out.append(text)
     return out
@@ -100,7 +96,7 @@ def build_pool(
     pool: dict[str, None] = {}
     for r in rows:
         for c in _PASSAGE_COLUMNS:
-            t = _clean(r.get(c))
+            t = clean_text(r.get(c))
             if t:
                 pool.setdefault(t, None)
     n_split = len(pool)
@@ -108,7 +104,7 @@ def build_pool(
         for t in _mined_texts(r):
             pool.setdefault(t, None)
     n_mined = len(pool) - n_split
-    rest = [t for t in dict.fromkeys(_clean(c) for c in collection) if t and t not in pool]
+    rest = [t for t in dict.fromkeys(clean_text(c) for c in collection) if t and t not in pool]
     k = min(sample_size, len(rest))
     sample = random.Random(seed).sample(rest, k) if k < len(rest) else rest
     docs = list(pool) + sample
