@@ -51,7 +51,7 @@ def training_check(
     report = compare_models(models, release, split="test", template=settings.template,
                             pool_sample=settings.eval_pool_sample, out_dir=out / "eval")
     report["training"] = {
-        label: {"rows_used": r.rows_used, "train_pairs": r.train_pairs, "negatives_per_pair": r.num_negatives, "steps": r.steps,
+        label: {"rows_used": r.rows_used, "rows_skipped": r.rows_skipped, "train_pairs": r.train_pairs, "negatives_per_pair": r.num_negatives, "steps": r.steps,
                 "final_loss": r.final_loss, "runtime_s": round(r.runtime_s, 1), "model_dir": str(r.model_dir)}
         for label, r in results.items()
     }

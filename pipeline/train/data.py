@@ -123,9 +123,11 @@ def build_training_pairs(
     (Q+ I+ -> P+ | HN1, HN2), (Q+ I- -> HN1 | P+, HN2), (Q- I+ -> HN2 | P+, HN1).
     With ``use_mined_negatives``, each pair also gets the row's first ``num_mined_negatives`` mined
     negatives (distinct texts, none equal to the row's three passages). MNRL needs the same number
-    of columns in every row, so the count used is capped by the smallest count available over the
-    used rows. A row is skipped if a field is empty, its three passages are not distinct, or two of
-    its three query texts coincide (a contradictory pair).
+    of columns in every row, so a row with fewer mined negatives than that is skipped (counted as
+    ``too_few_mined_negatives``): capping the count at the poorest row instead would let one row
+    without mined negatives turn them off for the whole training, silently. A row is also skipped
+    if a field is empty, its three passages are not distinct, or two of its three query texts
+    coincide (a contradictory pair).
     """
     check_template(template)
     skip: dict[str, int] = {}
@@ -156,11 +158,12 @@ def build_training_pairs(
                 if text and text not in seen:
                     seen.add(text)
                     mined.append(text)
+            if len(mined) < num_mined_negatives:
+                skip["too_few_mined_negatives"] = skip.get("too_few_mined_negatives", 0) + 1
+                continue
         kept.append((anchors, passages, mined))
 
-    n_mined = 0
-    if use_mined_negatives and kept:
-        n_mined = min(num_mined_negatives, min(len(m) for _, _, m in kept))
+    n_mined = num_mined_negatives if use_mined_negatives else 0
     cols: dict[str, list[str]] = {"anchor": [], "positive": []}
     for i in range(2 + n_mined):
         cols[f"negative_{i + 1}"] = []

@@ -125,10 +125,20 @@ def test_build_training_pairs_layout():
     assert c["positive"][:3] == ["P", "H1", "H2"]
     assert c["negative_1"][:3] == ["H1", "P", "P"]
     assert c["negative_2"][:3] == ["H2", "H2", "H1"]
-    mined = build_training_pairs(rows, use_mined_negatives=True, num_mined_negatives=2)
-    # row 2 has one mined negative, so every pair gets one; "P" (the row's own P+) is excluded
+    mined = build_training_pairs(rows, use_mined_negatives=True, num_mined_negatives=1)
+    # "P" (the row's own P+) is excluded: row 1's first mined negative is M1
     assert list(mined.columns)[-1] == "negative_3"
     assert mined.columns["negative_3"] == ["M1"] * 3 + ["N1"] * 3
+    two = build_training_pairs(rows, use_mined_negatives=True, num_mined_negatives=2)
+    # Row 2 has one mined negative: it is skipped and counted, and every kept pair gets two (a
+    # poorer row never lowers the count for the rest, as it did when one row without mined
+    # negatives turned them off for a whole MS MARCO training).
+    assert list(two.columns)[-2:] == ["negative_3", "negative_4"] and two.rows_used == 1
+    assert two.columns["negative_4"] == ["M2"] * 3
+    assert two.skip_reasons == {"duplicate_passages": 1, "empty_field": 1, "too_few_mined_negatives": 1}
+    none = build_training_pairs([rows[0], rows[1] | {"mined_negatives": []}], use_mined_negatives=True)
+    assert none.rows_used == 1 and none.skip_reasons == {"too_few_mined_negatives": 1}
+    assert none.columns["negative_3"] == ["M1"] * 3
 
 
 def test_settings_validation():
