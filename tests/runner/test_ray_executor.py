@@ -230,3 +230,22 @@ def test_ledger_actor_releases_what_a_dead_task_reserved(tmp_path):
     b = actor.reserve("run-generate:1", 0.7)
     assert b is not None and actor.release_all() == 1
     assert actor.spent() == pytest.approx(0.25) and SpendLedger(tmp_path / "spend.sqlite3").spent("generate") == pytest.approx(0.25)
+
+
+def test_a_one_file_collection_is_encoded_by_every_actor(tmp_path, local_ray, monkeypatch):
+    """One Parquet file is one read task and one block: without splitting it into encoder-batch
+    blocks, one actor encoded the whole collection while the others waited."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from pipeline.retrieval import ray_encode
+    from pipeline.retrieval.types import MiningSettings
+
+    monkeypatch.setattr(ray_encode, "RAY_BATCH", 50)  # 400 passages: 8 blocks instead of 1
+    path = tmp_path / "coll" / "part-00000.parquet"
+    path.parent.mkdir()
+    texts = [f"passage {i} about topic {i % 17} and its detail {i * 7 % 13}" for i in range(400)]
+    pq.write_table(pa.table({"id": [str(i) for i in range(400)], "title": [""] * 400, "text": texts}), path)
+    stats = ray_encode.encode_collection([path], tmp_path / "index", MiningSettings(method="dense", max_seq_length=16),
+                                         "f" * 16)
+    assert stats["ray_encode"] == "400 passages on 2 of 2 CPU actor(s)", stats
