@@ -84,7 +84,7 @@ def encode_collection(paths: list[Path], index_dir: Path, settings, fingerprint:
     # encoder batch each, split as they stream (no all-to-all), give every actor work.
     ds = ds.repartition(target_num_rows_per_block=RAY_BATCH)
     ds = ds.map_batches(
-        _Encoder, batch_size=RAY_BATCH, batch_format="pyarrow", concurrency=actors,
+        _Encoder, batch_size=RAY_BATCH, batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=actors),
         num_gpus=1 if gpus else 0, num_cpus=0.1 if gpus else (cpus - 1) / actors,
         fn_constructor_kwargs=dict(model=settings.model, max_seq_length=settings.max_seq_length, device=device,
                                    batch_size=settings.batch_size, store_dir=str(mdir)),
