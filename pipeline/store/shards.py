@@ -10,7 +10,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
@@ -36,7 +38,9 @@ def shard_name(index: int, prefix: str = "part") -> str:
 def write_parquet_atomic(table: pa.Table, path: Path, compression: str = "zstd") -> str:
     """Write `table` to `path` via a temp file + rename; returns the file's sha256."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    # Host, pid and a random part: Ray workers on two nodes sharing the folder may have the same pid,
+    # and a retried task may race its slow original (each must rename a complete file of its own).
+    tmp = path.with_name(f".{path.name}.tmp-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
     try:
         pq.write_table(table, tmp, compression=compression)
         with open(tmp, "rb") as f:

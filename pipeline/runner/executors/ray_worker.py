@@ -12,17 +12,13 @@ is on disk, never by trusting the task's answer.
 from __future__ import annotations
 
 import os
-import socket
-import uuid
 from dataclasses import asdict
-from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from pipeline.errors import InfirError
 from pipeline.runner.shape import Context, LLMStage
 from pipeline.store import shard_name
+from pipeline.store.shards import write_parquet_atomic
 
 
 def chunk_task(spec: dict, k: int, rows: list[dict], limits, ledger) -> dict:
@@ -48,21 +44,8 @@ def chunk_task(spec: dict, k: int, rows: list[dict], limits, ledger) -> dict:
         # As locally: a chunk cut short is not written; the resume redoes it from the cache.
         return {**answer, "budget_exhausted": client.budget_exhausted, "stopped": client.stop_reason or "budget"}
     table = pa.Table.from_pylist(processed, schema=ctx.schema)
-    write_shard(table, ctx.run_dir / stage.name / shard_name(k))
+    write_parquet_atomic(table, ctx.run_dir / stage.name / shard_name(k))
     return answer
-
-
-def write_shard(table: pa.Table, path: Path) -> None:
-    # Host, pid and a random part: two nodes sharing the folder may run processes with the same pid.
-    tmp = path.with_name(f".{path.name}.tmp-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-    try:
-        pq.write_table(table, tmp, compression="zstd")  # as `store.write_parquet_atomic`: same bytes
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise InfirError(f"{path}: cannot write shard: {e.strerror or e}") from None
 
 
 def worker_client(ctx, group: str, limits, ledger, owner: str):
