@@ -10,10 +10,10 @@ cost per processed row (cache hits and resumed shards included as they come).
 
 from __future__ import annotations
 
-import threading
 import time
+from contextlib import ExitStack
 
-from pipeline.progress import console, format_duration as _duration, progress_bar
+from pipeline.progress import format_duration as _duration, plain_lines, progress_bar
 
 
 #: `-q`: no periodic progress lines (set by the CLI).
@@ -36,8 +36,6 @@ class StageWatch:
         # and the estimate of the LLM stages after it (`estimate.quick_estimates`, when a build runs).
         self._run_before = ledger.spent() - self._spent_before if ledger is not None else 0.0
         self.later_usd = later_usd
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
         self._bar = None
 
     # -- events ------------------------------------------------------------------------------
@@ -107,24 +105,13 @@ class StageWatch:
 
     # -- output ------------------------------------------------------------------------------
     def __enter__(self) -> "StageWatch":
-        self._cm = progress_bar(self.name, self.total)
-        self._bar, self._task = self._cm.__enter__()
-        if not console.is_terminal and not self.quiet:
-            self._thread = threading.Thread(target=self._log_loop, name=f"{self.name}-progress", daemon=True)
-            self._thread.start()
+        self._stack = ExitStack()
+        self._bar, self._task = self._stack.enter_context(progress_bar(self.name, self.total))
+        self._stack.enter_context(plain_lines(self.line, self.interval_s, self.quiet))
         return self
 
     def __exit__(self, *exc) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-        self._cm.__exit__(*exc)
-        if not console.is_terminal and not self.quiet and exc[0] is None:
-            console.print(f"[progress] {self.line()} (done)", markup=False, highlight=False, soft_wrap=True)
-
-    def _log_loop(self) -> None:
-        while not self._stop.wait(self.interval_s):
-            console.print(f"[progress] {self.line()}", markup=False, highlight=False, soft_wrap=True)
+        self._stack.__exit__(*exc)
 
     def _refresh(self) -> None:
         if self._bar is None:
