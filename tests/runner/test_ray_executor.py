@@ -196,7 +196,9 @@ def test_dense_encoding_on_ray_data_gives_the_local_vectors_and_negatives(tmp_pa
 
     from pipeline.retrieval.dense import EmbeddingStore
 
-    dense = {**SMALL_SHARDS, "mine.retrieval.method": "dense", "source.sample_queries": 30}
+    # Short truncation keeps the two encodings cheap; it is the same setting on both sides.
+    dense = {**SMALL_SHARDS, "mine.retrieval.method": "dense", "mine.retrieval.max_seq_length": 32,
+             "source.sample_queries": 30}
     run_until(make_config(**dense, **{"run.name": "local"}), "mine")
     run_until(make_config(**dense, **{"run.name": "onray", "run.executor": "ray"}), "mine")
 
