@@ -12,7 +12,6 @@ rounding (padding differs per batch).
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 
@@ -23,18 +22,25 @@ import pyarrow.parquet as pq
 
 from .collection import index_text
 from .dense import EMB_FORMAT, EmbeddingStore, encode, load_model, model_key, text_key
+from .errors import RetrievalError
 
 #: Passages per Ray Data batch (one `encode` call of an actor: sorted by length inside it).
 RAY_BATCH = 4096
+#: Seconds the encoder pool may take to start every actor (a model load each) before work is handed out.
+ACTOR_START_S = 600
 
 
 class _Encoder:
     """One actor: loads the model once, encodes the batches it is given, skipping cached texts."""
 
     def __init__(self, model: str | None, max_seq_length: int | None, device: str, batch_size: int, store_dir: str):
+        import ray  # the module imports without Ray; only actors and the driver need it
+
         self.model = load_model(model, device, max_seq_length)
         self.batch_size = batch_size
         self.store = EmbeddingStore(Path(store_dir)) if (Path(store_dir) / "meta.json").exists() else None
+        # Ray's actor id, not the pid: actors on two nodes may share a pid (stats: which actors had work).
+        self.actor_id = ray.get_runtime_context().get_actor_id()
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         title = pc.fill_null(batch.column("title").combine_chunks(), "") if "title" in batch.column_names \
@@ -52,7 +58,7 @@ class _Encoder:
         return pa.table({
             "key": pa.array(list(todo), pa.binary(32)),
             "vector": pa.FixedSizeListArray.from_arrays(pa.array(vecs.reshape(-1), pa.float32()), dim),
-            "actor": pa.array([os.getpid()] * len(todo), pa.int64()),  # which actors had work (stats)
+            "actor": pa.array([self.actor_id] * len(todo), pa.string()),
         })
 
 
@@ -78,18 +84,31 @@ def encode_collection(paths: list[Path], index_dir: Path, settings, fingerprint:
     # (held by the actors, the read tasks that feed them never start). An actor's torch still uses
     # its share of the cores (Ray sets its thread count).
     light = {"num_cpus": 0.1}
-    ds = ray.data.read_parquet([str(p) for p in paths], num_cpus=light["num_cpus"]).select_columns(_columns(paths[0]))
-    # One read task per file yields one block per file, and one block feeds one actor: a collection in
-    # a single file kept every other actor idle (the 100k-passage bench ran on one). Blocks of one
-    # encoder batch each, split as they stream (no all-to-all), give every actor work.
-    ds = ds.repartition(target_num_rows_per_block=RAY_BATCH)
-    ds = ds.map_batches(
-        _Encoder, batch_size=RAY_BATCH, batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=actors),
-        num_gpus=1 if gpus else 0, num_cpus=0.1 if gpus else (cpus - 1) / actors,
-        fn_constructor_kwargs=dict(model=settings.model, max_seq_length=settings.max_seq_length, device=device,
-                                   batch_size=settings.batch_size, store_dir=str(mdir)),
-    )
-    ds.write_parquet(str(shards_dir), ray_remote_args=light)  # the embeddings as shards, then into the cache
+    # Ray Data hands blocks to whichever actor is ready first: with its default (no wait), the first
+    # actor to load its model can take a small collection's every block while the others load. Waiting
+    # for the whole pool spreads the work, and a cluster short of the actors' CPUs/GPUs fails clearly.
+    context = ray.data.DataContext.get_current()
+    wait_before, context.wait_for_min_actors_s = context.wait_for_min_actors_s, ACTOR_START_S
+    try:
+        ds = ray.data.read_parquet([str(p) for p in paths], num_cpus=light["num_cpus"])
+        ds = ds.select_columns(_columns(paths[0]))
+        # One read task per file yields one block per file, and one block feeds one actor: a collection
+        # in a single file kept every other actor idle (the 100k-passage bench ran on one). Blocks of
+        # one encoder batch each, split as they stream (no all-to-all), give every actor work.
+        ds = ds.repartition(target_num_rows_per_block=RAY_BATCH)
+        ds = ds.map_batches(
+            _Encoder, batch_size=RAY_BATCH, batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=actors),
+            num_gpus=1 if gpus else 0, num_cpus=0.1 if gpus else (cpus - 1) / actors,
+            fn_constructor_kwargs=dict(model=settings.model, max_seq_length=settings.max_seq_length, device=device,
+                                       batch_size=settings.batch_size, store_dir=str(mdir)),
+        )
+        ds.write_parquet(str(shards_dir), ray_remote_args=light)  # the embeddings as shards, then into the cache
+    except ray.exceptions.GetTimeoutError:
+        kind = "GPUs" if gpus else "CPUs"
+        raise RetrievalError(f"dense encoding on Ray: the {actors} encoder actor(s) did not all start within "
+                             f"{ACTOR_START_S} s; the cluster lacks the {kind} for them") from None
+    finally:
+        context.wait_for_min_actors_s = wait_before
     encoded, used = _append_shards(shards_dir, mdir)
     shutil.rmtree(shards_dir, ignore_errors=True)
     return {"ray_encode": f"{encoded} passages on {used} of {actors} {'GPU' if gpus else 'CPU'} actor(s)",
@@ -105,7 +124,7 @@ def _append_shards(shards_dir: Path, mdir: Path) -> tuple[int, int]:
     """Append the shards' embeddings to the cache; returns (passages, actors that encoded some)."""
     store = None
     n = 0
-    actors: set[int] = set()
+    actors: set[str] = set()
     for p in sorted(shards_dir.glob("*.parquet")):
         t = pq.read_table(p)
         if t.num_rows == 0:

@@ -234,20 +234,41 @@ def test_ledger_actor_releases_what_a_dead_task_reserved(tmp_path):
     assert actor.spent() == pytest.approx(0.25) and SpendLedger(tmp_path / "spend.sqlite3").spent("generate") == pytest.approx(0.25)
 
 
-def test_a_one_file_collection_is_encoded_by_every_actor(tmp_path, local_ray, monkeypatch):
-    """One Parquet file is one read task and one block: without splitting it into encoder-batch
-    blocks, one actor encoded the whole collection while the others waited."""
+def _one_file_collection(tmp_path, n=400):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    path = tmp_path / "coll" / "part-00000.parquet"
+    path.parent.mkdir()
+    texts = [f"passage {i} about topic {i % 17} and its detail {i * 7 % 13}" for i in range(n)]
+    pq.write_table(pa.table({"id": [str(i) for i in range(n)], "title": [""] * n, "text": texts}), path)
+    return path
+
+
+def test_a_one_file_collection_is_encoded_by_every_actor(tmp_path, local_ray, monkeypatch):
+    """One Parquet file is one read task and one block: without splitting it into encoder-batch
+    blocks, one actor encoded the whole collection while the others waited. And without waiting for
+    the whole pool to start, the first actor ready could take every block of a small collection."""
     from pipeline.retrieval import ray_encode
     from pipeline.retrieval.types import MiningSettings
 
     monkeypatch.setattr(ray_encode, "RAY_BATCH", 50)  # 400 passages: 8 blocks instead of 1
-    path = tmp_path / "coll" / "part-00000.parquet"
-    path.parent.mkdir()
-    texts = [f"passage {i} about topic {i % 17} and its detail {i * 7 % 13}" for i in range(400)]
-    pq.write_table(pa.table({"id": [str(i) for i in range(400)], "title": [""] * 400, "text": texts}), path)
-    stats = ray_encode.encode_collection([path], tmp_path / "index", MiningSettings(method="dense", max_seq_length=16),
-                                         "f" * 16)
+    stats = ray_encode.encode_collection([_one_file_collection(tmp_path)], tmp_path / "index",
+                                         MiningSettings(method="dense", max_seq_length=16), "f" * 16)
     assert stats["ray_encode"] == "400 passages on 2 of 2 CPU actor(s)", stats
+
+
+def test_encoder_actors_that_cannot_start_in_time_give_one_clear_error(tmp_path, local_ray, monkeypatch):
+    from pipeline.retrieval import ray_encode
+    from pipeline.retrieval.errors import RetrievalError
+    from pipeline.retrieval.types import MiningSettings
+
+    import ray.data
+
+    # 1 s is less than an actor needs to import torch and load the model: the pool cannot be ready.
+    monkeypatch.setattr(ray_encode, "ACTOR_START_S", 1)
+    before = ray.data.DataContext.get_current().wait_for_min_actors_s
+    with pytest.raises(RetrievalError, match=r"the 2 encoder actor\(s\) did not all start within 1 s; .* CPUs"):
+        ray_encode.encode_collection([_one_file_collection(tmp_path, 20)], tmp_path / "index",
+                                     MiningSettings(method="dense", max_seq_length=16), "e" * 16)
+    assert ray.data.DataContext.get_current().wait_for_min_actors_s == before  # the user's setting is back
