@@ -61,22 +61,48 @@ def judgment(value: Any, text: str | None, logprobs: list[dict] | None) -> First
 
 def boolean_confidences(text: str, logprobs: list[dict]) -> dict[str, float] | None:
     """{check: probability of the token holding its `passed` value}, or None when the tokens do not
-    spell the text (a provider that returns other text) or a check's boolean is not found."""
-    tokens = [str(t.get("token", "")) for t in logprobs]
-    if "".join(tokens) != text:
+    spell the text (a provider that returns other text) or a check's boolean is not found.
+
+    Tokens are joined through their `bytes` (UTF-8), not their strings: a token that ends inside a
+    multi-byte character (é, an emoji, CJK) arrives as a partial string ("\\xe6\\x97" or "\ufffd"),
+    so the strings do not spell the text while the bytes do. Offsets are byte offsets."""
+    raw = _token_bytes(logprobs)
+    if raw is None or b"".join(raw) != text.encode("utf-8"):
         return None
     offsets = value_offsets(text)
     starts, pos = [], 0
-    for tok in tokens:
+    for b in raw:
         starts.append(pos)
-        pos += len(tok)
+        pos += len(b)
     out: dict[str, float] = {}
     for check in CHECKS:
         at = offsets.get((check, "passed"))
         if at is None:
             return None
-        i = _token_at(starts, at)
-        out[check] = math.exp(float(logprobs[i].get("logprob", 0.0)))
+        i = _token_at(starts, len(text[:at].encode("utf-8")))
+        try:
+            p = math.exp(float(logprobs[i].get("logprob", 0.0)))
+        except (TypeError, ValueError, OverflowError):
+            return None
+        out[check] = p
+    return out
+
+
+def _token_bytes(logprobs: list[dict]) -> list[bytes] | None:
+    """Each token's UTF-8 bytes: its `bytes` list where given (OpenAI's field), else its string
+    encoded (an endpoint without the field); None when a `bytes` list is not bytes."""
+    out = []
+    for t in logprobs:
+        b = t.get("bytes") if isinstance(t, dict) else None
+        if b is None:
+            out.append(str(t.get("token", "") if isinstance(t, dict) else "").encode("utf-8"))
+            continue
+        if not isinstance(b, list):
+            return None
+        try:
+            out.append(bytes(b))
+        except (TypeError, ValueError):  # not a list of 0..255 integers
+            return None
     return out
 
 

@@ -12,7 +12,7 @@ import pytest
 
 from cascade_script import CascadeScript, first_answer, judge_queries
 from conftest import run_infir
-from openai_server import FakeOpenAIServer
+from openai_server import FakeOpenAIServer, logprob_tokens
 from pipeline.declaration import PIPELINE
 from pipeline.generation import cascade
 from pipeline.generation.models import CHECKS, FirstJudgeVerdicts
@@ -145,6 +145,50 @@ def test_value_offsets_are_not_misled_by_escaped_text():
     off = cascade.value_offsets(text)
     assert text[off[("a", "passed")]:].startswith("true")
     assert text[off[("b", 1, "c")]:].startswith("null") and text[off[("b", 0)]] == "1"
+
+
+def _split_multibyte(tokens: list[dict]) -> list[dict]:
+    """Tokens holding a non-ASCII character cut into 2-byte tokens, as a byte-level BPE does: a
+    token ending inside a character arrives as a partial string ("\\xe6\\x97", how the API writes
+    bytes that are no text) with its true `bytes`."""
+    out = []
+    for t in tokens:
+        raw = t["token"].encode("utf-8")
+        if raw.isascii():
+            out.append(t)
+            continue
+        for k in range(0, len(raw), 2):
+            piece = raw[k:k + 2]
+            out.append({"token": piece.decode("utf-8", "backslashreplace"), "logprob": 0.0,
+                        "bytes": list(piece), "top_logprobs": []})
+    return out
+
+
+def test_logprobs_are_joined_through_their_bytes_when_tokens_split_multibyte_characters():
+    """A reason holding é, an emoji and CJK text before the booleans, its characters split across
+    tokens: the token strings no longer spell the answer, their bytes do, and the booleans' offsets
+    (in bytes) still find their tokens. (Today's code falls back to the `confidence` field.)"""
+    parts, logprob_at = ["{"], {}
+    wanted = {"hn1_fits": (False, 0.8), "hn2_fits": (True, 0.7), "positive_fits": (False, 0.95)}
+    for i, check in enumerate(CHECKS):
+        passed, p = wanted.get(check, (True, 1.0))
+        reason = json.dumps(f"café 🙂 検索結果 {check}", ensure_ascii=False)
+        parts.append(("" if i == 0 else ", ") + json.dumps(check) + ': {"reason": ' + reason + ', "passed": ')
+        logprob_at[len("".join(parts))] = math.log(p)
+        parts.append(("true" if passed else "false") + ', "confidence": 0.42}')
+    content = "".join(parts) + "}"
+    tokens = _split_multibyte(logprob_tokens(content, logprob_at))
+    assert "".join(t["token"] for t in tokens) != content  # the strings do not spell the answer
+    assert b"".join(bytes(t["bytes"]) for t in tokens) == content.encode("utf-8")
+    j = cascade.judgment(_value({"content": content}), content, tokens)
+    assert j.confidence_source == "logprobs"
+    conf = {v["check"]: v["confidence"] for v in j.verdicts}
+    assert conf["hn1_fits"] == pytest.approx(0.8) and conf["hn2_fits"] == pytest.approx(0.7)
+    assert conf["positive_fits"] == pytest.approx(0.95)
+    assert {conf[c] for c in CHECKS if c not in wanted} == {1.0}
+    # Bytes that do not spell the answer, or a `bytes` field that is not bytes: the field, as before.
+    for bad in (tokens[:-1], [{**t, "bytes": "x"} for t in tokens]):
+        assert cascade.judgment(_value({"content": content}), content, bad).confidence_source == "field"
 
 
 # -- calibration -------------------------------------------------------------------------------------
