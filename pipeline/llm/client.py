@@ -2,8 +2,9 @@
 
 Layers, outermost first:
   persistent cache (+ in-run dedup of identical requests)
-  -> budget / abort checks -> concurrency bound (semaphore) -> rate limiter (RPM/TPM, 429 pause)
-  -> retries (this module, `_send`: the ONLY retry layer) -> backend (one HTTP attempt per call)
+  -> budget / abort checks -> concurrency bound (semaphore) -> rate limiter (configured RPM/TPM,
+     the service's per-model limits learned from its headers, 429 pause)
+  -> retries (client_send.py, `_send`: the ONLY retry layer) -> backend (one HTTP attempt per call)
 Parsing (versioned, `PARSER_VERSION`) runs after the cache lookup on the raw stored response, so a
 parser fix costs no calls. An invalid answer gets exactly one repair request (itself cached).
 A failing task never raises out of `run`: it ends `ok=False` with the reason.
@@ -20,21 +21,20 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
 from pipeline.errors import InfirError
+from pipeline.llm.breaker import Breaker
 from pipeline.llm.budget import SpendLedger
+from pipeline.llm.client_send import SendMixin
 from pipeline.llm.client_spend import SpendMixin, _RequestFailed
 from pipeline.llm.cache import Cache
 from pipeline.llm.openai_api.parse import logprobs_of, parse_response, repair_body
 from pipeline.llm.openai_api.request import cache_key, request_of
 from pipeline.llm.pricing import PriceTable
 from pipeline.llm.ratelimit import RateLimiter
-from pipeline.llm.retry import RetriesExhausted, RetryPolicy
 from pipeline.llm.settings import LLMSettings
-from pipeline.llm.tokens import estimate_prompt_tokens, max_output_tokens
 from pipeline.llm.types import (
     BATCH_FIELD,
     BUDGET_EXHAUSTED,
     Backend,
-    BackendError,
     LLMResult,
     LLMTask,
     Totals,
@@ -53,7 +53,7 @@ class _Acc:
     cost: float = 0.0
 
 
-class LLMClient(SpendMixin):
+class LLMClient(SendMixin, SpendMixin):
     def __init__(
         self,
         settings: LLMSettings,
@@ -66,7 +66,7 @@ class LLMClient(SpendMixin):
         self.settings = settings
         self.backend = backend
         self.cache = cache
-        self.prices = prices if prices is not None else PriceTable.load(settings.price_file)
+        self.prices = prices if prices is not None else PriceTable.for_settings(settings)
         self.limiter = RateLimiter(settings.requests_per_minute, settings.tokens_per_minute)
         self.totals = Totals()
         self.budget_exhausted = False
@@ -74,6 +74,7 @@ class LLMClient(SpendMixin):
         # processes and resumes; without, `max_cost_usd` caps this client's own spending.
         self.ledger: SpendLedger | None = None
         self.stop_reason: str | None = None  # set by a fatal backend error or a cache write failure
+        self.breaker = Breaker.of(settings)  # stops a client whose first answers all hit one wall
         self._rng = rng or random.Random()
         self._inflight: dict[str, asyncio.Future[dict[str, Any]]] = {}
         self._sem: asyncio.Semaphore | None = None
@@ -279,7 +280,9 @@ class LLMClient(SpendMixin):
             if self.cache is not None and not fresh:
                 # Another process on this cache may be sending the same request: wait for its answer.
                 try:
-                    hit = await self.cache.claim_or_wait(key, self.settings.deadline_s + self.settings.request_timeout_s)
+                    model = str(body["model"])
+                    hit = await self.cache.claim_or_wait(
+                        key, self.settings.deadline_for(model) + self.settings.attempt_timeout_s(model))
                 except (sqlite3.Error, OSError) as e:  # as for `put`: a cache we cannot write stops the sending
                     self.stop_reason = f"cache write failed: {e}"
                     raise _RequestFailed(self.stop_reason) from None
@@ -313,116 +316,6 @@ class LLMClient(SpendMixin):
         fut.set_result(response)
         return response, False
 
-    def _semaphore(self) -> asyncio.Semaphore:
-        loop = asyncio.get_running_loop()
-        if self._sem is None or self._sem_loop is not loop:
-            self._sem, self._sem_loop = asyncio.Semaphore(self.settings.concurrency), loop
-        return self._sem
-
-    def _check_can_send(self) -> None:
-        if self.stop_reason is not None:
-            raise _RequestFailed(self.stop_reason)
-        if self.budget_exhausted:
-            raise _RequestFailed(BUDGET_EXHAUSTED)
-        cap = self.settings.max_cost_usd
-        if self.ledger is None and cap is not None and self.totals.cost_usd >= cap:
-            self._exhausted(cap)
-
-    async def _send(self, body: dict[str, Any], task: LLMTask, acc: _Acc) -> dict[str, Any]:
-        """HTTP with retries: the only retry layer (the SDK runs with max_retries=0).
-
-        tenacity (`pipeline/llm/retry.py`) retries what the backend marks retryable, up to
-        `max_attempts` attempts and `deadline_s` seconds, waiting the server's hint (Retry-After &
-        co) or exponential backoff with full jitter; a 429 hint pauses the whole client. Non-retryable
-        errors (400, 422, ...) fail at once; fatal ones (401, 403, 404, insufficient_quota) also stop
-        the client from sending anything more."""
-        s = self.settings
-        deadline: list[float] = []  # starts at the first attempt: queueing is not the request's time
-
-        def on_retry(err: BaseException, attempt: int, wait: float) -> None:
-            self.totals.retries += 1
-            log.debug("LLM task %s: %s; retry %d/%d in %.2fs", task.key_id, err, attempt, s.max_attempts - 1, wait)
-
-        policy = RetryPolicy(
-            max_attempts=s.max_attempts, backoff_base_s=s.backoff_base_s, backoff_max_s=s.backoff_max_s,
-            deadline_s=s.deadline_s, rng=self._rng, on_pause=self.limiter.pause, on_retry=on_retry,
-        )
-        try:
-            async for attempt in policy.retrying(lambda: deadline[0] if deadline else None):
-                with attempt:
-                    return await self._attempt(body, task, acc, deadline, attempt.retry_state.attempt_number)
-        except RetriesExhausted as e:
-            raise _RequestFailed(str(e)) from None
-        raise AssertionError("unreachable: tenacity either returns, raises or gives up")
-
-    async def _attempt(
-        self, body: dict[str, Any], task: LLMTask, acc: _Acc, deadline: list[float], attempt: int
-    ) -> dict[str, Any]:
-        """One HTTP attempt inside the concurrency bound and the rate limiter. A retryable
-        BackendError propagates to the retry policy; every other failure is final (_RequestFailed)."""
-        s = self.settings
-        loop = asyncio.get_running_loop()
-        self._check_can_send()
-        async with self._semaphore():  # released before the retry wait: waiting holds no slot
-            budget_s = (deadline[0] - loop.time()) if deadline else s.deadline_s
-            if self.limiter.pause_remaining() > budget_s:
-                # e.g. a daily quota: Retry-After of hours. Fail now; a rerun resumes from cache.
-                raise _RequestFailed(
-                    f"deadline of {s.deadline_s:g}s exceeded: the server asked to wait "
-                    f"{self.limiter.pause_remaining():.0f}s (rate limit)"
-                )
-            await self.limiter.acquire(estimate_prompt_tokens(body["messages"]) + max_output_tokens(body))
-            self._check_can_send()
-            if not deadline:
-                deadline.append(loop.time() + s.deadline_s)
-            remaining = deadline[0] - loop.time()
-            if remaining <= 0:
-                raise _RequestFailed(f"deadline of {s.deadline_s:g}s exceeded after {attempt - 1} attempt(s)")
-            reservation = self._reserve(body, task)
-            acc.calls += 1
-            self.totals.http_calls += 1
-            try:
-                response = await asyncio.wait_for(self.backend.complete(body, task), remaining)
-            except BackendError as err:
-                self._release(reservation)
-                if err.kind in ("timeout", "connection"):
-                    self.totals.no_response += 1
-                if err.fatal:
-                    if self.stop_reason is None:
-                        self.stop_reason = f"aborted: {err}"
-                        log.error("LLM backend: %s; no further requests are sent", err)
-                    raise _RequestFailed(str(err)) from None
-                if not err.retryable:
-                    raise _RequestFailed(str(err)) from None
-                raise
-            except asyncio.TimeoutError:
-                self._release(reservation)
-                self.totals.no_response += 1
-                raise _RequestFailed(f"deadline of {s.deadline_s:g}s exceeded after {attempt} attempt(s)") from None
-            except (asyncio.CancelledError, KeyboardInterrupt):
-                self._release(reservation)
-                raise
-            except Exception as e:  # a backend bug: not retried
-                self._release(reservation)
-                raise _RequestFailed(f"backend error: {type(e).__name__}: {e}") from None
-        cost = self._price(body, response)
-        if self.ledger is not None:
-            try:
-                self.ledger.settle(reservation, cost)
-            except InfirError as e:  # the answer is kept (and cached); nothing more is sent
-                if self.stop_reason is None:
-                    self.stop_reason = f"spend ledger failed: {e}"
-                    log.error("%s; no further requests are sent", e)
-        u = Usage.of(response)
-        t = self.totals
-        t.prompt_tokens += u.prompt_tokens
-        t.completion_tokens += u.completion_tokens
-        t.cached_tokens += u.cached_tokens
-        t.reasoning_tokens += u.reasoning_tokens
-        t.cost_usd += cost
-        acc.cost += cost
-        return response
-
 
 def make_client(
     settings: LLMSettings,
@@ -432,7 +325,7 @@ def make_client(
     prices: PriceTable | None = None,
 ) -> LLMClient:
     """Build the client from settings: cache at settings.cache_path (cache=False: none),
-    prices from settings.price_file, backend from settings.backend unless given (the backends
+    prices from settings.price_file + settings.prices, backend from settings.backend unless given (the backends
     register by name: `pipeline.llm.backends`)."""
     if backend is None:
         from pipeline.llm.backends import backend_for
@@ -444,4 +337,4 @@ def make_client(
         cache_obj = None
     else:
         cache_obj = cache
-    return LLMClient(settings, backend, cache_obj, prices or PriceTable.load(settings.price_file))
+    return LLMClient(settings, backend, cache_obj, prices or PriceTable.for_settings(settings))

@@ -8,9 +8,15 @@ response dict, or raises `BackendError` classified for the client's loop:
   - retryable: 408, 409, 429, 5xx, timeouts, connection errors (dropped sockets), a 2xx body that
     is not JSON; `x-should-retry: true|false` from the server overrides the status rule.
   - wait hint (`retry_after`, seconds): `retry-after-ms`, then `Retry-After` (seconds or HTTP date),
-    then for a 429 `x-ratelimit-reset-requests` / `x-ratelimit-reset-tokens` (durations like
-    "1s", "6m0s", "20ms"; the one whose `x-ratelimit-remaining-*` is 0, else the shorter).
+    then for a 429 the message's "Please try again in 180ms" (OpenAI's; the reset headers below
+    are the time to a FULL bucket, far longer than needed), then `x-ratelimit-reset-requests` /
+    `x-ratelimit-reset-tokens` (durations like "1s", "6m0s", "20ms"; the one whose
+    `x-ratelimit-remaining-*` is 0, else the shorter).
     The client honours it (never retries sooner) and, for a 429, pauses the whole client.
+  - rate-limit headers: every HTTP answer's `x-ratelimit-*` headers (`RateLimitHeaders`, nothing
+    else of them) go to the caller's `observe` callback, which paces the client by them; they are
+    never put in the response dict (so never in the cache) nor logged.
+  - timeout: one attempt's, by model family (`settings.attempt_timeout_s`), per request.
   - fatal (stop the client): 401, 403, 404 (unknown model / endpoint), 429 insufficient_quota.
   - any other 4xx (400 bad request, 422...): not retried, the task fails with the reason.
 
@@ -27,42 +33,30 @@ import logging
 import os
 import re
 import time
-from typing import Any
+from typing import Any, Callable
 
 import httpx2
 import openai
 from openai import AsyncOpenAI
 
 from pipeline.errors import InfirError
+from pipeline.llm.ratelimit import RateLimitHeaders, parse_duration
 from pipeline.llm.types import BackendError, LLMTask
 from pipeline.llm.settings import LLMSettings
 
 log = logging.getLogger(__name__)
 
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|us|µs|ns|h|m|s)")
-_DURATION_UNITS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6, "ns": 1e-9}
 _KEY_LIKE = re.compile(r"\b(sk-[A-Za-z0-9_\-]{4})[A-Za-z0-9_\-]{4,}")
 _BEARER = re.compile(r"(?i)(bearer\s+)\S+")
+# OpenAI's 429 message: "... Please try again in 180ms." / "in 6m0s." / "in 1.5s."
+_TRY_AGAIN = re.compile(r"try again in (\d[\dhmsµnu.]*?)\.?(?:\s|$)")
+
+__all__ = ["OpenAIBackend", "parse_duration", "retry_after_seconds"]
 
 
-def parse_duration(value: str | None) -> float | None:
-    """Seconds from "1s", "6m0s", "20ms", "1h2m3.5s" or a bare number; None if unparseable."""
-    if value is None:
-        return None
-    v = value.strip()
-    if not v:
-        return None
-    try:
-        return max(0.0, float(v))
-    except ValueError:
-        pass
-    parts = _DURATION_PART.findall(v)
-    if not parts or "".join(n + u for n, u in parts) != v:
-        return None
-    return sum(float(n) * _DURATION_UNITS[u] for n, u in parts)
-
-
-def retry_after_seconds(headers: Any, status: int | None = None, now: float | None = None) -> float | None:
+def retry_after_seconds(
+    headers: Any, status: int | None = None, now: float | None = None, message: str | None = None
+) -> float | None:
     """The server's wait hint in seconds, or None (see the module docstring for the order)."""
     if headers is None:
         return None
@@ -84,6 +78,10 @@ def retry_after_seconds(headers: Any, status: int | None = None, now: float | No
             if when is not None:
                 return max(0.0, when.timestamp() - (now if now is not None else time.time()))
     if status == 429:
+        said = _TRY_AGAIN.search(message or "")
+        wait = parse_duration(said.group(1)) if said else None
+        if wait is not None:
+            return wait
         resets = []
         flagged = []
         for kind in ("requests", "tokens"):
@@ -106,6 +104,7 @@ def retry_after_seconds(headers: Any, status: int | None = None, now: float | No
 
 class OpenAIBackend:
     name = "openai"
+    reports_rate_limits = True  # `complete` takes `observe` (the client checks this)
 
     def __init__(self, settings: LLMSettings):
         key = os.environ.get(settings.api_key_env)
@@ -165,7 +164,7 @@ class OpenAIBackend:
         headers = e.response.headers
         code = getattr(e, "code", None)
         message = self._redact(str(getattr(e, "message", "") or e))[:500]
-        wait = retry_after_seconds(headers, status)
+        wait = retry_after_seconds(headers, status, message=message)
         retryable = status in (408, 409, 429) or status >= 500
         should = (headers.get("x-should-retry") or "").lower()
         if should == "true":
@@ -180,8 +179,12 @@ class OpenAIBackend:
             fatal=fatal, kind="status",
         )
 
-    async def complete(self, body: dict[str, Any], task: LLMTask) -> dict[str, Any]:
+    async def complete(
+        self, body: dict[str, Any], task: LLMTask, observe: Callable[[RateLimitHeaders | None], None] | None = None
+    ) -> dict[str, Any]:
+        """One HTTP attempt. `observe` gets the answer's rate-limit headers (200 and errors alike)."""
         client = self._get_client()
+        timeout_s = self.settings.attempt_timeout_s(str(body.get("model") or task.model))
         try:
             # `client.post` (the SDK's documented call for raw endpoints) with the body we built:
             # same auth, base URL, timeouts and error mapping as `chat.completions.create`, minus
@@ -189,12 +192,12 @@ class OpenAIBackend:
             # ~20% of the SDK's CPU per call) and its pydantic model, since we cache the raw dict.
             # Bearer auth only: never send an admin key to a third-party base_url.
             http_response = await client.post(
-                "/chat/completions", cast_to=httpx2.Response, body=body, options={"security": {"bearer_auth": True}}
+                "/chat/completions", cast_to=httpx2.Response, body=body,
+                options={"security": {"bearer_auth": True},
+                         "timeout": httpx2.Timeout(timeout_s, connect=min(10.0, timeout_s))},
             )
         except openai.APITimeoutError:
-            raise BackendError(
-                f"request timed out after {self.settings.request_timeout_s:g}s", retryable=True, kind="timeout"
-            ) from None
+            raise BackendError(f"request timed out after {timeout_s:g}s", retryable=True, kind="timeout") from None
         except openai.APIConnectionError as e:
             cause = e.__cause__ or e.__context__
             detail = f"{type(cause).__name__}: {cause}" if cause is not None else str(e)
@@ -202,7 +205,11 @@ class OpenAIBackend:
                 f"connection error: {self._redact(detail)[:300]}", retryable=True, kind="connection"
             ) from None
         except openai.APIStatusError as e:
+            if observe is not None:
+                observe(RateLimitHeaders.parse(e.response.headers))
             raise self._status_error(e) from None
+        if observe is not None:
+            observe(RateLimitHeaders.parse(http_response.headers))
         try:
             data = http_response.json()
         except ValueError:
