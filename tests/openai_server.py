@@ -47,6 +47,10 @@ Features
   custom_ids or a url other than its endpoint; an upload over `batch_max_bytes` is refused (400).
   Counters: `file_uploads`, `batch_creations`, `batch_cancels`; `batch_inputs()` gives every
   created batch's input lines in creation order.
+- `response_formats=("text", "json_object")` answers like llama-cpp-python's server (0.3.x), which
+  takes only those `response_format` types (json_object with a `schema`, enforced by grammar): a
+  request with any other type (our default `json_schema`) gets its HTTP 500 (`llama_cpp_refusal`);
+  a json_object request with a schema gets a JSON object valid for it. None (default): every type.
 - `server="thread"` (ThreadingHTTPServer, default) or `server="asyncio"` (one event loop thread,
   cheaper per request; used by the benchmark so it measures clients, not the server).
 """
@@ -193,6 +197,8 @@ def default_content(body: dict[str, Any]) -> str:
     schema = (rf.get("json_schema") or {}).get("schema")
     if rf.get("type") == "json_schema" and isinstance(schema, dict):
         return json.dumps(fake_value(schema, schema, seed), ensure_ascii=False)
+    if rf.get("type") == "json_object" and isinstance(rf.get("schema"), dict):  # llama-cpp-python's form
+        return json.dumps(fake_value(rf["schema"], rf["schema"], seed), ensure_ascii=False)
     if rf.get("type") == "json_object":
         return json.dumps({"answer": f"answer-{seed[:10]}"})
     return f"answer-{seed[:10]}"
@@ -254,6 +260,28 @@ def _error(status: int, message: str, code: str, type_: str = "invalid_request_e
     return Reply(status, {"error": {"message": message, "type": type_, "param": None, "code": code}}, headers or {})
 
 
+# -- llama-cpp-python's server (option `response_formats`) ---------------------------------------
+# Its request model types response_format as {"type": "text" | "json_object", "schema"?}; FastAPI's
+# validation error is caught by its route handler and answered as HTTP 500 internal_server_error
+# with str(error) as the message (llama_cpp/server/errors.py). The message below is what 0.3.36
+# answered to our json_schema form.
+LLAMA_CPP_REFUSAL = (
+    "1 validation error:\n  {{'type': 'literal_error', 'loc': ('body', 'response_format', 'type'), "
+    "'msg': \"Input should be 'text' or 'json_object'\", 'input': '{kind}', "
+    "'ctx': {{'expected': \"'text' or 'json_object'\"}}}}\n"
+)
+
+
+def llama_cpp_refusal(body: dict[str, Any], accepted: tuple[str, ...] | None) -> Reply | None:
+    """llama-cpp-python's HTTP 500 for a response_format type it does not take (None: fine)."""
+    rf = body.get("response_format")
+    kind = rf.get("type") if isinstance(rf, dict) else None
+    if accepted is None or rf is None or kind in accepted:
+        return None
+    return Reply(500, {"error": {"message": LLAMA_CPP_REFUSAL.format(kind=kind), "type": "internal_server_error",
+                                 "param": None, "code": None}})
+
+
 # -- the server ----------------------------------------------------------------------------------
 
 
@@ -287,6 +315,7 @@ class FakeOpenAIServer:
         batch_max_bytes: int = 200 * 1024 * 1024,
         reasoning_tokens: int | Callable[[dict[str, Any]], int] = 0,
         prefix_cache: bool = False,
+        response_formats: tuple[str, ...] | None = None,
     ):
         unknown = set(fault_kinds) - set(ALL_FAULTS)
         unknown |= set(batch_fault_kinds) - set(ALL_FAULTS + BATCH_ONLY_FAULTS)
@@ -326,6 +355,7 @@ class FakeOpenAIServer:
         # repeat an earlier request's (same model) is billed with the longest such prefix, in
         # steps of 128 tokens, as `cached_tokens`. Tokens are counted as chars/4 here.
         self.prefix_cache = prefix_cache
+        self.response_formats = response_formats  # None: every response_format type (llama_cpp_refusal)
         self._prefixes: set[str] = set()
         self.files: dict[str, dict[str, Any]] = {}  # id -> file object + "_content" bytes
         self.batches: dict[str, dict[str, Any]] = {}  # id -> batch object + private "_" fields
@@ -468,6 +498,10 @@ class FakeOpenAIServer:
         return None
 
     def chat_completions(self, rec: Recorded) -> Reply:
+        refused = llama_cpp_refusal(rec.body, self.response_formats)  # option response_formats
+        if refused is not None:
+            rec.fault = "response_format"
+            return refused
         fault = self.pick_fault(rec.n, rec.body)
         rec.fault = fault
         return self.answer(rec.body, rec.n, fault, rec.headers)

@@ -57,6 +57,8 @@ class LLMTask:
     output_model: type[BaseModel]
     model: str
     params: dict[str, Any] = field(default_factory=dict)
+    # How the output schema is sent (`llm.structured_output`): "json_schema" or "json_object".
+    structured_output: str = "json_schema"
     # (body, cache key), built once by `request_of`: a stage can build it ahead, off the event loop.
     # init=False: `dataclasses.replace` (a changed prompt, model...) must not copy a stale request.
     # A task is not edited in place once its request is built.

@@ -43,10 +43,13 @@ def make_client(cfg, run_dir: Path | None = None, label: str = "") -> LLMClient:
     return client
 
 
-def task(key_id: str, prompt: Prompt, variables: dict, output_model, model: str, params: dict) -> LLMTask:
+def task(key_id: str, prompt: Prompt, variables: dict, output_model, model: str, params: dict,
+         structured_output: str = "json_schema") -> LLMTask:
     """A task with its request already rendered and keyed: stages build tasks on the runner's
-    prepare thread, so the event loop that waits on the endpoint has less to do per request."""
-    t = LLMTask(key_id=key_id, prompt=prompt, variables=variables, output_model=output_model, model=model, params=params)
+    prepare thread, so the event loop that waits on the endpoint has less to do per request.
+    `structured_output`: the run's `llm.structured_output` (the form of the schema in the body)."""
+    t = LLMTask(key_id=key_id, prompt=prompt, variables=variables, output_model=output_model, model=model,
+                params=params, structured_output=structured_output)
     try:
         request_of(t)
     except InfirError:

@@ -38,7 +38,7 @@ class Generate(LLMStage):
                     "passage": r["document_positive"],
                     "near_misses": [n.text for n in misses.get(r["id"], [])],
                 },
-                GeneratedInstruction, ctx.model, ctx.params,
+                GeneratedInstruction, ctx.model, ctx.params, ctx.cfg.llm.structured_output,
             )
             for r in rows
         ], None

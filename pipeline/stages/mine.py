@@ -42,7 +42,7 @@ class Mine(LLMStage):
                     "passage": r["document_positive"],
                     "candidates": [n.text for n in close.get(r["id"], [])],
                 },
-                PoisonedPair, ctx.model, ctx.params,
+                PoisonedPair, ctx.model, ctx.params, ctx.cfg.llm.structured_output,
             )
             for r in rows
             if r["instruction_positive"]

@@ -104,11 +104,13 @@ class Verify(LLMStage):
         return [r for r in rows if not upstream_error(r) and not pre[r["id"]]], pre
 
     def judge_tasks(self, ctx: Context, rows: list[dict]) -> list:
-        return [llm.task(r["id"], ctx.prompt, judge_variables(r), JudgeVerdicts, ctx.model, ctx.params) for r in rows]
+        return [llm.task(r["id"], ctx.prompt, judge_variables(r), JudgeVerdicts, ctx.model, ctx.params,
+                         ctx.cfg.llm.structured_output) for r in rows]
 
     def first_tasks(self, ctx: Context, rows: list[dict]) -> list:
         prompt, model, params = self.first_judge(ctx)
-        return [llm.task(r["id"], prompt, judge_variables(r), FirstJudgeVerdicts, model, params) for r in rows]
+        return [llm.task(r["id"], prompt, judge_variables(r), FirstJudgeVerdicts, model, params,
+                         ctx.cfg.llm.structured_output) for r in rows]
 
     def tasks(self, ctx: Context, rows: list[dict]) -> tuple[list, dict]:
         """The first round's requests: the judge's for every candidate, or with the cascade the

@@ -114,8 +114,15 @@ def strict_json_schema(model: type[BaseModel]) -> dict[str, Any]:
 
 
 @functools.lru_cache(maxsize=256)
-def response_format_for(model: type[BaseModel]) -> dict[str, Any]:
-    """Shared, read-only: never mutate the returned dict."""
+def response_format_for(model: type[BaseModel], form: str = "json_schema") -> dict[str, Any]:
+    """The `response_format` of a request in the form the server speaks (`llm.structured_output`):
+    "json_schema" (OpenAI's strict structured outputs) or "json_object" with the same strict schema
+    in a `schema` field (llama-cpp-python's server enforces it by grammar). The form is part of the
+    body, so of the cache key. Shared, read-only: never mutate the returned dict."""
+    if form == "json_object":
+        return {"type": "json_object", "schema": strict_json_schema(model)}
+    if form != "json_schema":
+        raise InfirError(f"llm.structured_output = {form!r}: expected \"json_schema\" or \"json_object\"")
     name = re.sub(r"[^A-Za-z0-9_-]", "_", model.__name__)[:64] or "output"
     return {
         "type": "json_schema",
@@ -140,7 +147,7 @@ def build_body(task: LLMTask) -> dict[str, Any]:
             )
     body: dict[str, Any] = {"model": task.model, "messages": task.prompt.render(**task.variables)}
     body.update((k, v) for k, v in task.params.items() if v is not None)
-    body["response_format"] = response_format_for(task.output_model)
+    body["response_format"] = response_format_for(task.output_model, task.structured_output)
     return body
 
 
