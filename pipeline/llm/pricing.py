@@ -8,12 +8,18 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
+from pydantic import ValidationError
+
 from pipeline.errors import InfirError
+from pipeline.llm.price_settings import PriceRow
 
 log = logging.getLogger(__name__)
 
 BUNDLED_PRICES = Path(__file__).resolve().parent / "prices.toml"
 _SNAPSHOT_RE = re.compile(r"-(\d{4}-\d{2}-\d{2}|\d{4})$")
+#: Models whose missing price was said once in this process (by the run's up-front check or by
+#: the first `cost`): one line per model, however many tables and clients a run builds.
+_SAID_UNPRICED: set[str] = set()
 
 
 @dataclass(frozen=True)
@@ -30,12 +36,29 @@ class ModelPrice:
         table = dict(self.reasoning_tokens)
         return int(table.get(effort or "medium", table.get("medium", 0)))
 
+    @classmethod
+    def of(cls, row: PriceRow, default_discount: float) -> ModelPrice:
+        return cls(
+            input=row.input,
+            cached_input=row.input if row.cached_input is None else row.cached_input,
+            output=row.output,
+            batch_discount=default_discount if row.batch_discount is None else row.batch_discount,
+            reasoning_tokens=tuple(sorted(row.reasoning_tokens.items())),
+        )
+
+
+def _row_error(e: ValidationError) -> str:
+    first = e.errors()[0]
+    key = ".".join(str(p) for p in first["loc"])
+    what = "unknown key" if first["type"] == "extra_forbidden" else first["msg"]
+    return f"{key}: {what}" if key else what
+
 
 class PriceTable:
-    def __init__(self, prices: dict[str, ModelPrice], source: str = "<memory>"):
+    def __init__(self, prices: dict[str, ModelPrice], source: str = "<memory>", default_discount: float = 0.5):
         self.prices = dict(prices)
         self.source = source
-        self._warned: set[str] = set()
+        self.default_discount = default_discount
 
     @classmethod
     def load(cls, path: Path | str | None = None) -> PriceTable:
@@ -47,26 +70,30 @@ class PriceTable:
             raise InfirError(f"price file {p}: not found") from None
         except tomllib.TOMLDecodeError as e:
             raise InfirError(f"price file {p}: {e}") from None
-        default_discount = float(data.get("defaults", {}).get("batch_discount", 0.5))
+        default_discount = data.get("defaults", {}).get("batch_discount", 0.5)
+        if not isinstance(default_discount, (int, float)) or not 0 < default_discount <= 1:
+            raise InfirError(f"price file {p}: defaults.batch_discount: expected a number in (0, 1]")
         models = data.get("models")
         if not isinstance(models, dict):
             raise InfirError(f"price file {p}: missing [models.\"<name>\"] tables")
         prices: dict[str, ModelPrice] = {}
         for name, row in models.items():
             try:
-                unknown = set(row) - {"input", "cached_input", "output", "batch_discount", "reasoning_tokens"}
-                if unknown:
-                    raise KeyError(f"unknown key(s) {sorted(unknown)}")
-                prices[name] = ModelPrice(
-                    input=float(row["input"]),
-                    cached_input=float(row.get("cached_input", row["input"])),
-                    output=float(row["output"]),
-                    batch_discount=float(row.get("batch_discount", default_discount)),
-                    reasoning_tokens=tuple(sorted((str(k), int(v)) for k, v in dict(row.get("reasoning_tokens", {})).items())),
-                )
-            except (KeyError, TypeError, ValueError) as e:
-                raise InfirError(f"price file {p}: model {name!r}: {e}") from None
-        return cls(prices, source=str(p))
+                prices[name] = ModelPrice.of(PriceRow.model_validate(row), float(default_discount))
+            except ValidationError as e:
+                raise InfirError(f"price file {p}: model {name!r}: {_row_error(e)}") from None
+        return cls(prices, source=str(p), default_discount=float(default_discount))
+
+    @classmethod
+    def for_settings(cls, settings) -> PriceTable:
+        """The run's prices: `llm.price_file` (None: the bundled table) with the config's own
+        `[llm.prices."<model>"]` rows over it (the config wins)."""
+        table = cls.load(settings.price_file)
+        extra = getattr(settings, "prices", None) or {}
+        if extra:
+            table.prices.update({m: ModelPrice.of(row, table.default_discount) for m, row in extra.items()})
+            table.source += " + [llm.prices]"
+        return table
 
     def lookup(self, model: str | None) -> ModelPrice | None:
         if not model:
@@ -81,6 +108,13 @@ class PriceTable:
         if "@" in model:  # versioned local names, e.g. "infir-offline@1a2b3c4d"
             return self.lookup(model.split("@", 1)[0])
         return None
+
+    def say_unpriced(self, model: str, line: str) -> None:
+        """Log `line` (why `model`'s spend is not counted), once per model in this process; later
+        `cost` calls for it stay silent."""
+        if model not in _SAID_UNPRICED:
+            _SAID_UNPRICED.add(model)
+            log.warning("%s", line)
 
     def expected_reasoning(self, model: str | None, effort: str | None) -> int:
         """Hidden reasoning tokens to expect per answer of `model` at `effort` (0 if none listed)."""
@@ -97,12 +131,11 @@ class PriceTable:
         batch: bool = False,
         response_model: str | None = None,
     ) -> float:
-        """USD for one response. Unknown model: 0.0 and one warning per model name."""
+        """USD for one response. Unknown model: 0.0, said once per model name in this process
+        (a run says it before its first request: `runner/prices.py`)."""
         price = self.lookup(model) or self.lookup(response_model)
         if price is None:
-            if model not in self._warned:
-                self._warned.add(model)
-                log.warning("no price for model %r in %s: its cost is counted as 0", model, self.source)
+            self.say_unpriced(model, f"no price for model {model!r} in {self.source}: its cost is counted as 0")
             return 0.0
         cached = max(0, min(cached_tokens or 0, prompt_tokens))
         usd = (
