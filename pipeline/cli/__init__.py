@@ -1,17 +1,15 @@
 """`infir`: one subcommand per stage, plus `build` and `status`.
 
 The CLI only parses flags into config overrides and calls stage functions. Errors reach the
-user as one line and a non-zero exit; `--debug` shows the traceback.
+user as one line and a non-zero exit (the statuses: `main.py`); `--debug` shows the traceback.
 """
 
 from __future__ import annotations
 
 import inspect
-import sys
 from pathlib import Path
 from typing import Any, Optional
 
-import click
 import typer
 
 from pipeline.config import load_config, parse_value
@@ -140,7 +138,17 @@ def _option_param(o) -> inspect.Parameter:
     return _param(o.dest, typer.Option(None, *decls, help=o.help), annotation)
 
 
-def _run_stage_command(stage, kw: dict[str, Any]) -> None:
+def _finished(results: list, what: str) -> int:
+    """The exit status of a finished build or stage (`runner.outcome`), its line on stderr."""
+    from pipeline.runner.outcome import finished
+
+    status, line = finished(results, what)
+    if line:
+        typer.secho(line, err=True, fg="yellow")
+    return status
+
+
+def _run_stage_command(stage, kw: dict[str, Any]) -> int | None:
     from pipeline.declaration import PIPELINE
     from pipeline.runner.run import run_stage
     from pipeline.runner.shape import LLMStage
@@ -162,7 +170,7 @@ def _run_stage_command(stage, kw: dict[str, Any]) -> None:
         estimate(PIPELINE, cfg, [stage.name], as_json=kw["json_"])
         return
     options = {o.dest: kw.get(o.dest) for o in stage.options if o.key is None}
-    run_stage(PIPELINE, stage.name, cfg, force=kw["force"], options=options)
+    return _finished([run_stage(PIPELINE, stage.name, cfg, force=kw["force"], options=options)], stage.name)
 
 
 def _register_stage(stage) -> None:
@@ -172,8 +180,8 @@ def _register_stage(stage) -> None:
 
     params = _COMMON + (_LLM if isinstance(stage, LLMStage) else []) + [_option_param(o) for o in stage.options]
 
-    def command(**kw: Any) -> None:
-        _run_stage_command(stage, kw)
+    def command(**kw: Any) -> int | None:
+        return _run_stage_command(stage, kw)
 
     command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
     command.__doc__ = stage.doc
@@ -273,14 +281,15 @@ def build(
         help="Run only the stages before the first LLM stage (no LLM), then estimate the LLM stages' calls, tokens and cost; send nothing.",
     ),
 ) -> None:
-    """Run every stage in pipeline order; finished ones are skipped."""
+    """Run every stage in pipeline order; finished ones are skipped. Exit status 3: finished with failed rows."""
     from pipeline.declaration import PIPELINE
     from pipeline.runner.build import run_build
 
     cfg = _config(config, run, set_, **_llm_flags(backend, max_cost_usd, concurrency, mode),
                   **{"run.executor": executor, "run.ray_address": ray_address})
-    run_build(PIPELINE, cfg, until, force=force, dry_run=dry_run, as_json=json_, target=target_accepted, pilot=pilot,
-              echo=lambda line: typer.echo(line, err=True))
+    results = run_build(PIPELINE, cfg, until, force=force, dry_run=dry_run, as_json=json_, target=target_accepted,
+                        pilot=pilot, echo=lambda line: typer.echo(line, err=True))
+    return _finished(results, "build")
 
 
 @app.command("plan")
@@ -395,55 +404,5 @@ def report(
                seed=seed, hardness=hardness)
 
 
-def _click_exceptions(name: str) -> tuple[type[BaseException], ...]:
-    """typer 0.2x raises from its own copy of click (typer._click): catch both copies."""
-    found = [getattr(click.exceptions, name)]
-    try:
-        from typer._click import exceptions as vendored
-
-        found.append(getattr(vendored, name))
-    except (ImportError, AttributeError):
-        pass
-    return tuple(found)
-
-
-_ABORT, _USAGE, _EXIT = (_click_exceptions(n) for n in ("Abort", "ClickException", "Exit"))
-
-
-def main(argv: list[str] | None = None) -> int:
-    debug = "--debug" in (argv if argv is not None else sys.argv)
-    try:
-        app(args=argv, standalone_mode=False)
-    except InfirError as e:
-        if _state["debug"]:
-            raise
-        typer.secho(f"error: {e}", err=True, fg="red")
-        return 2
-    except (*_ABORT, KeyboardInterrupt):
-        typer.secho("interrupted; rerun the same command to resume", err=True, fg="yellow")
-        return 130
-    except _USAGE as e:
-        e.show()
-        return e.exit_code
-    except _EXIT as e:
-        return e.exit_code
-    except OSError as e:  # the machine's answer (permissions, a full disk, a missing folder): the user's to fix
-        if _state["debug"] or debug:
-            raise
-        where = f"{e.filename}: " if getattr(e, "filename", None) else ""
-        typer.secho(f"error: {where}{e.strerror or e}", err=True, fg="red")
-        return 2
-    except Exception as e:  # a bug: one line for the user, the traceback behind --debug
-        if _state["debug"] or debug:
-            raise
-        typer.secho(f"internal error: {type(e).__name__}: {e} (rerun with --debug for details)", err=True, fg="red")
-        return 1
-    return 0
-
-
-def entrypoint() -> None:
-    sys.exit(main())
-
-
-if __name__ == "__main__":
-    entrypoint()
+# `main` (the exit statuses) lives in `pipeline/cli/main.py`; imported last, as it uses `app`.
+from pipeline.cli.main import entrypoint, main  # noqa: E402

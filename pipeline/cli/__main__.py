@@ -1,0 +1,5 @@
+"""`python -m pipeline.cli`: the same as the `infir` command."""
+
+from pipeline.cli.main import entrypoint
+
+entrypoint()
