@@ -45,6 +45,15 @@ Features
   the error file. `batch_fail_fn(batch_index) -> message | None` fails a whole batch at validation.
   Validation also fails a batch over `batch_max_requests` lines, with mixed models, duplicate
   custom_ids or a url other than its endpoint; an upload over `batch_max_bytes` is refused (400).
+  Enqueued-token limit (`batch_queue_tokens`: an int for every model, or {model: tokens}; None: no
+  limit), as the real service applies it: a batch's tokens are its lines' prompt tokens, counted as
+  this server bills them (`usage`, else chars/4 + 1 per line); at validation, a batch whose tokens
+  plus those of the model's batches already queued (validated, not yet completed / failed / expired
+  / cancelled) plus `batch_queue_external[model]` (tokens another process holds) exceed the limit
+  ends "failed" with `errors.data[0].code = "token_limit_exceeded"` and the service's message
+  ("Enqueued token limit reached for <model> in organization org-test. Limit: N enqueued tokens.
+  ..."). `batch_queue_peak[model]` records the most tokens queued at once, `token_limit_failures`
+  the batches refused.
   Counters: `file_uploads`, `batch_creations`, `batch_cancels`; `batch_inputs()` gives every
   created batch's input lines in creation order.
 - `response_formats=("text", "json_object")` answers like llama-cpp-python's server (0.3.x), which
@@ -313,6 +322,7 @@ class FakeOpenAIServer:
         batch_fail_fn: Callable[[int], str | None] | None = None,
         batch_max_requests: int = 50_000,
         batch_max_bytes: int = 200 * 1024 * 1024,
+        batch_queue_tokens: int | dict[str, int] | None = None,
         reasoning_tokens: int | Callable[[dict[str, Any]], int] = 0,
         prefix_cache: bool = False,
         response_formats: tuple[str, ...] | None = None,
@@ -351,6 +361,12 @@ class FakeOpenAIServer:
         self.batch_fail_fn = batch_fail_fn
         self.batch_max_requests = batch_max_requests
         self.batch_max_bytes = batch_max_bytes
+        # The Batch API's enqueued-token limit per model (an int for every model, or {model: limit};
+        # a model missing from the table is not limited). See `_queue_check`.
+        self.batch_queue_tokens = batch_queue_tokens
+        self.batch_queue_external: dict[str, int] = {}  # model -> tokens another process holds queued
+        self.batch_queue_peak: dict[str, int] = {}  # model -> most tokens ever enqueued at once
+        self.token_limit_failures = 0  # batches failed with token_limit_exceeded
         # Provider prompt caching, as OpenAI documents it: a prompt whose first >= 1,024 tokens
         # repeat an earlier request's (same model) is billed with the longest such prefix, in
         # steps of 128 tokens, as `cached_tokens`. Tokens are counted as chars/4 here.
@@ -706,6 +722,8 @@ class FakeOpenAIServer:
                 "expired_at": None, "cancelling_at": None, "cancelled_at": None,
                 "request_counts": {"total": 0, "completed": 0, "failed": 0}, "metadata": body.get("metadata"),
                 "_index": index, "_lines": lines, "_invalid": invalid, "_polls": 0, "_t0": time.monotonic(),
+                "_model": str(lines[0]["body"].get("model")) if lines else "",
+                "_tokens": sum(self.queue_tokens_of(line["body"]) for line in lines), "_queued": False,
             }
             self.batches[b["id"]] = b
             return Reply(200, _public(b))
@@ -751,6 +769,12 @@ class FakeOpenAIServer:
             return
         total = len(b["_lines"])
         if b["status"] == "validating":
+            over = self._queue_check(b)
+            if over is not None:
+                b["status"], b["failed_at"] = "failed", now
+                b["errors"] = {"object": "list", "data": [{**over, "param": None, "line": None}]}
+                self.token_limit_failures += 1
+                return
             b["status"], b["in_progress_at"] = "in_progress", now
             b["request_counts"]["total"] = total
         due = b["_polls"] >= self.batch_polls and time.monotonic() - b["_t0"] >= self.batch_seconds
@@ -758,6 +782,34 @@ class FakeOpenAIServer:
             self._finish(b)
         else:  # something for a progress bar to show
             b["request_counts"]["completed"] = min(total - 1, total * b["_polls"] // max(2, self.batch_polls + 1))
+
+    def queue_tokens_of(self, body: dict[str, Any]) -> int:
+        """The tokens one batch line holds in the queue: its prompt tokens as this server bills them."""
+        usage = self._usage(body)
+        if usage is not None:
+            return int(usage[0])
+        return sum(len(str(m.get("content") or "")) for m in body.get("messages") or []) // 4 + 1  # as `completion`
+
+    def enqueued_tokens(self, model: str) -> int:
+        """Tokens of `model`'s batches in the queue now (validated and not finished), others' included."""
+        with self._batch_lock:
+            ours = sum(b["_tokens"] for b in self.batches.values()
+                       if b["_queued"] and b["_model"] == model and b["status"] not in BATCH_TERMINAL)
+            return ours + self.batch_queue_external.get(model, 0)
+
+    def _queue_check(self, b: dict[str, Any]) -> dict[str, str] | None:
+        """At validation: queue batch `b`, or the token_limit_exceeded error if it would not fit."""
+        model, limit = b["_model"], self.batch_queue_tokens
+        if isinstance(limit, dict):
+            limit = limit.get(model)
+        queued = self.enqueued_tokens(model)
+        if limit is not None and queued + b["_tokens"] > limit:
+            return {"code": "token_limit_exceeded",
+                    "message": f"Enqueued token limit reached for {model} in organization org-test. Limit: {limit:,} "
+                               "enqueued tokens. Please try again once some in_progress batches have been completed."}
+        b["_queued"] = True
+        self.batch_queue_peak[model] = max(self.batch_queue_peak.get(model, 0), queued + b["_tokens"])
+        return None
 
     def _finish(self, b: dict[str, Any], cancelled: bool = False) -> None:
         out: list[dict[str, Any]] = []

@@ -143,7 +143,7 @@ def prefetch_batch(ctx, stage) -> dict | None:
     tasks = [t for rows in iter_chunks(ctx.upstream_dir, stage.shard_rows(cfg)) for t in stage.tasks(ctx, rows)[0]]
     runner = BatchRunner(
         ctx.client, ctx.run_dir / "_batches" / stage.name, poll_interval_s=cfg.llm.batch_poll_interval_s,
-        max_rounds=cfg.llm.batch_max_rounds, label=f"{stage.name} (batch)",
+        max_rounds=cfg.llm.batch_max_rounds, label=f"{stage.name} (batch)", queue_tokens=cfg.llm.batch_queue_tokens,
     )
     report = runner.prefetch(tasks).as_dict()
     if ctx.client.ledger is not None and report.get("cost_usd"):
@@ -158,7 +158,7 @@ def prefetch_batch(ctx, stage) -> dict | None:
             second = BatchRunner(
                 ctx.client, ctx.run_dir / "_batches" / stage.name / "round-2",
                 poll_interval_s=cfg.llm.batch_poll_interval_s, max_rounds=cfg.llm.batch_max_rounds,
-                label=f"{stage.name} (batch, round 2)",
+                label=f"{stage.name} (batch, round 2)", queue_tokens=cfg.llm.batch_queue_tokens,
             )
             second_report = second.prefetch(more).as_dict()
             second.failures = {**runner.failures, **second.failures}

@@ -53,6 +53,7 @@ from pipeline.llm.openai_api.batch_remote import (  # noqa: F401  (the Batch API
     _RemoteCalls,
 )
 from pipeline.llm.openai_api.batch_state import _StateFile
+from pipeline.llm.openai_api.batch_waves import QUEUE_WAIT_MAX_S, _File, _Waves
 from pipeline.llm.openai_api.parse import parse_response, repair_body
 from pipeline.llm.openai_api.request import build_body, cache_key
 from pipeline.llm.tokens import estimate_prompt_tokens, max_output_tokens
@@ -75,7 +76,7 @@ class _CacheOnlyBackend:
         raise BackendError(reason, retryable=False, kind="batch")
 
 
-class BatchRunner(_StateFile, _Collect, _RemoteCalls):
+class BatchRunner(_StateFile, _Collect, _Waves, _RemoteCalls):
     def __init__(
         self,
         client: LLMClient,
@@ -87,6 +88,8 @@ class BatchRunner(_StateFile, _Collect, _RemoteCalls):
         max_bytes_per_file: int = MAX_BYTES_PER_FILE,
         label: str = "batch",
         cancel_on_interrupt: bool = False,
+        queue_tokens: int | dict[str, int] | None = None,
+        queue_wait_max_s: float = QUEUE_WAIT_MAX_S,
     ):
         if client.cache is None:
             raise InfirError("batch mode needs the LLM cache (llm.cache_path): the results are delivered through it")
@@ -105,6 +108,8 @@ class BatchRunner(_StateFile, _Collect, _RemoteCalls):
         self.max_bytes_per_file = max_bytes_per_file
         self.label = label
         self.cancel_on_interrupt = cancel_on_interrupt
+        self.queue_tokens = queue_tokens  # llm.batch_queue_tokens: an int for every model, or {model: int}
+        self.queue_wait_max_s = queue_wait_max_s
         self.failures: dict[str, str] = {}  # of the last prefetch: cache key -> reason
         self._rng = random.Random()
         self._api: OpenAIBackend | None = None
@@ -147,6 +152,11 @@ class BatchRunner(_StateFile, _Collect, _RemoteCalls):
         lock = self._lock()
         report = BatchReport()
         failures: dict[str, _Failure] = {}
+        self._meta, self._sid_file = {}, {}  # key -> (tokens, line bytes); sid -> its planned _File
+        self._halved = {}  # model -> the smaller file bound after refusals with none of ours queued
+        self._wave_seq = self._waves_total = self._waves_done = 0
+        # wave -> its files not ended / ended / [model, requests, tokens] (docs/batch.md, "Waves")
+        self._wave_open, self._wave_ended, self._wave_size = {}, {}, {}
         try:
             self._state = self._load()
             plan = self._plan(tasks)
@@ -167,20 +177,21 @@ class BatchRunner(_StateFile, _Collect, _RemoteCalls):
                     k: b for k, b in wanted.items()
                     if k not in busy and not (k in failures and not failures[k].retryable)
                 }
-                new: list[str] = []
+                queues = {}
                 if todo and report.rounds < self.max_rounds:
                     report.rounds += 1
                     self._check_budget(todo, report)
-                    new = await self._submit(todo, report.rounds, report, failures)
+                    queues = self._plan_waves(todo, failures)
+                    report.waves = self._waves_total
                 elif todo:
                     for k in todo:
                         prior = failures.get(k)
                         why = f": {prior.reason}" if prior else ""
                         failures[k] = _Failure(f"not answered after {self.max_rounds} batch round(s){why}", False)
                 report.resumed += sum(1 for sid in relevant if not self._sub(sid).get("this_run"))
-                if not relevant and not new:
+                if not relevant and not any(q.files for q in queues.values()):
                     break
-                await self._wait(relevant + new, report, failures)
+                await self._run_waves(queues, relevant, wanted, report.rounds, report, failures)
             final = self._wanted(plan, seen, resolved, report)
             self.failures = {k: failures[k].reason if k in failures else NOT_ANSWERED for k in final}
             report.failures = dict(self.failures)
@@ -267,39 +278,12 @@ class BatchRunner(_StateFile, _Collect, _RemoteCalls):
         line = {"custom_id": key, "method": "POST", "url": ENDPOINT, "body": body}
         return json.dumps(line, ensure_ascii=False, separators=(",", ":")).encode("utf-8") + b"\n"
 
-    async def _submit(
-        self, todo: dict[str, dict[str, Any]], round_no: int, report: BatchReport, failures: dict[str, _Failure]
-    ) -> list[str]:
-        """Split `todo` into files (one model each, within the limits), upload and submit them."""
-        by_model: dict[str, list[str]] = {}
-        for key, body in todo.items():
-            by_model.setdefault(str(body["model"]), []).append(key)
-        sids: list[str] = []
-        for model, keys in by_model.items():
-            chunk: list[str] = []
-            lines: list[bytes] = []
-            size = 0
-            for key in keys:
-                line = self._line(key, todo[key])
-                if len(line) > self.max_bytes_per_file:
-                    failures[key] = _Failure(
-                        f"request of {len(line)} bytes exceeds the batch file limit of {self.max_bytes_per_file} bytes",
-                        False,
-                    )
-                    continue
-                if chunk and (len(chunk) >= self.max_requests_per_file or size + len(line) > self.max_bytes_per_file):
-                    sids.append(await self._submit_file(model, chunk, lines, round_no, report))
-                    chunk, lines, size = [], [], 0
-                chunk.append(key)
-                lines.append(line)
-                size += len(line)
-            if chunk:
-                sids.append(await self._submit_file(model, chunk, lines, round_no, report))
-        return sids
-
     async def _submit_file(
-        self, model: str, keys: list[str], lines: list[bytes], round_no: int, report: BatchReport
+        self, f: _File, bodies: dict[str, dict[str, Any]], round_no: int, report: BatchReport
     ) -> str:
+        """Write, upload and create the batch of one planned file, each step recorded before the next."""
+        model, keys = f.model, f.keys
+        lines = [self._line(k, bodies[k]) for k in keys]
         st = self._state
         sid = f"s{st['next']:05d}"
         st["next"] += 1
@@ -312,6 +296,7 @@ class BatchRunner(_StateFile, _Collect, _RemoteCalls):
             "model": model, "requests": len(keys), "bytes": sum(len(x) for x in lines), "round": round_no,
             "keys_file": keys_path.name, "input_file_id": None, "batch_id": None, "status": "prepared",
             "counts": None, "created": time.time(), "done": False, "this_run": True,
+            "tokens": f.tokens, "wave": f.wave,  # estimated prompt tokens it holds in the queue
         }
         st["submissions"][sid] = sub
         self._save()
@@ -329,7 +314,8 @@ class BatchRunner(_StateFile, _Collect, _RemoteCalls):
         self._save()
         report.batches += 1
         report.submitted += len(keys)
-        log.info("%s: submitted batch %s (%d requests, %s, round %d)", self.label, batch.id, len(keys), model, round_no)
+        log.info("%s: submitted batch %s (%d requests, ~%d tokens, %s, round %d, wave %d)", self.label, batch.id,
+                 len(keys), f.tokens, model, round_no, f.wave)
         return sid
 
     async def _recover(self) -> None:

@@ -12,6 +12,7 @@ from pipeline.errors import InfirError
 from pipeline.llm.types import BATCH_FIELD, Usage
 
 from pipeline.llm.openai_api.batch_remote import NOT_ANSWERED, TERMINAL, BatchReport, _classify, _Failure, _Gone
+from pipeline.llm.openai_api.batch_waves import TOKEN_LIMIT_CODE
 
 log = logging.getLogger("pipeline.llm.openai_api.batch")
 
@@ -23,57 +24,72 @@ class _Collect:
         """Poll until every batch of `sids` has finished and is ingested (`once`: one poll each)."""
         from pipeline.progress import progress_bar
 
-        sdk = self._client()
         pending = list(dict.fromkeys(sids))
         total = sum(self._sub(sid)["requests"] for sid in pending)
         finished = 0
         with progress_bar(f"{self.label}: batch API", total) as (bar, task_id):
             while pending:
-                progressed = finished
-                for sid in list(pending):
-                    sub = self._sub(sid)
-                    try:
-                        b = await self._call(f"poll {sub['batch_id']}", lambda: sdk.batches.retrieve(sub["batch_id"]))
-                    except _Gone as e:
-                        await self._finish(sid, None, str(e), report, failures)
-                        pending.remove(sid)
-                        finished += sub["requests"]
-                        continue
-                    counts = b.request_counts
-                    sub["counts"] = counts.model_dump() if counts is not None else None
-                    if b.status != sub["status"]:
-                        sub["status"] = b.status
-                        self._save()
-                    if b.status in TERMINAL:
-                        await self._finish(sid, b, None, report, failures)
-                        pending.remove(sid)
-                        finished += sub["requests"]
-                    elif counts is not None:
-                        progressed += min(sub["requests"], (counts.completed or 0) + (counts.failed or 0))
+                ended, progressed = await self._poll(pending, report, failures)
+                for sid, _ in ended:
+                    pending.remove(sid)
+                    finished += self._sub(sid)["requests"]
                 states = [self._sub(s)["status"] for s in pending]
                 info = f"{len(pending)} batch(es) running ({', '.join(sorted(set(states))) or 'done'})"
-                bar.update(task_id, completed=progressed if pending else finished, info=info)
+                bar.update(task_id, completed=finished + progressed, info=info)
                 if once:
                     return
                 if pending:
                     await asyncio.sleep(self.poll_interval_s)
 
+    async def _poll(
+        self, sids: list[str], report: BatchReport, failures: dict[str, _Failure]
+    ) -> tuple[list[tuple[str, str | None]], int]:
+        """One retrieve of each batch of `sids`; those that ended are ingested. Returns the ended
+        ones, each with the message of a token_limit_exceeded refusal (else None), and the requests
+        done so far in the ones still running."""
+        sdk = self._client()
+        ended: list[tuple[str, str | None]] = []
+        progressed = 0
+        for sid in sids:
+            sub = self._sub(sid)
+            try:
+                b = await self._call(f"poll {sub['batch_id']}", lambda: sdk.batches.retrieve(sub["batch_id"]))
+            except _Gone as e:
+                ended.append((sid, await self._finish(sid, None, str(e), report, failures)))
+                continue
+            counts = b.request_counts
+            sub["counts"] = counts.model_dump() if counts is not None else None
+            if b.status != sub["status"]:
+                sub["status"] = b.status
+                self._save()
+            if b.status in TERMINAL:
+                ended.append((sid, await self._finish(sid, b, None, report, failures)))
+            elif counts is not None:
+                progressed += min(sub["requests"], (counts.completed or 0) + (counts.failed or 0))
+        return ended, progressed
+
     async def _finish(
         self, sid: str, batch: Any, gone: str | None, report: BatchReport, failures: dict[str, _Failure]
-    ) -> None:
-        """Download a finished batch's output and error files into the cache; record what failed."""
+    ) -> str | None:
+        """Download a finished batch's output and error files into the cache; record what failed.
+        Returns the service's message when the batch was refused for the enqueued-token limit."""
         sub = self._sub(sid)
         keys = set(self._sub_keys(sid))
         answered: set[str] = set()
         reported: set[str] = set()
+        refused = None
         if batch is not None:
             for file_id in (batch.output_file_id, batch.error_file_id):
                 if file_id:
                     await self._ingest(sid, sub, batch.id, file_id, keys, answered, reported, report, failures)
             why = f"batch {batch.id} ended {batch.status}"
-            errors = getattr(getattr(batch, "errors", None), "data", None) or []
+            errors = [e for e in (getattr(getattr(batch, "errors", None), "data", None) or []) if e is not None]
             if errors:
-                why += ": " + "; ".join(f"{e.code}: {e.message}" for e in errors[:3] if e is not None)
+                why += ": " + "; ".join(f"{e.code}: {e.message}" for e in errors[:3])
+            if batch.status == "failed":
+                refused = next((str(e.message or "") for e in errors if e.code == TOKEN_LIMIT_CODE), None)
+                if refused is not None:
+                    sub["refused"] = TOKEN_LIMIT_CODE  # the audit: it goes again, not counted as a round
         else:
             why = gone or NOT_ANSWERED
         for k in keys - answered - reported:
@@ -85,6 +101,7 @@ class _Collect:
         self._keys.pop(sid, None)
         log.info("%s: batch %s %s: %d answered, %d not", self.label, sub["batch_id"], sub["status"],
                  len(answered), len(keys) - len(answered))
+        return refused
 
     async def _ingest(
         self, sid: str, sub: dict[str, Any], batch_id: str, file_id: str, keys: set[str], answered: set[str],

@@ -43,6 +43,8 @@ class BatchReport:
     files: int = 0  # input files uploaded by this call
     resumed: int = 0  # batches of an earlier call polled by this one
     rounds: int = 0  # submission rounds of this call
+    waves: int = 0  # waves of this call: runs of files that fit the enqueued-token bound together
+    queue_full: int = 0  # batches the service refused with token_limit_exceeded (they went again)
     prompt_tokens: int = 0  # of the answers written by this call
     completion_tokens: int = 0
     cost_usd: float = 0.0  # of the answers written by this call, at batch prices
