@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.resources
 import json
+import re
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
@@ -87,9 +88,29 @@ def parse_value(raw: str) -> Any:
         return raw
 
 
+_KEY_PART = re.compile(r'"([^"]*)"|([^."]+)')
+
+
+def split_key(dotted: str) -> list[str]:
+    """A dotted config key's parts, TOML-style: a quoted part may hold dots, so a model name such
+    as gpt-4.1 can be a key (`llm.prices."gpt-4.1".input`)."""
+    parts, pos = [], 0
+    while True:
+        m = _KEY_PART.match(dotted, pos)
+        if m is None:
+            raise InfirError(f"override {dotted!r}: not a dotted key (quote a part that holds dots: a.\"b.c\".d)")
+        parts.append(m.group(1) if m.group(1) is not None else m.group(2))
+        pos = m.end()
+        if pos == len(dotted):
+            return parts
+        if dotted[pos] != ".":
+            raise InfirError(f"override {dotted!r}: not a dotted key (quote a part that holds dots: a.\"b.c\".d)")
+        pos += 1
+
+
 def apply_override(data: dict, dotted: str, value: Any) -> None:
     node = data
-    keys = dotted.split(".")
+    keys = split_key(dotted)
     for k in keys[:-1]:
         node = node.setdefault(k, {})
         if not isinstance(node, dict):
@@ -134,6 +155,11 @@ def _toml_value(v: Any) -> str:
     raise TypeError(f"cannot write {type(v).__name__} as TOML")
 
 
+def _toml_key(k: str) -> str:
+    # A bare key is letters, digits, '_' and '-'; others (a model name with a dot) are quoted.
+    return k if re.fullmatch(r"[A-Za-z0-9_-]+", k) else json.dumps(k, ensure_ascii=False)
+
+
 def _dump_toml(data: dict, prefix: str = "") -> str:
     lines, tables = [], []
     for k, v in data.items():
@@ -142,10 +168,10 @@ def _dump_toml(data: dict, prefix: str = "") -> str:
         elif isinstance(v, dict):
             tables.append((k, v))
         else:
-            lines.append(f"{k} = {_toml_value(v)}")
+            lines.append(f"{_toml_key(k)} = {_toml_value(v)}")
     out = "\n".join(lines)
     for k, v in tables:
-        name = f"{prefix}{k}"
+        name = f"{prefix}{_toml_key(k)}"
         body = _dump_toml(v, name + ".")
         out += f"\n\n[{name}]\n{body}" if out or prefix else f"[{name}]\n{body}"
     return out.strip() + "\n"

@@ -4,12 +4,26 @@ A leaf module: pydantic models only (plus the retrieval settings `mine` embeds),
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import AfterValidator, BaseModel, Field, ValidationInfo, field_validator
 
+from pipeline.llm.families import effort_problem, model_problem
 from pipeline.retrieval.types import MiningSettings
 from pipeline.validate import SECTION_CONFIG, SafeName
+
+
+def _servable(model: str) -> str:
+    """A model every infir request can be sent to (o1-mini takes no system message and no
+    json_schema: refused here, at load, rather than answered 400 row by row)."""
+    problem = model_problem(model)
+    if problem:
+        raise ValueError(problem)
+    return model
+
+
+# The model of an LLM stage: refused at load when the service could serve none of its requests.
+ModelName = Annotated[str, AfterValidator(_servable)]
 
 
 class _Section(BaseModel):
@@ -17,7 +31,7 @@ class _Section(BaseModel):
 
 
 class GenerateSettings(_Section):
-    model: str = "gpt-4o-mini"
+    model: ModelName = "gpt-4o-mini"
     temperature: float = Field(0.7, ge=0, le=2)  # the API's range: outside it every request is a 400
     max_tokens: int = Field(300, ge=1)
     prompt: SafeName = "generate_instruction"  # prompts_dir/<prompt>.md
@@ -28,7 +42,7 @@ class GenerateSettings(_Section):
 
 
 class MineSettings(_Section):
-    model: str = "gpt-4o-mini"
+    model: ModelName = "gpt-4o-mini"
     temperature: float = Field(0.7, ge=0, le=2)
     max_tokens: int = Field(900, ge=1)
     prompt: SafeName = "poison"
@@ -39,8 +53,10 @@ class MineSettings(_Section):
 
 
 class VerifySettings(_Section):
-    model: str = "o3-mini"
-    reasoning_effort: Literal["minimal", "low", "medium", "high"] = "medium"
+    model: ModelName = "o3-mini"
+    # The values each model family accepts differ (o-series: low/medium/high; gpt-5: also minimal;
+    # pipeline/llm/families.py): checked against `model` below, at load, before any request.
+    reasoning_effort: Literal["none", "minimal", "low", "medium", "high"] = "medium"
     max_completion_tokens: int = Field(4000, ge=1)
     prompt: SafeName = "judge"
     shard_rows: int = Field(1000, ge=1)
@@ -48,7 +64,7 @@ class VerifySettings(_Section):
     # a row it fails on any check with confidence at or above the threshold is rejected by it, the
     # others go to the judge above. Off until calibrated (`infir calibrate-judge`).
     cascade: bool = False
-    first_model: str = "gpt-4o-mini"
+    first_model: ModelName = "gpt-4o-mini"
     first_prompt: str = "judge_first"
     first_max_tokens: int = Field(1200, ge=1)
     # None: the threshold `infir calibrate-judge` recommended for this run (its calibration file).
@@ -59,6 +75,16 @@ class VerifySettings(_Section):
     calibration_rows: int = Field(200, ge=1)
     calibration_seed: int = 13
     calibration_max_false_reject: float = Field(0.05, ge=0, le=1)
+
+    @field_validator("reasoning_effort")
+    @classmethod
+    def _effort_for_model(cls, effort: str, info: ValidationInfo) -> str:
+        # `model` is declared first, so it is validated (and present) by now unless it failed.
+        model = info.data.get("model")
+        problem = effort_problem(model, effort) if model else None
+        if problem:
+            raise ValueError(f"{problem} (the service would answer every judge request 400)")
+        return effort
 
 
 class FilterSettings(_Section):

@@ -14,15 +14,9 @@ from pydantic import BaseModel
 
 from pipeline.errors import InfirError
 from pipeline.fileio import canonical_json as _canonical_json
+from pipeline.llm.families import effort_problem, family_of, rejected_params
+from pipeline.llm.families import is_reasoning_model  # noqa: F401  (re-exported: it lives in families now)
 from pipeline.llm.types import CACHE_KEY_VERSION, LLMTask
-
-_REASONING_RE = re.compile(r"^(o\d|gpt-5)")
-
-
-def is_reasoning_model(model: str) -> bool:
-    """o1*, o3*, o4*, gpt-5* (not gpt-5-chat*): they take reasoning_effort, not temperature."""
-    name = model.rsplit("/", 1)[-1].lower()
-    return bool(_REASONING_RE.match(name)) and not name.startswith("gpt-5-chat")
 
 
 def default_params(
@@ -32,13 +26,15 @@ def default_params(
     max_tokens: int | None = None,
     reasoning_effort: str = "medium",
 ) -> dict[str, Any]:
-    """The right parameter set for `model`.
+    """The right parameter set for `model` (its family: pipeline.llm.families).
 
-    Reasoning models: {reasoning_effort, max_completion_tokens (default 4096: reasoning tokens
-    count against it)}; others: {temperature, max_tokens (default 1024)}.
+    Reasoning models: {reasoning_effort (where the family takes one), max_completion_tokens
+    (default 4096: reasoning tokens count against it)}; others: {temperature, max_tokens (default 1024)}.
     """
-    if is_reasoning_model(model):
-        return {"reasoning_effort": reasoning_effort, "max_completion_tokens": max_tokens or 4096}
+    fam = family_of(model)
+    if fam.reasoning:
+        effort = {"reasoning_effort": reasoning_effort} if fam.efforts else {}
+        return {**effort, "max_completion_tokens": max_tokens or 4096}
     return {"temperature": temperature, "max_tokens": max_tokens or 1024}
 
 
@@ -138,13 +134,18 @@ def build_body(task: LLMTask) -> dict[str, Any]:
     bad = _RESERVED_PARAMS & set(task.params)
     if bad:
         raise InfirError(f"LLM task {task.key_id}: params may not set {sorted(bad)}")
-    if is_reasoning_model(task.model):
-        wrong = {"temperature", "max_tokens"} & {k for k, v in task.params.items() if v is not None}
-        if wrong:
-            raise InfirError(
-                f"LLM task {task.key_id}: reasoning model {task.model} takes reasoning_effort and "
-                f"max_completion_tokens, not {sorted(wrong)} (use default_params)"
-            )
+    # What the service would answer 400 to (pipeline.llm.families): refused here, per request, as
+    # well as at config load, so a caller that builds its own params cannot send it either.
+    wrong = rejected_params(task.model, task.params)
+    if wrong:
+        raise InfirError(
+            f"LLM task {task.key_id}: {task.model} does not take {wrong} "
+            f"(reasoning models take reasoning_effort and max_completion_tokens; use default_params)"
+        )
+    effort = task.params.get("reasoning_effort")
+    problem = effort_problem(task.model, effort) if effort is not None else None
+    if problem:
+        raise InfirError(f"LLM task {task.key_id}: reasoning_effort {problem}")
     body: dict[str, Any] = {"model": task.model, "messages": task.prompt.render(**task.variables)}
     body.update((k, v) for k, v in task.params.items() if v is not None)
     body["response_format"] = response_format_for(task.output_model, task.structured_output)
