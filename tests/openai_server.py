@@ -269,6 +269,41 @@ def _error(status: int, message: str, code: str, type_: str = "invalid_request_e
     return Reply(status, {"error": {"message": message, "type": type_, "param": None, "code": code}}, headers or {})
 
 
+# -- what the service refuses of a model family (the chat path checks it before answering) -------
+# The server's own table, written from OpenAI's answers (not from pipeline.llm.families, which it
+# tests): reasoning models take reasoning_effort (these values) and max_completion_tokens, and answer
+# 400 to sampling parameters, logprobs and max_tokens.
+_EFFORTS = ((r"^gpt-5-chat", None), (r"^gpt-5\.1", ("none", "low", "medium", "high")), (r"^gpt-5-pro", ("high",)),
+            (r"^gpt-5", ("minimal", "low", "medium", "high")), (r"^o\d", ("low", "medium", "high")))
+_REASONING_REFUSES = ("temperature", "top_p", "logprobs", "top_logprobs", "presence_penalty", "frequency_penalty",
+                      "max_tokens")
+
+
+def _unsupported(message: str, param: str, code: str) -> Reply:
+    return Reply(400, {"error": {"message": message, "type": "invalid_request_error", "param": param, "code": code}})
+
+
+def unsupported_by_model(body: dict[str, Any]) -> Reply | None:
+    """The service's 400 for a parameter or reasoning_effort value the model does not take (None: fine)."""
+    model = str(body.get("model") or "").rsplit("/", 1)[-1].lower()
+    efforts = next((e for pattern, e in _EFFORTS if re.match(pattern, model)), None)
+    if efforts is None:
+        return None  # not a reasoning model
+    for param in _REASONING_REFUSES:
+        if body.get(param) is not None:
+            hint = " Use 'max_completion_tokens' instead." if param == "max_tokens" else ""
+            return _unsupported(f"Unsupported parameter: '{param}' is not supported with this model.{hint}", param,
+                                "unsupported_parameter")
+    effort = body.get("reasoning_effort")
+    if effort is not None and effort not in efforts:
+        quoted = [f"'{e}'" for e in efforts]
+        last = ", and " if len(quoted) > 2 else " and "
+        listed = quoted[0] if len(quoted) == 1 else ", ".join(quoted[:-1]) + last + quoted[-1]
+        return _unsupported(f"Unsupported value: 'reasoning_effort' does not support '{effort}' with this model. "
+                            f"Supported values are: {listed}.", "reasoning_effort", "unsupported_value")
+    return None
+
+
 # -- llama-cpp-python's server (option `response_formats`) ---------------------------------------
 # Its request model types response_format as {"type": "text" | "json_object", "schema"?}; FastAPI's
 # validation error is caught by its route handler and answered as HTTP 500 internal_server_error
@@ -514,6 +549,10 @@ class FakeOpenAIServer:
         return None
 
     def chat_completions(self, rec: Recorded) -> Reply:
+        refused = unsupported_by_model(rec.body)  # what the service answers 400 to, before anything
+        if refused is not None:
+            rec.fault = "unsupported"
+            return refused
         refused = llama_cpp_refusal(rec.body, self.response_formats)  # option response_formats
         if refused is not None:
             rec.fault = "response_format"

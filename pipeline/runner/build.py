@@ -8,6 +8,7 @@ from typing import Callable
 from pipeline.errors import InfirError
 from pipeline.runner.estimate import dry_run as estimate, quick_estimates
 from pipeline.runner.pipeline import Pipeline
+from pipeline.runner.prices import DRY_RUN, PLAN, check_prices
 from pipeline.runner.run import run_stage
 from pipeline.runner.shape import LLMStage, StageResult
 
@@ -37,6 +38,10 @@ def run_build(pipe: Pipeline, cfg, until: str | None = None, *, force: bool = Fa
               as_json: bool = False, target: int | None = None, pilot: int = 200,
               echo: Callable[[str], None] = print) -> list[StageResult]:
     stages = pipe.until(until)
+    # Every LLM stage's models priced before the first stage runs: a missing price found at the
+    # judge would come after generate and mine had spent (prices.check_prices).
+    need = DRY_RUN if dry_run else PLAN if target is not None else None
+    check_prices(cfg, [s for s in stages if isinstance(s, LLMStage)], need)
     the_plan = None
     if target is not None:
         from pipeline.runner.plan import describe, sized_config

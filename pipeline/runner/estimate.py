@@ -16,9 +16,11 @@ from pathlib import Path
 
 from pipeline.columns import REJECTIONS
 from pipeline.errors import InfirError
+from pipeline.llm.pricing import PriceTable
 from pipeline.progress import console
 from pipeline.runner.chunks import iter_chunks
 from pipeline.runner.pipeline import Pipeline
+from pipeline.runner.prices import DRY_RUN, check_prices
 from pipeline.runner.run import context, llm_prepare
 from pipeline.runner.shape import LLMStage
 from pipeline.store import read_success
@@ -124,7 +126,7 @@ def quick_estimates(pipe: Pipeline, cfg, names: list[str], sample_rows: int = 64
     from pipeline.llm import make_client
     from pipeline.store import read_success
 
-    client = make_client(cfg.llm, backend=_NoBackend())
+    client = make_client(cfg.llm, backend=_NoBackend(), prices=PriceTable.for_settings(cfg.llm))
     out: dict[str, float] = {}
     try:
         for stage in pipe.llm_stages():
@@ -151,10 +153,13 @@ def dry_run(pipe: Pipeline, cfg, stages: list[str], as_json: bool = False) -> li
     """Estimate the given LLM stages and print one table; sends nothing, writes nothing."""
     from pipeline.llm import make_client
 
+    chosen = [s for s in pipe.llm_stages() if s.name in stages]
+    # A price the table lacks would read $0: the estimate is refused instead, naming the model.
+    check_prices(cfg, chosen, DRY_RUN)
     # No backend: a dry run needs no key and must not be able to send anything.
-    client = make_client(cfg.llm, backend=_NoBackend())
+    client = make_client(cfg.llm, backend=_NoBackend(), prices=PriceTable.for_settings(cfg.llm))
     try:
-        estimates = [estimate_stage(pipe, cfg, s, client) for s in pipe.llm_stages() if s.name in stages]
+        estimates = [estimate_stage(pipe, cfg, s, client) for s in chosen]
     finally:
         client.close()
     if as_json:

@@ -19,6 +19,7 @@ from pipeline.columns import usage_columns
 from pipeline.errors import InfirError
 from pipeline.llm.pricing import PriceTable
 from pipeline.runner.pipeline import Pipeline
+from pipeline.runner.prices import PLAN, check_prices
 from pipeline.runner.run import run_dir, run_stage
 from pipeline.runner.shape import LLMStage
 from pipeline.store import read_stage_table, require_stage
@@ -105,7 +106,7 @@ def measure(pipe: Pipeline, cfg, pilot_cfg, target: int) -> Plan:
     p = accepted / candidates if candidates else 0.0
     lo, hi = wilson(accepted, candidates)
     models = {s.name: s.model(cfg) for s in pipe.llm_stages()}
-    online, batch = _corpus_costs(read_stage_table(rd / judge.name), PriceTable.load(cfg.llm.price_file), models)
+    online, batch = _corpus_costs(read_stage_table(rd / judge.name), PriceTable.for_settings(cfg.llm), models)
     per_cand, per_cand_batch = online / max(candidates, 1), batch / max(candidates, 1)
 
     def queries_for(rate: float) -> int:
@@ -131,6 +132,8 @@ def plan(pipe: Pipeline, cfg, target: int, pilot: int, force: bool = False) -> P
     if pilot < 1:
         raise InfirError(f"--pilot {pilot}: expected a positive number of queries")
     pilot_cfg = _pilot_cfg(cfg, pilot)
+    # The plan is a cost projection: a model with no price would project $0. Refused before the pilot.
+    check_prices(cfg, pipe.llm_stages(), PLAN)
     for stage in pipe.until(_judge_stage(pipe).name):
         run_stage(pipe, stage.name, pilot_cfg, force=force)
     return measure(pipe, cfg, pilot_cfg, target)

@@ -10,6 +10,7 @@ from pipeline.config import to_toml
 from pipeline.runner import llm
 from pipeline.runner.executors import run_chunks
 from pipeline.runner.pipeline import Pipeline
+from pipeline.runner.prices import check_prices
 from pipeline.runner.shape import Context, LLMStage, RowStage, Stage, StageResult
 from pipeline.store import StageOutput, identity_hash, read_success
 from pipeline.store.lock import StageLock
@@ -76,7 +77,9 @@ def _run_locked(ctx: Context, stage: Stage, force: bool) -> StageResult:
 
 
 def llm_prepare(ctx: Context, stage: LLMStage) -> None:
-    """The prompt and effective model of an LLM stage: both are part of its identity."""
+    """The prompt and effective model of an LLM stage: both are part of its identity. Before any
+    request: its models' prices, when the run's cost cap needs them (`prices.check_prices`)."""
+    check_prices(ctx.cfg, [stage])
     ctx.prompt = llm.prompt(ctx.cfg, getattr(stage.settings(ctx.cfg), stage.prompt_key))
     ctx.model = llm.effective_model(ctx.cfg, stage.model(ctx.cfg))
     ctx.params = stage.params(ctx.cfg, ctx.model)

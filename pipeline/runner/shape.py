@@ -129,6 +129,14 @@ class LLMStage(RowStage):
     def model(self, cfg) -> str:
         return self.settings(cfg).model
 
+    def models(self, cfg) -> list[tuple[str, str]]:
+        """(config key, effective model) of every model the stage sends requests to: the runner
+        checks their prices (and says what it assumes of unknown ones) before any request. A stage
+        with more than one kind of request (the judge cascade) adds its other models."""
+        from pipeline.runner.llm import effective_model
+
+        return [(f"{self.section}.model", effective_model(cfg, self.model(cfg)))]
+
     def params(self, cfg, model: str) -> dict:
         s = self.settings(cfg)
         from pipeline.runner.llm import params_for

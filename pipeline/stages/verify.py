@@ -18,7 +18,7 @@ import pyarrow.compute as pc
 from pipeline.columns import REJECTIONS
 from pipeline.generation import cascade
 from pipeline.generation.models import CHECKS, FirstJudgeVerdicts, JudgeVerdicts
-from pipeline.llm.openai_api.request import is_reasoning_model
+from pipeline.llm.families import accepts
 from pipeline.runner import llm
 from pipeline.runner.shape import Context, LLMStage
 from pipeline.store import shard_name
@@ -68,18 +68,24 @@ class Verify(LLMStage):
         s = self.settings(cfg)
         return llm.params_for(model, max_tokens=s.max_completion_tokens, reasoning_effort=s.reasoning_effort)
 
+    def models(self, cfg) -> list[tuple[str, str]]:
+        """The judge's model, and the first judge's when the cascade is on."""
+        out = super().models(cfg)
+        s = self.settings(cfg)
+        return out + ([(f"{self.section}.first_model", llm.effective_model(cfg, s.first_model))] if s.cascade else [])
+
     # -- the cascade's settings, resolved once per run (ctx.cache) ---------------------------
     def cascade_on(self, ctx: Context) -> bool:
         return bool(self.settings(ctx.cfg).cascade)
 
     def first_judge(self, ctx: Context) -> tuple:
         """(prompt, effective model, params) of the cascade's first judge. Log-probabilities are
-        asked for where the model takes them (reasoning models do not)."""
+        asked for where the model's family takes them (reasoning models answer 400 to them)."""
         if "first" not in ctx.cache:
             s = self.settings(ctx.cfg)
             model = llm.effective_model(ctx.cfg, s.first_model)
             params = llm.params_for(model, temperature=0.0, max_tokens=s.first_max_tokens)
-            if not is_reasoning_model(model):
+            if accepts(model, "logprobs"):
                 params["logprobs"] = True
             ctx.cache["first"] = (llm.prompt(ctx.cfg, s.first_prompt), model, params)
         return ctx.cache["first"]

@@ -80,3 +80,61 @@ def _sample():
     from conftest import SAMPLE
 
     return SAMPLE
+
+
+# ---- a model with no price (issue #26 point 4) -------------------------------------------------------
+
+O9 = ("--backend", "openai", "--set", "verify.model=o9-mini")
+
+
+def _infir_against(server, *args: str):
+    """The CLI against `server`, 5 source queries, a key in the environment (a run could send)."""
+    return run_infir(*args, "--set", f"source.path={_sample()}", "--set", f"llm.base_url={server.base_url}",
+                     "--set", "source.sample_queries=5", "--set", "llm.concurrency=2",
+                     env={"OPENAI_API_KEY": "sk-test-prices"})
+
+
+@pytest.mark.parametrize("command", [
+    ("build", "--max-cost-usd", "5"), ("build", "--dry-run"), ("verify", "--dry-run"),
+    ("plan", "--target-accepted", "10"), ("build", "--target-accepted", "10"),
+], ids=["build-cap", "build-dry-run", "stage-dry-run", "plan", "build-target"])
+def test_unpriced_model_stops_the_run_before_any_request(tmp_path, server, command):
+    code, out, err = _infir_against(server, *command, *O9)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1, err
+    assert "verify.model = 'o9-mini'" in lines[0] and '[llm.prices."o9-mini"]' in lines[0], lines[0]
+    assert "--set llm.prices.o9-mini.input=" in lines[0]
+    assert server.count == 0
+    assert not (tmp_path / "runs").exists()  # not even the free source stage ran
+
+
+def test_unpriced_model_without_a_cap_runs_and_says_so_once(tmp_path, server):
+    code, out, err = _infir_against(server, "build", "--until", "verify", *O9)
+    assert code == 0, err[-1500:]
+    said = [line for line in err.splitlines() if "no price for" in line]
+    assert len(said) == 1 and "verify.model = 'o9-mini'" in said[0] and "not counted" in said[0], err
+    assumed = [line for line in err.splitlines() if "assumed an o-series reasoning model" in line]
+    assert len(assumed) == 1, err
+    judged = [r for r in server.chat_requests() if r.body["model"] == "o9-mini"]
+    assert judged and all(r.status == 200 and r.body["reasoning_effort"] == "medium" for r in judged)
+
+
+def test_declared_price_runs_and_the_cap_holds(tmp_path):
+    from pipeline.llm.budget import SpendLedger
+    from run_helpers import billing_server
+
+    cap = 3.0
+    with billing_server() as srv:  # o9-mini answers carry 1,500-2,000 hidden reasoning tokens
+        code, out, err = _infir_against(
+            srv, "build", "--until", "verify", "--max-cost-usd", str(cap), *O9,
+            "--set", "llm.prices.o9-mini.input=100", "--set", "llm.prices.o9-mini.output=400")
+        judged = [r for r in srv.chat_requests() if r.body["model"] == "o9-mini"]
+    assert code == 2 and "stopped at the cost budget" in err, err[-1500:]
+    ledger = SpendLedger(tmp_path / "runs/sample/spend.sqlite3")
+    try:
+        spent = ledger.spent()
+        priciest = ledger._db.execute("SELECT MAX(usd) FROM spend").fetchone()[0]
+    finally:
+        ledger.close()
+    assert judged and priciest > 0.5  # the judge's answers priced at the declared $100 / $400 per 1M
+    assert cap - priciest <= spent <= cap + 2 * priciest  # llm.concurrency answers in flight past the cap
