@@ -308,11 +308,13 @@ def unsupported_by_model(body: dict[str, Any]) -> Reply | None:
 # Its request model types response_format as {"type": "text" | "json_object", "schema"?}; FastAPI's
 # validation error is caught by its route handler and answered as HTTP 500 internal_server_error
 # with str(error) as the message (llama_cpp/server/errors.py). The message below is what 0.3.36
-# answered to our json_schema form.
+# answered to our json_schema form (its site-packages path shortened).
 LLAMA_CPP_REFUSAL = (
     "1 validation error:\n  {{'type': 'literal_error', 'loc': ('body', 'response_format', 'type'), "
     "'msg': \"Input should be 'text' or 'json_object'\", 'input': '{kind}', "
-    "'ctx': {{'expected': \"'text' or 'json_object'\"}}}}\n"
+    "'ctx': {{'expected': \"'text' or 'json_object'\"}}}}\n\n"
+    "  File \"/venv/lib/python3.11/site-packages/llama_cpp/server/app.py\", line 376, in create_chat_completion\n"
+    "    POST /v1/chat/completions"
 )
 
 

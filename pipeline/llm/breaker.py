@@ -37,9 +37,11 @@ _SDK_PREFIX = re.compile(r"^Error code: \d+ - ")
 
 
 def _quote(message: str) -> str:
-    """The server's message on one line (without the SDK's "Error code: 500 - ", the status is
-    said before it), cut to a readable length."""
-    one = _SDK_PREFIX.sub("", " ".join(str(message).split()))
+    """The server's message on one line: its first paragraph (llama-cpp-python appends where in its
+    code the error came from), without the SDK's "Error code: 500 - " (the status is said before
+    it), cut to a readable length."""
+    first = str(message).strip().split("\n\n", 1)[0]
+    one = _SDK_PREFIX.sub("", " ".join(first.split()))
     return one if len(one) <= _MAX_QUOTE else one[: _MAX_QUOTE - 3] + "..."
 
 
@@ -94,7 +96,8 @@ class Breaker:
             reason = self.reason(err)
             if getattr(client, "stop_reason", None) is None:
                 client.stop_reason = reason
-                log.error("LLM client: %s; no further requests are sent", reason)
+                # info, not error: the runner prints the reason as the stage's one error line
+                log.info("LLM client: %s; no further requests are sent", reason)
 
     @staticmethod
     def _is_wall_answer(err: BackendError) -> bool:

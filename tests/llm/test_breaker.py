@@ -88,7 +88,9 @@ def test_client_stops_sending_after_n_same_500s_and_the_rest_fail_with_the_line(
         results = client.run(make_tasks(prompt, 30))
         client.close()
     assert client.stop_reason is not None and "HTTP 500" in client.stop_reason
-    assert "'response_format', 'type'" in client.stop_reason and 'llm.structured_output = "json_object"' in client.stop_reason
+    assert "HTTP 500: 1 validation error: {'type': 'literal_error', 'loc': ('body', 'response_format', 'type')," \
+        in client.stop_reason and 'try llm.structured_output = "json_object"' in client.stop_reason
+    assert "app.py" not in client.stop_reason  # the message's first paragraph, not where in its code
     assert 10 <= srv.count <= 10 + 4, srv.count  # N answers, plus at most `concurrency` in flight
     assert all(not r.ok for r in results)
     assert sum(client.stop_reason in (r.error or "") for r in results) >= 20  # the rest never sent
@@ -119,4 +121,5 @@ def test_stage_stops_with_one_line_through_the_cli(tmp_path):
     assert lines[-1].startswith("error: ") and "Traceback" not in err
     assert "stopped: the server's first 4 answers were all the same error, HTTP 400: Invalid parameter: messages" in lines[-1]
     assert "rerun to resume" in lines[-1]
+    assert sum("answers were all the same error" in ln for ln in lines) == 1  # one line, not a log line too
     assert 4 <= count <= 4 + 2, count
