@@ -60,6 +60,10 @@ Features
   takes only those `response_format` types (json_object with a `schema`, enforced by grammar): a
   request with any other type (our default `json_schema`) gets its HTTP 500 (`llama_cpp_refusal`);
   a json_object request with a schema gets a JSON object valid for it. None (default): every type.
+- `service=Service(...)` (tests/openai_limits.py) adds OpenAI's per-model RPM/TPM limits with the
+  real `x-ratelimit-*` headers and 429 bodies, a reasoning-latency tail, occasional 5xx and a time
+  scale to the chat path, with counters (`service.tally`; GET /v1/service/stats). CLI: `--limit
+  MODEL=RPM,TPM`, `--time-scale`, `--reasoning-latency MEDIAN,SIGMA`, `--error-rate`, ...
 - `server="thread"` (ThreadingHTTPServer, default) or `server="asyncio"` (one event loop thread,
   cheaper per request; used by the benchmark so it measures clients, not the server).
 """
@@ -83,6 +87,8 @@ import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable
+
+from openai_limits import Service, add_arguments, service_from_args
 
 RETRYABLE_FAULTS = ("429", "500", "503", "drop", "timeout")
 CONTENT_FAULTS = ("malformed", "schema", "length")
@@ -363,6 +369,7 @@ class FakeOpenAIServer:
         reasoning_tokens: int | Callable[[dict[str, Any]], int] = 0,
         prefix_cache: bool = False,
         response_formats: tuple[str, ...] | None = None,
+        service: Service | None = None,
     ):
         unknown = set(fault_kinds) - set(ALL_FAULTS)
         unknown |= set(batch_fault_kinds) - set(ALL_FAULTS + BATCH_ONLY_FAULTS)
@@ -409,6 +416,10 @@ class FakeOpenAIServer:
         # steps of 128 tokens, as `cached_tokens`. Tokens are counted as chars/4 here.
         self.prefix_cache = prefix_cache
         self.response_formats = response_formats  # None: every response_format type (llama_cpp_refusal)
+        # OpenAI's rate limits, latency tail, 5xx and time scale on the chat path (tests/openai_limits.py).
+        self.service = service
+        if service is not None:
+            self.routes[("GET", "/v1/service/stats")] = lambda srv, rec: Reply(200, srv.service.stats())
         self._prefixes: set[str] = set()
         self.files: dict[str, dict[str, Any]] = {}  # id -> file object + "_content" bytes
         self.batches: dict[str, dict[str, Any]] = {}  # id -> batch object + private "_" fields
@@ -559,6 +570,8 @@ class FakeOpenAIServer:
         if refused is not None:
             rec.fault = "response_format"
             return refused
+        if self.service is not None:  # rate limits, latency, 5xx, then the faults and answer below
+            return self.service.serve(self, rec, _error)
         fault = self.pick_fault(rec.n, rec.body)
         rec.fault = fault
         return self.answer(rec.body, rec.n, fault, rec.headers)
@@ -1074,11 +1087,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--timeout-sleep", type=float, default=5.0)
     ap.add_argument("--server", choices=("thread", "asyncio"), default="thread")
     ap.add_argument("--no-record", action="store_true", help="keep counts only (long benchmarks)")
+    add_arguments(ap)  # --limit MODEL=RPM,TPM, --time-scale, --reasoning-latency, --error-rate, ...
     args = ap.parse_args(argv)
     srv = FakeOpenAIServer(
         latency=args.latency, fault_rate=args.fault_rate, fault_kinds=tuple(f for f in args.faults.split(",") if f),
         seed=args.seed, retry_after=args.retry_after, timeout_sleep=args.timeout_sleep, host=args.host,
-        port=args.port, server=args.server, record=not args.no_record,
+        port=args.port, server=args.server, record=not args.no_record, service=service_from_args(args),
     ).start()
     done = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: done.set())
@@ -1086,6 +1100,8 @@ def main(argv: list[str] | None = None) -> None:
     print(f"READY {srv.base_url}", flush=True)
     done.wait()
     print(f"REQUESTS {srv.count}", flush=True)
+    if srv.service is not None:
+        print(f"STATS {json.dumps(srv.service.stats())}", flush=True)
     srv.stop()
 
 

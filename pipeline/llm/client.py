@@ -67,7 +67,10 @@ class LLMClient(SendMixin, SpendMixin):
         self.backend = backend
         self.cache = cache
         self.prices = prices if prices is not None else PriceTable.for_settings(settings)
-        self.limiter = RateLimiter(settings.requests_per_minute, settings.tokens_per_minute)
+        # What is learned from the service's headers is shared with the process's next client of the
+        # same service (the next stage), keyed by where the requests go and with which key.
+        service = f"{getattr(backend, 'base_url', None)}|{settings.api_key_env}"
+        self.limiter = RateLimiter(settings.requests_per_minute, settings.tokens_per_minute, service=service)
         self.totals = Totals()
         self.budget_exhausted = False
         # The run's spend ledger (`budget.SpendLedger`): with one, the cap holds across stages,

@@ -141,6 +141,11 @@ class _Mirror:
         self.level = limit  # corrected by the first reading
         self.stamp = now
         self.synced = -1.0  # `taken` right after the request whose reading set `level` last
+        # How much too high the mirror was found to be lately (decaying over one window): kept
+        # unspent on top of the reserve. Requests that reach the service in another order than
+        # sent, or later than sent, make a reading look better than the truth.
+        self.margin = 0.0
+        self.margin_stamp = now
 
     @property
     def rate(self) -> float:
@@ -152,7 +157,7 @@ class _Mirror:
 
     def wait_for(self, amount: float, now: float) -> float:
         self.refill(now)
-        need = min(amount + RESERVE * self.limit, self.limit)
+        need = min(amount + RESERVE * self.limit + self.margin, self.limit)
         return 0.0 if self.level >= need else (need - self.level) / self.rate
 
     def observe(self, r: Reading, after: float, taken: float, sent_at: float, now: float) -> None:
@@ -172,14 +177,27 @@ class _Mirror:
             return  # no level, or an older request's answer than the one already used
         self.synced = after
         # The service's level at the request's arrival, refilled since, less what was sent after it.
-        level = r.remaining + self.rate * max(0.0, now - sent_at) - (taken - after)
-        self.level, self.stamp = min(self.limit, level), now
+        level = min(self.limit, r.remaining + self.rate * max(0.0, now - sent_at) - (taken - after))
+        self.refill(now)
+        # (The first reading, which replaces the guess of a full bucket, counts too: a new client
+        # opens with a burst, whose readings are the least reliable; it costs the first window.)
+        self.margin *= math.exp(-(now - self.margin_stamp) / self.window)
+        self.margin = min(0.5 * self.limit, max(self.margin, self.level - level))
+        self.margin_stamp = now
+        self.level = level
 
 
 @dataclass
 class _Model:
     taken: dict[str, float] = field(default_factory=lambda: {k: 0.0 for k in KINDS})
     mirrors: dict[str, _Mirror] = field(default_factory=dict)
+
+
+#: What this process's limiters learned of each service's per-model limits, by service (base URL and
+#: key variable): a stage's new client starts from what the previous one learned, instead of opening
+#: with a burst into a bucket that the previous stage emptied. (Plain floats shared by clients that
+#: run one after another; two at once in two threads would only blur the estimate, never block.)
+_LEARNED: dict[str, dict[str, _Model]] = {}
 
 
 @dataclass(frozen=True)
@@ -194,11 +212,15 @@ class Ticket:
 class RateLimiter:
     learns = True  # it takes `observe`; the Ray executor's remote limiter does not
 
-    def __init__(self, requests_per_minute: float | None = None, tokens_per_minute: float | None = None):
+    def __init__(
+        self, requests_per_minute: float | None = None, tokens_per_minute: float | None = None,
+        service: str | None = None,
+    ):
+        """`service`: the key under which what is learned from the headers is shared in the process."""
         self._requests = _Bucket(requests_per_minute) if requests_per_minute else None
         self._tokens = _Bucket(tokens_per_minute) if tokens_per_minute else None
         self.paused_until = 0.0  # time.monotonic() seconds
-        self._models: dict[str, _Model] = {}
+        self._models: dict[str, _Model] = _LEARNED.setdefault(service, {}) if service is not None else {}
         self._locks: dict[str | None, asyncio.Lock] = {}
         self._lock_loop: asyncio.AbstractEventLoop | None = None
         self._waits: dict[int, tuple[float, str]] = {}  # waiter id -> (until, what)

@@ -4,8 +4,9 @@
 - retried: errors the backend marks `retryable` and not `fatal` (408/409/429/5xx, timeouts,
   connection errors); anything else propagates unchanged after the first attempt;
 - wait: the server's hint (Retry-After & co) plus a little jitter, else exponential backoff with
-  full jitter (`backoff_delay`). A 429 hint also pauses the whole client (`on_pause`), also when
-  this request then gives up, so that the other requests respect it;
+  full jitter (`backoff_delay`). A 429's hint is not slept here: it pauses the whole client
+  (`on_pause`) and the next attempt waits for the pause in the rate limiter, as queueing that the
+  request's deadline does not count;
 - stop: after `max_attempts` attempts, or when the next wait would end past the request's deadline.
 The messages of a request that gives up are those the client has always written (tests read them).
 The random jitter comes from the client's own `random.Random`, so a seeded client is reproducible.
@@ -57,9 +58,12 @@ class RetryPolicy:
         if hint is None:
             return backoff_delay(rs.attempt_number, self.base, self.cap, self.rng)
         wait = hint + self.rng.uniform(0, min(1.0, 0.1 * hint))
-        # tenacity computes the wait before the stop decision, so the pause applies either way.
         if getattr(err, "status", None) == 429 and hint > 0:
+            # A rate limit's wait is queueing, not this request's time: the client pauses, and the
+            # next attempt waits in the limiter, which the deadline does not count (a reset hint
+            # longer than the deadline is waited for, up to llm.max_rate_limit_wait_s).
             self.on_pause(wait)
+            return 0.0
         return wait
 
     def retrying(self, deadline: Callable[[], float | None]) -> AsyncRetrying:

@@ -3,7 +3,9 @@
 job's log), so a long stage can be watched anywhere.
 
 Each line has the rows done, LLM calls and cache hits, tokens (reasoning apart), what the stage
-has spent, its projected total and ETA, and the run's spend against its cap. The projection is
+has spent, its projected total and ETA, the run's spend against its cap, and, while the client
+waits for a rate limit longer than a second, what for ("waiting 6m0s for the gpt-4o-mini token
+limit": a long wait is then not mistaken for a hang). The projection is
 recalibrated from the stage's own answers: spent so far plus the rows left at this attempt's mean
 cost per processed row (cache hits and resumed shards included as they come).
 """
@@ -13,6 +15,7 @@ from __future__ import annotations
 import time
 from contextlib import ExitStack
 
+from pipeline.llm.ratelimit import describe_wait
 from pipeline.progress import format_duration as _duration, plain_lines, progress_bar
 
 
@@ -81,6 +84,10 @@ class StageWatch:
             out["run_cap_usd"] = ledger.cap
         if self.later_usd is not None and out["projected_stage_usd"] is not None:
             out["projected_build_usd"] = self._run_before + out["projected_stage_usd"] + self.later_usd
+        waiting = getattr(getattr(self.client, "limiter", None), "waiting", None)
+        wait = waiting() if waiting is not None else None
+        if wait is not None and wait[0] >= 1.0:  # shorter waits are the normal pace, not news
+            out["waiting"] = describe_wait(*wait)
         return out
 
     def line(self) -> str:
@@ -100,6 +107,8 @@ class StageWatch:
             parts.append(f"run ${f['run_spent_usd']:.4f}{cap}")
         if "projected_build_usd" in f:
             parts.append(f"build projected ${f['projected_build_usd']:.4f}")
+        if "waiting" in f:
+            parts.append(f["waiting"])
         parts.append(f"elapsed {time.monotonic() - self._t0:.1f}s")
         return " | ".join(parts)
 
@@ -122,4 +131,6 @@ class StageWatch:
             info = f"calls {f['calls']} (cache {f['cache_hits']}) | ${f['stage_spent_usd']:.4f}"
             if f["projected_stage_usd"] is not None:
                 info += f" -> ${f['projected_stage_usd']:.4f}"
+        if "waiting" in f:
+            info += f" | {f['waiting']}"
         self._bar.update(self._task, completed=self.done, info=info)
