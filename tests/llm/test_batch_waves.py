@@ -157,7 +157,7 @@ def test_a_service_counting_more_than_the_estimate_gets_halved_files(tmp_path, a
         limit = server_tokens(srv, tasks) // 4
         srv.batch_queue_tokens = limit
         c = make_client(settings_for(srv, tmp_path))
-        runner = runner_for(c, tmp_path, queue_tokens=limit)
+        runner = runner_for(c, tmp_path, queue_tokens=limit, queue_wait_max_s=20)  # bounded if halving broke
         report = runner.prefetch(tasks)
         results = answer_all(c, runner, tasks)
     assert all(r.ok for r in results)
@@ -199,3 +199,35 @@ def test_setting_takes_an_int_or_a_table_per_model():
     for bad in (0, True, {"gpt-4o-mini": -1}, "many"):
         with pytest.raises((InfirError, ValueError)):
             make_config(**{"llm.batch_queue_tokens": bad})
+
+
+@pytest.mark.slow
+def test_unfinished_batches_of_a_killed_run_count_against_the_bound(tmp_path, api_key):
+    """A run killed with SIGKILL left a batch in the queue: the next call (other requests) counts
+    its tokens, so it submits nothing the queue would refuse, and goes once that batch completes."""
+    from test_batch import _spawn, _wait_polling
+
+    prompt = write_prompt(tmp_path / "p")
+    later = make_tasks(prompt, 20, start=100)
+    with FakeOpenAIServer(hold_batches=True) as srv:
+        proc = _spawn(tmp_path, srv, 20)
+        _wait_polling(srv, proc, 1)
+        proc.kill()
+        proc.communicate(timeout=120)
+        held = srv.enqueued_tokens(MODEL)  # the killed run's batch, validated and running
+        limit = held + server_tokens(srv, later) // 2
+        srv.batch_queue_tokens = limit
+        c = make_client(settings_for(srv, tmp_path))
+        runner = runner_for(c, tmp_path, queue_tokens=limit)
+        box = {}
+        th = threading.Thread(target=lambda: box.setdefault("r", runner.prefetch(later)))
+        th.start()
+        time.sleep(0.5)
+        assert srv.batch_creations == 1  # its first file does not fit beside the killed run's batch
+        srv.release_batches()
+        th.join(60)
+        report = box["r"]
+        results = answer_all(c, runner, later)
+    assert all(r.ok for r in results) and report.failed == 0 and report.rounds == 1
+    assert srv.token_limit_failures == 0 and srv.batch_queue_peak[MODEL] <= limit
+    c.close()

@@ -10,7 +10,12 @@ the stage's normal pass run from the cache (see docs/batch.md).
   is `cache_key(body)`; identical requests become one line. A cached answer that does not parse
   gets its repair request (`repair_body`) in the next round, as the online client would send it.
 - Limits of one input file (the Batch API's: 50,000 requests, 200 MB, one model per file): requests
-  are split by model, then by count and bytes. A single request over the byte limit fails.
+  are split by model, then by count, bytes and the enqueued-token bound. A single request over the
+  byte limit or the bound fails.
+- Waves (`queue_tokens`, llm.batch_queue_tokens; batch_waves.py): at most the bound's estimated
+  prompt tokens of a model are queued at once; a file goes when it fits beside the recorded
+  unfinished batches. A batch refused with `token_limit_exceeded` goes again once the queue drains;
+  it does not use up a round.
 - Rounds: a round submits what is missing (never what a recorded unfinished batch already holds);
   expired, cancelled, failed and retryable per-request errors (408/409/429/5xx) are resubmitted in
   the next round, at most `max_rounds` rounds per call. Other per-request errors (a 400) fail.
@@ -182,7 +187,6 @@ class BatchRunner(_StateFile, _Collect, _Waves, _RemoteCalls):
                     report.rounds += 1
                     self._check_budget(todo, report)
                     queues = self._plan_waves(todo, failures)
-                    report.waves = self._waves_total
                 elif todo:
                     for k in todo:
                         prior = failures.get(k)
@@ -196,6 +200,7 @@ class BatchRunner(_StateFile, _Collect, _Waves, _RemoteCalls):
             self.failures = {k: failures[k].reason if k in failures else NOT_ANSWERED for k in final}
             report.failures = dict(self.failures)
             report.failed = len(self.failures)
+            report.waves = self._waves_total  # refused batches go again in waves of their own
             return report
         except (asyncio.CancelledError, KeyboardInterrupt):
             await self._interrupted()
