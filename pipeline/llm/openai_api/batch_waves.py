@@ -11,7 +11,8 @@ the state, earlier runs' included. The next file goes when an earlier batch comp
 A batch refused all the same (another process holds the queue, or the service counts more than our
 estimate) goes back to the front of its model's queue; it does not use up a round:
 - while batches of ours of that model are queued, nothing more of the model goes until one ends;
-- with none of ours queued, it waits (exponential back-off from `poll_interval_s`, at most
+- a file alone over the limit the service names goes again at once, cut into files that fit;
+- otherwise, with none of ours queued, it waits (exponential back-off from `poll_interval_s`, at most
   `QUEUE_BACKOFF_MAX_S`) and goes again; at the second and third such refusal in a row it goes as
   two halves (and so do the model's next files in this call), in case the service counts more than
   we do. After `queue_wait_max_s` of such waiting its requests fail ("rerun later").
@@ -304,6 +305,8 @@ class _Waves:
             q.wait_for = set(ours)
             q.strikes = 0
             why = f"waiting for {len(ours)} of our {model} batch(es) to finish"
+        elif learned is not None and f.tokens > learned:  # alone over the limit: cut to fit, no wait
+            why = "the file alone is over the limit: it goes again cut into files that fit"
         else:
             q.strikes += 1
             delay = min(QUEUE_BACKOFF_MAX_S, self.poll_interval_s * 2 ** q.strikes)
