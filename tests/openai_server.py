@@ -53,7 +53,8 @@ Features
   ends "failed" with `errors.data[0].code = "token_limit_exceeded"` and the service's message
   ("Enqueued token limit reached for <model> in organization org-test. Limit: N enqueued tokens.
   ..."). `batch_queue_peak[model]` records the most tokens queued at once, `token_limit_failures`
-  the batches refused.
+  the batches refused. A batch is validated at its `batch_validating_polls`-th poll (an int, or a
+  function of the batch index; default 1).
   Counters: `file_uploads`, `batch_creations`, `batch_cancels`; `batch_inputs()` gives every
   created batch's input lines in creation order.
 - `response_formats=("text", "json_object")` answers like llama-cpp-python's server (0.3.x), which
@@ -366,6 +367,7 @@ class FakeOpenAIServer:
         batch_max_requests: int = 50_000,
         batch_max_bytes: int = 200 * 1024 * 1024,
         batch_queue_tokens: int | dict[str, int] | None = None,
+        batch_validating_polls: int | Callable[[int], int] = 1,
         reasoning_tokens: int | Callable[[dict[str, Any]], int] = 0,
         prefix_cache: bool = False,
         response_formats: tuple[str, ...] | None = None,
@@ -408,6 +410,9 @@ class FakeOpenAIServer:
         # The Batch API's enqueued-token limit per model (an int for every model, or {model: limit};
         # a model missing from the table is not limited). See `_queue_check`.
         self.batch_queue_tokens = batch_queue_tokens
+        # Polls a batch stays "validating" before it is queued or refused (the service takes a
+        # while): an int, or a function of the batch's index.
+        self.batch_validating_polls = batch_validating_polls
         self.batch_queue_external: dict[str, int] = {}  # model -> tokens another process holds queued
         self.batch_queue_peak: dict[str, int] = {}  # model -> most tokens ever enqueued at once
         self.token_limit_failures = 0  # batches failed with token_limit_exceeded
@@ -823,6 +828,9 @@ class FakeOpenAIServer:
             return
         total = len(b["_lines"])
         if b["status"] == "validating":
+            wait = self.batch_validating_polls
+            if b["_polls"] < (wait(b["_index"]) if callable(wait) else wait):
+                return
             over = self._queue_check(b)
             if over is not None:
                 b["status"], b["failed_at"] = "failed", now

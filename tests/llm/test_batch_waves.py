@@ -101,17 +101,21 @@ def test_token_limit_refusals_are_waited_out_not_counted_as_rounds(tmp_path, api
     c.close()
 
 
-def test_a_queue_another_process_holds_is_waited_for(tmp_path, api_key, capsys):
+@pytest.mark.parametrize("bounded", [True, False])
+def test_a_queue_another_process_holds_is_waited_for(tmp_path, api_key, capsys, bounded):
+    """Unbounded, three files go at once and are all refused; the first while the others are still
+    validating: the wait for those must end when they are refused too."""
     prompt = write_prompt(tmp_path / "p")
     tasks = make_tasks(prompt, 30)
-    with FakeOpenAIServer() as srv:
-        limit = server_tokens(srv, tasks) // 3
+    with FakeOpenAIServer(batch_validating_polls=lambda index: 1 if index == 0 else 3) as srv:
+        limit = server_tokens(srv, tasks) // 2
         srv.batch_queue_tokens = limit
         srv.batch_queue_external[MODEL] = limit  # full: nothing of ours is in it
         c = make_client(settings_for(srv, tmp_path))
-        runner = runner_for(c, tmp_path, queue_tokens=limit)
+        runner = runner_for(c, tmp_path, queue_tokens=limit if bounded else None,
+                            max_requests_per_file=50_000 if bounded else 10)
         box = {}
-        th = threading.Thread(target=lambda: box.setdefault("r", runner.prefetch(tasks)))
+        th = threading.Thread(target=lambda: box.setdefault("r", runner.prefetch(tasks)), daemon=True)
         th.start()
         end = time.monotonic() + 60
         while srv.token_limit_failures < 3 and time.monotonic() < end:
@@ -220,7 +224,7 @@ def test_unfinished_batches_of_a_killed_run_count_against_the_bound(tmp_path, ap
         c = make_client(settings_for(srv, tmp_path))
         runner = runner_for(c, tmp_path, queue_tokens=limit)
         box = {}
-        th = threading.Thread(target=lambda: box.setdefault("r", runner.prefetch(later)))
+        th = threading.Thread(target=lambda: box.setdefault("r", runner.prefetch(later)), daemon=True)
         th.start()
         time.sleep(0.5)
         assert srv.batch_creations == 1  # its first file does not fit beside the killed run's batch

@@ -100,7 +100,10 @@ class _Waves:
         return sum(self._sub_tokens(s) for s in self._unfinished() if self._sub(s)["model"] == model)
 
     def _fits(self, model: str, q: _ModelQueue, f: _File) -> bool:
-        if q.wait_for or time.monotonic() < q.retry_at:
+        if q.wait_for and not any(self._sub(s)["done"] for s in q.wait_for):
+            return False  # none of the batches it waits for has ended yet
+        q.wait_for = set()
+        if time.monotonic() < q.retry_at:
             return False
         bound = self._bound(model)
         queued = self._enqueued(model)
@@ -271,8 +274,6 @@ class _Waves:
         q = queues.get(model)
         if refused is None:
             if q is not None:
-                if sid in q.wait_for:  # room again: the model's files may go
-                    q.wait_for = set()
                 q.strikes, q.waited_s = 0, 0.0
             if f is not None:
                 self._file_ended(f)
@@ -301,8 +302,8 @@ class _Waves:
             return  # a batch of an earlier call holding none of these requests: a later call wants them
         ours = [s for s in self._unfinished() if self._sub(s)["model"] == model]
         cap = None
+        q.wait_for = set(ours)  # nothing more of the model goes until one of these ends (if any)
         if ours:
-            q.wait_for = set(ours)
             q.strikes = 0
             why = f"waiting for {len(ours)} of our {model} batch(es) to finish"
         elif learned is not None and f.tokens > learned:  # alone over the limit: cut to fit, no wait
