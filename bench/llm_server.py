@@ -7,11 +7,23 @@ This responder answers each of the pipeline's three schemas with text of realist
 (instruction ~25 words, hard-negative passages ~70 words, one reason sentence per check), varied
 enough that the verify pre-filters pass, and judges a deterministic `accept_rate` of the rows as
 passing every check (the others fail one check). Reasoning models (o1/o3/o4/gpt-5) additionally
-report `reasoning_tokens` hidden tokens, as the real API does (billed as completion tokens), since
-the test server does not model them.
+report `reasoning_tokens` hidden tokens, as the real API does (billed as completion tokens).
 
     python bench/llm_server.py --latency 0.2 [--accept-rate 0.38759] [--reasoning-tokens 1500]
     -> prints "READY <base_url>"; GET <base_url>/bench/count returns {"chat": n} (requests so far)
+
+The service's behaviour (tests/openai_limits.py), for rehearsing a run against OpenAI's limits:
+    --limit gpt-4o-mini=500,200000 --limit o3-mini=500,200000   per-model RPM,TPM (real headers, 429s)
+    --time-scale 60            one server minute = 1 real second (latencies divided, headers real time)
+    --reasoning-latency 40,0.67 --chat-latency 1.5,0.5          lognormal seconds (server time)
+    --error-rate 0.002         share of admitted requests answered 500/503
+    --limit-retry-after        send Retry-After with a 429 (the service mostly sends none)
+    --batch-queue-tokens gpt-4o-mini=2000000 --batch-seconds 5  the Batch API's enqueued-token limit
+GET <base_url>/bench/stats returns {"time_scale", "models": {model: {requests, answered,
+rate_limited, server_errors, tokens_asked, prompt_tokens, completion_tokens, cached_tokens,
+reasoning_tokens}}, "batch": {"models": {model: {requests, prompt_tokens, ...}}, "batch_creations",
+"token_limit_failures", "batch_queue_peak"}}: the online counters (tokens billed are the usage of
+the answers sent, reasoning tokens included) and the Batch API's (usage of every line answered).
 
 The server runs in its own process (asyncio mode) so that it never shares a GIL with the pipeline.
 """
@@ -42,7 +54,6 @@ _WORDS = (
     "background context effects water energy growth small business children adults students "
     "government science industry market travel weather health software hardware education"
 ).split()
-_REASONING_PREFIXES = ("o1", "o3", "o4", "gpt-5")
 # The paper's acceptance: 38,759 rows kept of ~100k candidates.
 DEFAULT_ACCEPT = 0.38759
 
@@ -98,29 +109,50 @@ def _server_class():
     from openai_server import FakeOpenAIServer, Reply  # type: ignore[import-not-found]
 
     class BenchServer(FakeOpenAIServer):
-        reasoning_tokens = 0
+        """Counts the Batch API's billing as the service's tally counts the online answers'."""
 
-        def chat_completions(self, rec):
-            reply = super().chat_completions(rec)
-            usage = (reply.body or {}).get("usage") if isinstance(reply.body, dict) else None
-            model = str((rec.body or {}).get("model") or "")
-            if usage and self.reasoning_tokens and model.startswith(_REASONING_PREFIXES):
-                usage["completion_tokens"] += self.reasoning_tokens
-                usage["total_tokens"] += self.reasoning_tokens
-                usage["completion_tokens_details"]["reasoning_tokens"] = self.reasoning_tokens
-            return reply
+        def __init__(self, **kw):
+            super().__init__(**kw)
+            self.batch_billed: dict[str, dict[str, int]] = {}
+
+        def _finish(self, b, cancelled=False):
+            super()._finish(b, cancelled)
+            f = self.files.get(b.get("output_file_id") or "")
+            for line in (f["_content"].decode("utf-8").splitlines() if f else ()):
+                resp = (json.loads(line).get("response") or {})
+                usage = (resp.get("body") or {}).get("usage") if resp.get("status_code") == 200 else None
+                if not usage:
+                    continue
+                t = self.batch_billed.setdefault(str(resp["body"].get("model")), dict.fromkeys(
+                    ("requests", "prompt_tokens", "completion_tokens", "cached_tokens", "reasoning_tokens"), 0))
+                t["requests"] += 1
+                t["prompt_tokens"] += int(usage.get("prompt_tokens") or 0)
+                t["completion_tokens"] += int(usage.get("completion_tokens") or 0)
+                t["cached_tokens"] += int((usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0)
+                t["reasoning_tokens"] += int((usage.get("completion_tokens_details") or {}).get("reasoning_tokens") or 0)
 
     def count(server, rec):
         return Reply(200, {"chat": sum(n for p, n in server.counts.items() if "chat/completions" in p)})
 
-    return BenchServer, count, FakeOpenAIServer
+    def stats(server, rec):
+        out = server.service.stats() if server.service is not None else {"models": {}}
+        with server._batch_lock:
+            out["batch"] = {"models": {m: dict(t) for m, t in server.batch_billed.items()},
+                            "batch_creations": server.batch_creations,
+                            "token_limit_failures": getattr(server, "token_limit_failures", 0),
+                            "batch_queue_peak": dict(getattr(server, "batch_queue_peak", {}))}
+        return Reply(200, out)
+
+    return BenchServer, count, stats
 
 
-def start(latency: float, accept_rate: float = DEFAULT_ACCEPT, reasoning_tokens: int = 0) -> tuple[subprocess.Popen, str]:
-    """Start the server in a subprocess; returns (process, base_url)."""
+def start(latency: float, accept_rate: float = DEFAULT_ACCEPT, reasoning_tokens: int = 0,
+          extra: list[str] | None = None) -> tuple[subprocess.Popen, str]:
+    """Start the server in a subprocess; returns (process, base_url). `extra`: more options
+    (`--limit`, `--time-scale`, ...: the module docstring)."""
     proc = subprocess.Popen(
         [sys.executable, str(Path(__file__).resolve()), "--latency", str(latency), "--accept-rate", str(accept_rate),
-         "--reasoning-tokens", str(reasoning_tokens)],
+         "--reasoning-tokens", str(reasoning_tokens), *(extra or [])],
         stdout=subprocess.PIPE, text=True,
     )
     line = proc.stdout.readline().strip() if proc.stdout else ""
@@ -143,22 +175,34 @@ def chat_count(base_url: str) -> int:
         return int(json.loads(r.read())["chat"])
 
 
+def stats(base_url: str) -> dict[str, Any]:
+    """The server's counters (the module docstring)."""
+    with urllib.request.urlopen(f"{base_url}/bench/stats", timeout=30) as r:
+        return json.loads(r.read())
+
+
 def main() -> None:
+    cls, count, stats_route = _server_class()
+    from openai_limits import add_arguments, service_from_args  # type: ignore[import-not-found]
+
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--port", type=int, default=0)
     ap.add_argument("--latency", type=float, default=0.0)
     ap.add_argument("--accept-rate", type=float, default=DEFAULT_ACCEPT, help="fraction of judged rows accepted")
     ap.add_argument("--reasoning-tokens", type=int, default=0, help="hidden tokens per reasoning-model call")
+    ap.add_argument("--batch-queue-tokens", action="append", default=[], metavar="MODEL=TOKENS",
+                    help="the Batch API's enqueued-token limit per model (repeatable; '*=N' alone: every model)")
+    ap.add_argument("--batch-seconds", type=float, default=0.0, help="a batch's least time in progress")
+    add_arguments(ap)
     a = ap.parse_args()
-    cls, count, FakeOpenAIServer = _server_class()
+    queue = {m: int(t) for m, _, t in (spec.partition("=") for spec in a.batch_queue_tokens)}
+    queue_tokens = queue["*"] if set(queue) == {"*"} else (queue or None)
+    # The server's own reasoning_tokens option bills them (answer(), so batch lines too) as the API does.
     srv = cls(responder=make_responder(a.accept_rate), latency=a.latency, port=a.port, server="asyncio",
-              record=False)
-    srv.reasoning_tokens = a.reasoning_tokens
-    # The routes hold the base class's function: point them at the override.
-    for key, fn in list(srv.routes.items()):
-        if fn is FakeOpenAIServer.chat_completions:
-            srv.routes[key] = cls.chat_completions
+              record=False, reasoning_tokens=a.reasoning_tokens, service=service_from_args(a),
+              batch_seconds=a.batch_seconds, batch_queue_tokens=queue_tokens)
     srv.routes[("GET", "/v1/bench/count")] = count
+    srv.routes[("GET", "/v1/bench/stats")] = stats_route
     srv.start()
     done = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: done.set())

@@ -95,8 +95,9 @@ class Bucket:
         self.stamp = time.monotonic()
 
     def refill(self, now: float) -> None:
-        self.level = min(self.limit, self.level + (now - self.stamp) * self.rate)
-        self.stamp = now
+        if now > self.stamp:  # (a bucket made after `now` was read has nothing to add)
+            self.level = min(self.limit, self.level + (now - self.stamp) * self.rate)
+            self.stamp = now
 
     def reset_s(self) -> float:
         return (self.limit - self.level) / self.rate
