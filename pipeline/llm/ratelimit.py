@@ -309,10 +309,14 @@ class RateLimiter:
         return Ticket(model or "", dict(st.taken), time.monotonic())
 
     def observe(self, ticket: Ticket | None, headers: RateLimitHeaders | None) -> None:
-        """Learn from the rate-limit headers of the answer to the request of `ticket`."""
-        if ticket is None or headers is None:
+        """Learn from the rate-limit headers of the answer to the request of `ticket` (None: the
+        answer had none, so the service does not, or no longer, send them: forget the model's)."""
+        if ticket is None:
             return
         st = self._models.setdefault(ticket.model, _Model())
+        if headers is None:
+            st.mirrors.clear()
+            return
         now = time.monotonic()
         for kind in KINDS:
             r = headers.of(kind)

@@ -91,6 +91,12 @@ def test_limiter_learns_limit_window_and_level_from_headers():
     # 4,000 left at the first's arrival, less the second (sent after it), refilled ~0 s since.
     assert 2990 <= m["level"] <= 3010
 
+    async def without_headers():  # an answer with none: the service does not send them (any more)
+        lim.observe(await lim.acquire(10, model=MINI), None)
+
+    asyncio.run(without_headers())
+    assert lim.learned()[MINI] == {}
+
 
 # -- pacing by the headers ----------------------------------------------------------------------
 
@@ -155,7 +161,8 @@ def test_reset_hint_longer_than_the_deadline_is_waited_for_and_said(tmp_path, ap
     assert all(r.ok for r in box["r"]), [r.error for r in box["r"]]
     assert [q.status for q in reqs].count(429) == 1 and len(reqs) == 7
     t429 = next(q for q in reqs if q.status == 429).finished
-    assert all(q.arrived >= t429 + 2.0 for q in reqs if q.status == 200 and q.arrived > t429)
+    # Nothing sent during the pause (a request sent before the client read the 429 may follow it).
+    assert [q for q in reqs if t429 + 0.3 < q.arrived < t429 + 2.0] == []
     assert any("waiting 2" in ln and "for a 429's wait hint" in ln for ln in lines), lines[:5]
 
 
