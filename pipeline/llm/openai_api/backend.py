@@ -205,8 +205,9 @@ class OpenAIBackend:
                 f"connection error: {self._redact(detail)[:300]}", retryable=True, kind="connection"
             ) from None
         except openai.APIStatusError as e:
-            if observe is not None:
-                observe(RateLimitHeaders.parse(e.response.headers))
+            limits = RateLimitHeaders.parse(e.response.headers)
+            if observe is not None and limits is not None:  # (a proxy's 502 has none: not news)
+                observe(limits)
             raise self._status_error(e) from None
         if observe is not None:
             observe(RateLimitHeaders.parse(http_response.headers))
