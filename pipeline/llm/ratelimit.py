@@ -152,8 +152,9 @@ class _Mirror:
         return self.limit / self.window
 
     def refill(self, now: float) -> None:
-        self.level = min(self.limit, self.level + (now - self.stamp) * self.rate)
-        self.stamp = now
+        if now > self.stamp:
+            self.level = min(self.limit, self.level + (now - self.stamp) * self.rate)
+            self.stamp = now
 
     def wait_for(self, amount: float, now: float) -> float:
         self.refill(now)
@@ -227,7 +228,7 @@ class RateLimiter:
 
     @property
     def limited(self) -> bool:
-        """Some limit is configured (the learned ones are per model: `_limited(model)`)."""
+        """Some limit is configured (the learned ones are per model, looked up in `acquire`)."""
         return self._requests is not None or self._tokens is not None
 
     def pause(self, seconds: float) -> None:
