@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import html
 import json
 import random
 import signal
@@ -78,6 +79,26 @@ def _passage(rng: random.Random, n: int) -> str:
     return " ".join(parts)
 
 
+def _block(text: str, label: str) -> str:
+    """The content of the prompt's `<data label="LABEL">` block (empty if it has none)."""
+    tag = f'<data label="{label}">'
+    if tag not in text:
+        return ""
+    start = text.index(tag) + len(tag)
+    end = text.find("</data>", start)
+    return html.unescape(text[start:end if end >= 0 else None]).strip()
+
+
+def _edit(rng: random.Random, text: str, changes: int) -> str:
+    """`text` with `changes` words replaced (a minimal edit); a few fresh words if it is empty."""
+    words = text.split()
+    if not words:
+        return " ".join(rng.choice(_WORDS) for _ in range(rng.randint(4, 8)))
+    for i in rng.sample(range(len(words)), min(changes, len(words))):
+        words[i] = rng.choice([w for w in _WORDS if w != words[i].lower()])
+    return " ".join(words)
+
+
 def make_responder(accept_rate: float):
     def respond(body: dict[str, Any]) -> str | None:
         rf = (body.get("response_format") or {}).get("json_schema") or {}
@@ -88,10 +109,13 @@ def make_responder(accept_rate: float):
             return json.dumps({"instruction": _sentence(rng, rng.randint(18, 32)),
                                "kind": rng.choice(["aspect", "constraint", "format", "exclusion"])})
         if name == "PoisonedPair":
+            # I- and Q- as the prompt asks: minimal edits of I+ and Q+ (a few words swapped), so the
+            # filter stage's minimal-edit checks pass as they would for a real model's answer.
+            user = next((m.get("content") or "" for m in body.get("messages") or [] if m.get("role") == "user"), "")
             return json.dumps({
-                "instruction_negative": _sentence(rng, rng.randint(18, 32)),
+                "instruction_negative": _edit(rng, _block(user, "instruction"), 3),
                 "hard_negative_document_1": _passage(rng, rng.randint(55, 85)),
-                "query_negative": " ".join(rng.choice(_WORDS) for _ in range(rng.randint(4, 8))),
+                "query_negative": _edit(rng, _block(user, "query"), 1),
                 "hard_negative_document_2": _passage(rng, rng.randint(55, 85)),
             })
         if name == "JudgeVerdicts":

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 CHECKS = (
     "positive_fits",
@@ -23,8 +23,20 @@ class _Out(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+def _not_blank(text: str) -> str:
+    if not text.strip():
+        raise ValueError("empty (only whitespace)")
+    return text
+
+
+# An answer whose text is blank is an invalid answer (a repair request, and a rerun asks again past
+# the cache), not a row that a later stage fails for good. A validator, not `min_length`: the JSON
+# schema sent (so every cache key) stays the same.
+_Text = Annotated[str, AfterValidator(_not_blank)]
+
+
 class GeneratedInstruction(_Out):
-    instruction: str = Field(description="the positive instruction I+")
+    instruction: _Text = Field(description="the positive instruction I+")
     kind: Literal["aspect", "constraint", "format", "exclusion"]
 
 

@@ -17,10 +17,24 @@ _SPLITS = ("cached_tokens", "reasoning_tokens")
 
 
 def _prices(run: RunData):
+    """The run's prices as its stages had them: its price file, and its `[llm.prices]` rows over it."""
+    from types import SimpleNamespace
+
+    from pydantic import ValidationError
+
+    from pipeline.llm.price_settings import PriceRow
     from pipeline.llm.pricing import PriceTable
 
-    price_file = (run.config.get("llm") or {}).get("price_file")
-    return PriceTable.load(price_file if price_file and Path(price_file).is_file() else None)
+    llm_cfg = run.config.get("llm") or {}
+    price_file = llm_cfg.get("price_file")
+    rows = {}
+    for model, row in (llm_cfg.get("prices") or {}).items():
+        try:
+            rows[model] = PriceRow.model_validate(row)
+        except ValidationError:
+            continue  # validated when the run was made; a hand-edited config.toml prices it as unknown
+    settings = SimpleNamespace(price_file=price_file if price_file and Path(price_file).is_file() else None, prices=rows)
+    return PriceTable.for_settings(settings)
 
 
 def _price(prices, model: str | None, t: dict) -> dict | None:

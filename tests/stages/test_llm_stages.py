@@ -245,3 +245,26 @@ def test_injection_stays_inside_the_datadata_block():
             assert "</data>" not in block and "<data" not in block
         assert "ignore previous instructions" not in outside, name
         assert "&lt;/data&gt; ignore previous instructions" in user
+
+
+def test_a_blank_instruction_is_an_invalid_answer_asked_again_not_a_row_failed_for_good(tmp_path, monkeypatch):
+    """A model that answers generate with a blank instruction (SmolLM2 does): the answer is
+    invalid (one repair request), the row fails in generate, and a rerun against a healthy server
+    asks again past the cache and fills it, instead of replaying the blank answer forever."""
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-generation")
+
+    def blank(body):
+        if _schema_name(body) == "GeneratedInstruction":
+            return json.dumps({"instruction": "   ", "kind": "aspect"})
+        return responder(body)
+
+    with FakeOpenAIServer(responder=blank) as bad:
+        run_until(openai_cfg(bad, **{"source.sample_queries": 3}), "generate")
+        assert len(by_schema(bad, "GeneratedInstruction")) == 6  # each row's request and its repair
+    rows = pq.read_table(tmp_path / "runs/sample/generate/part-00000.parquet").to_pylist()
+    assert all(r["generate_error"] and "empty" in r["generate_error"] for r in rows)
+    with FakeOpenAIServer(responder=responder) as good:
+        run_until(openai_cfg(good, **{"source.sample_queries": 3}), "mine")
+        assert len(by_schema(good, "GeneratedInstruction")) == 3
+    rows = pq.read_table(tmp_path / "runs/sample/mine/part-00000.parquet").to_pylist()
+    assert all(r["instruction_positive"].startswith("Only results") and r["mine_error"] is None for r in rows)
