@@ -8,7 +8,6 @@ import statistics
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -25,10 +24,12 @@ from pipeline.release.manifest import (
     MANIFEST_NAME,
     content_diff,
     content_key,
+    created_at,
     dumps,
     load_manifest,
     scrub,
     sha256_file,
+    source_date_epoch,
 )
 from pipeline.release.schema import (
     INFIR_COLUMNS,
@@ -38,6 +39,7 @@ from pipeline.release.schema import (
     schema_fields,
     schema_fingerprint,
 )
+from pipeline.release.paths import release_path
 from pipeline.release.triplets import TRIPLETS_DIR, triplets_path, triplets_table
 from pipeline.release.rows import AcceptedRows
 from pipeline.release.splits import normalize_ratios
@@ -173,13 +175,6 @@ def _write_data(
     return shards, splits, st_files, examples
 
 
-def _created_at() -> str:
-    sde = os.environ.get("SOURCE_DATE_EPOCH")
-    if sde and sde.isdigit():
-        return datetime.fromtimestamp(int(sde), timezone.utc).isoformat(timespec="seconds")
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
 def _build_release(
     rows: AcceptedRows,
     sc: Scan,
@@ -214,7 +209,7 @@ def _build_release(
         "format": MANIFEST_FORMAT,
         "name": name,
         "version": version,
-        "created_at": _created_at(),
+        "created_at": created_at(),
         "code_version": str(stats.get("code_version") or pipeline.__version__),
         "license": license or stats.get("license") or "other",
         **{k: stats[k] for k in ("license_name", "license_link") if stats.get(k)},
@@ -321,6 +316,7 @@ def write_release(
         raise InfirError("give either a version or --bump, not both")
     if max_rows_per_shard < 1:
         raise InfirError(f"max_rows_per_shard must be >= 1, got {max_rows_per_shard}")
+    source_date_epoch()  # refused before the rows are read, not after
     if version is not None:
         parse_version(version)
     ratios = normalize_ratios(split_ratios)
@@ -419,8 +415,8 @@ def _existing(target: Path, name: str, version: str, manifest: dict[str, Any]) -
             "releases are immutable: remove it by hand or use --bump / a new --version"
         ) from e
     if content_key(prev) == content_key(manifest):
-        for shard in prev.get("shards", []):
-            p = target / shard["path"]
+        for shard in prev.get("shards", []):  # the same paths as this content's: data/<split>-...
+            p = release_path(target, shard["path"], MANIFEST_NAME)  # a symlinked shard is not "this content"
             if not p.is_file() or sha256_file(p) != shard["sha256"]:
                 raise InfirError(
                     f"release {name} {version} already exists but {shard['path']} does not match its manifest "

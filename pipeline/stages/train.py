@@ -49,17 +49,26 @@ class Train(Stage):
         return path
 
     def input_fingerprint(self, ctx: Context) -> str:
-        return sha256_file(self.release(ctx) / "manifest.json")
+        from pipeline.release.paths import release_files
+
+        release = self.release(ctx)
+        release_files(release)  # no symlink in it (the manifest's included): nothing outside it is read
+        return sha256_file(release / "manifest.json")
 
     def on_skip(self, ctx: Context, success: dict) -> None:
         console.print("[green]train[/]: already complete for this release and settings (--force redoes it)")
         console.print(success["summary"]["markdown"])
 
     def run(self, ctx: Context) -> dict:
+        from pipeline.release import verify_release
+
+        release, settings, out = self.release(ctx), ctx.settings, ctx.out.dir
+        # Before the earlier model is removed and anything is trained: a shard changed since it was
+        # written, or a path leading outside the release, is one line (exit 2), never a model.
+        verify_release(release)
         require_extra("train", "infir train")
         from pipeline.train.check import training_check
 
-        release, settings, out = self.release(ctx), ctx.settings, ctx.out.dir
         for p in out.iterdir():  # training is not resumable mid-way; a partial model is never kept
             if p.name not in (".lock", "_STATE.json"):
                 shutil.rmtree(p) if p.is_dir() else p.unlink()

@@ -44,6 +44,9 @@ def run_eval(
         raise InfirError("--pool-sample and --collection apply to --release only")
     kind = next(iter(given))
     if kind == "release":
+        from pipeline.release import verify_release
+
+        verify_release(release)  # every checksum, nothing outside the folder: before a model is loaded
         sample = DEFAULT_POOL_SAMPLE if pool_sample is None else pool_sample
         result = evaluate_release(model, release, split, template, pool_sample=sample, collection=collection)
     elif kind == "beir":
