@@ -56,6 +56,11 @@ def _root(
     _state["debug"] = debug
     _state["prompts"] = str(prompts) if prompts else None
     _set_verbosity(verbose, quiet)
+    from pipeline.release.manifest import source_date_epoch
+
+    # Checked before any command: libraries read it too (numpy's f2py, imported with scipy by the
+    # retrieval and training code, converts it at import), and a bad value must be this one line.
+    source_date_epoch()
 
 
 def _set_verbosity(verbose: int, quiet: bool) -> None:

@@ -6,6 +6,7 @@ import json
 import math
 import os
 import re
+from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -19,6 +20,35 @@ VOLATILE_KEYS = ("created_at",)
 #: Derived artifacts (card, plots, st export): their bytes may differ across library versions while the
 #: data does not, so the content comparison uses shards + the rest of the manifest instead.
 DERIVED_KEYS = ("files",)
+
+
+#: The last second `datetime` can write (9999-12-31T23:59:59Z).
+MAX_SOURCE_DATE_EPOCH = 253_402_300_799
+
+
+def source_date_epoch() -> int | None:
+    """SOURCE_DATE_EPOCH (reproducible-builds.org), the release's `created_at` when set. A value that
+    is not a whole number of seconds from 0 to the year 9999 is refused: the specification asks a
+    build to fail rather than pick another time, and datetime would raise on it."""
+    raw = os.environ.get("SOURCE_DATE_EPOCH")
+    if not raw:
+        return None
+    # ASCII digits only (str.isdigit takes "²"); at most 12 of them before int(): Python refuses to
+    # convert a string of over 4300 digits with a ValueError of its own.
+    if re.fullmatch(r"[0-9]{1,12}", raw) is None or int(raw) > MAX_SOURCE_DATE_EPOCH:
+        shown = raw if len(raw) <= 40 else raw[:40] + "…"
+        raise InfirError(
+            f"SOURCE_DATE_EPOCH={shown!r}: expected a whole number of seconds since 1970-01-01 UTC, "
+            f"0 to {MAX_SOURCE_DATE_EPOCH} (the year 9999); fix it or unset it"
+        )
+    return int(raw)
+
+
+def created_at() -> str:
+    """The manifest's `created_at`: SOURCE_DATE_EPOCH if set, else now (UTC)."""
+    sde = source_date_epoch()
+    when = datetime.now(timezone.utc) if sde is None else datetime.fromtimestamp(sde, timezone.utc)
+    return when.isoformat(timespec="seconds")
 
 
 def _clean_json(obj: Any) -> Any:

@@ -113,6 +113,9 @@ class Write(Stage):
             )
         if bump is not None and bump not in ("patch", "minor", "major"):
             raise InfirError(f"--bump {bump!r}: expected patch, minor or major")
+        from pipeline.release.manifest import source_date_epoch
+
+        source_date_epoch()  # a bad SOURCE_DATE_EPOCH: one line before any row is read
 
     def identity(self, ctx: Context) -> tuple:
         return (ctx.settings, ctx.options.get("version"), ctx.options.get("bump"))

@@ -388,3 +388,39 @@ def test_unreadable_input_shard_is_named(table, tmp_path):
     with pytest.raises(InfirError, match=r"part-00001\.parquet: unreadable Parquet shard"):
         write_release(paths, synthetic_stats(40), tmp_path / "r", NAME)
     assert not (tmp_path / "r" / NAME).exists()
+
+
+# ---- SOURCE_DATE_EPOCH (issue #30, point 8) ------------------------------------------------------
+
+
+@pytest.mark.parametrize("value", ["99999999999999999999", "9" * 5000, "253402300800", "-1", "soon", "1.7e9",
+                                   " 1700000000"])
+def test_source_date_epoch_out_of_range_is_one_line(table, tmp_path, monkeypatch, value):
+    """Huge, past the year 9999, negative or not a whole number: refused naming the variable, before
+    the writer reads a row (before: a traceback from datetime, or a silent fall back to the clock)."""
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", value)
+    with pytest.raises(InfirError, match=r"^SOURCE_DATE_EPOCH='.*': expected a whole number of seconds") as e:
+        _write(table, tmp_path / "r")
+    assert len(str(e.value)) < 300 and "\n" not in str(e.value)
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("value, created", [("0", "1970-01-01T00:00:00+00:00"),
+                                            ("253402300799", "9999-12-31T23:59:59+00:00")])
+def test_source_date_epoch_bounds_are_kept(table, tmp_path, monkeypatch, value, created):
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", value)
+    assert _manifest(_write(table, tmp_path / "r").path)["created_at"] == created
+
+
+@pytest.mark.parametrize("value", ["99999999999999999999", "soon", "-1"])
+def test_source_date_epoch_out_of_range_stops_infir_before_any_stage(tmp_path, value):
+    """Checked when `infir` starts: numpy's f2py (imported with scipy by the mine stage) converts
+    the variable at import, so a build reached the write stage only to die there in a traceback."""
+    from conftest import SAMPLE, run_infir
+
+    code, out, err = run_infir("build", "--set", f'source.path="{SAMPLE}"', "--until", "write",
+                               env={"SOURCE_DATE_EPOCH": value})
+    assert code == 2 and "Traceback" not in out + err and "internal error" not in out + err, err[-2000:]
+    errors = [ln for ln in err.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1 and errors[0].startswith(f"error: SOURCE_DATE_EPOCH='{value}'"), err[-2000:]
+    assert not (tmp_path / "releases").exists() and not (tmp_path / "runs").exists()
