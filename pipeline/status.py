@@ -1,7 +1,8 @@
 """`infir status`: what each stage of a run has done, row by row, and what it cost.
 
-Per stage: its state (done, done with failed rows a rerun retries, running with the pid holding
-its lock, interrupted with the shards it kept, not started), rows in and out, rows failed
+Per stage: its state (done, done with failed rows a rerun retries, damaged when shards it wrote
+were deleted since (a rerun redoes them), running with the pid holding its lock, interrupted with
+the shards it kept, not started), rows in and out, rows failed
 (retryable) and rejected (by the filters or the judge), LLM calls, tokens and cost as the rows
 record them. Then the run's spend against its budget (the spend ledger), each filter's count, the
 acceptance per judge check, and whether the release on disk is the one the current candidates
@@ -18,7 +19,7 @@ from pipeline.errors import InfirError
 from pipeline.progress import console as _stderr
 from pipeline.store import read_success
 from pipeline.store.lock import held_by
-from pipeline.store.shards import failed_rows, stage_fingerprint
+from pipeline.store.shards import failed_rows, missing_shards, stage_fingerprint
 
 
 def _row_usage(d: Path, column: str) -> tuple[dict, dict[str, dict]]:
@@ -44,6 +45,9 @@ def _state(d: Path, success: dict | None) -> str:
     if holder is not None:
         return f"running ({holder})"
     if success is not None:
+        missing = missing_shards(d, success)
+        if missing:  # deleted after the stage finished: its output is not what its marker says
+            return f"damaged: {len(missing):,} shard(s) missing; rerun to redo it"
         failed = failed_rows(success)
         return f"done, {failed:,} failed (rerun retries them)" if failed else "done"
     if (d / "_STATE.json").is_file():
@@ -73,7 +77,8 @@ def stage_states(run: Path, pipe=None) -> list[dict]:
         if success is not None:
             summary = success.get("summary") or {}
             info.update(rows=success.get("rows"), summary=summary, counts=_counts(summary, rows_in))
-            if isinstance(st, LLMStage) and success.get("rows"):
+            # A damaged stage's usage is not read: what its rows record is partly gone.
+            if isinstance(st, LLMStage) and success.get("rows") and not missing_shards(d, success):
                 usage, parts = _row_usage(d, st.usage_column)
                 last = summary.get("llm", {})
                 info["llm"] = {**usage, "http_calls": last.get("http_calls", 0), "cache_hits": last.get("cache_hits", 0)}

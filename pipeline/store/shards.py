@@ -207,9 +207,10 @@ class StageOutput:
         if success is None:
             return None
         if self._same_identity(success):
-            if failed_rows(success) == 0:
+            if failed_rows(success) == 0 and not missing_shards(self.dir, success):
                 return success
-            self._redo_from = success  # rows failed last time: send them again
+            # Rows failed last time, or shards were deleted since: redo those (can_adopt keeps the rest).
+            self._redo_from = success
             return None
         if self._input_replaced_by_retry(success):
             self._redo_from = success
@@ -394,6 +395,12 @@ class StageOutput:
 def failed_rows(success: dict) -> int:
     """Rows of a finished stage that failed in that stage (a rerun sends them again)."""
     return sum(int(s.get("failed", 0)) for s in success.get("shards", []))
+
+
+def missing_shards(stage_dir: Path, success: dict) -> list[str]:
+    """Shards `_SUCCESS.json` lists that are no longer on disk (deleted after the stage finished):
+    the stage is damaged, and a rerun redoes them. A stat per shard, no hashing."""
+    return [s["name"] for s in success.get("shards", []) if not (Path(stage_dir) / s["name"]).is_file()]
 
 
 def _read_state(path: Path) -> dict:
