@@ -1,10 +1,13 @@
-"""Running one stage: what every stage shares, done once. The stage lock, skip / resume / redo /
-`--force` (`store.StageOutput`), the success marker, the summary, the effective config saved after
-the stage, and progress. A stage only says what it computes."""
+"""Running one stage: what every stage shares, done once. The stage lock and the read holds on the
+stages before it, skip / resume / redo / `--force` (`store.StageOutput`), the success marker, the
+summary, the effective config saved after the stage, and progress. A stage only says what it computes."""
 
 from __future__ import annotations
 
+from contextlib import ExitStack
 from pathlib import Path
+
+from pipeline.errors import InfirError
 
 from pipeline.config import to_toml
 from pipeline.runner import llm
@@ -13,7 +16,7 @@ from pipeline.runner.pipeline import Pipeline
 from pipeline.runner.prices import check_prices
 from pipeline.runner.shape import Context, LLMStage, RowStage, Stage, StageResult
 from pipeline.store import StageOutput, identity_hash, read_success
-from pipeline.store.lock import StageLock
+from pipeline.store.lock import ReadLock, StageLock, refuse_if_read
 from pipeline.store.verify_input import verify_upstream
 
 
@@ -47,10 +50,25 @@ def run_stage(pipe: Pipeline, name: str, cfg, *, force: bool = False, options: d
     ctx = context(pipe, stage, cfg, force=force, options=options)
     # The lock first: what a stage reads to know its identity (an upstream release, say) may be
     # in the middle of being written by the process that holds it.
-    with StageLock(ctx.run_dir / stage.name):
+    with StageLock(ctx.run_dir / stage.name), reading(pipe, stage, ctx.run_dir):
         result = _run_locked(ctx, stage, force)
     save_effective_config(cfg)  # after the stage: a process refused by the stage lock must not overwrite it
     return result
+
+
+def reading(pipe: Pipeline, stage: Stage, run_dir: Path) -> ExitStack:
+    """Read holds on the folders of every stage before `stage` (its upstream, the collection, what
+    a release is made of), held while it runs: `infir <earlier stage> --force` in another process
+    is refused instead of replacing the rows under it (`store.lock`). Taken after the stage's own
+    lock, so a second process on this stage still meets "being written" first."""
+    holds = ExitStack()
+    try:
+        for earlier in pipe.stages[: pipe.stages.index(stage)]:
+            holds.enter_context(ReadLock(run_dir / earlier.name, stage.name))
+    except BaseException:
+        holds.close()
+        raise
+    return holds
 
 
 def _run_locked(ctx: Context, stage: Stage, force: bool) -> StageResult:
@@ -66,14 +84,34 @@ def _run_locked(ctx: Context, stage: Stage, force: bool) -> StageResult:
         out.force = previous is not None and not out.same_identity(previous)
     ctx.out = out
     with out:
-        done = out.start()
+        done = out.completed()
         if done:
             stage.on_skip(ctx, done)
             return StageResult(stage.name, True, done)
+        refuse_if_read(out.dir)  # before anything in the folder is cleared or written
+        out.prepare()
         summary = _run(ctx, stage)
+        _check_input_unchanged(ctx, stage, out)
         success = out.finish(summary, rows=summary.get("rows") if not isinstance(stage, RowStage) else None)
     stage.print_summary(ctx, summary)
     return StageResult(stage.name, False, success)
+
+
+def _check_input_unchanged(ctx: Context, stage: Stage, out: StageOutput) -> None:
+    """The read holds' second line, before `_SUCCESS.json`: where a hold cannot reach (a process on
+    another host, over a filesystem whose locks do not cross hosts), an upstream replaced while this
+    stage read it is found here, and the stage stops unmarked instead of finishing on old rows."""
+    if ctx.upstream_dir is None:
+        return  # the first stage's inputs are files outside the run
+    try:
+        now = stage.input_fingerprint(ctx)
+    except InfirError:
+        now = None  # the upstream is gone or half rewritten: changed all the same
+    if now != out.input_fingerprint:
+        raise InfirError(
+            f"{ctx.upstream_dir}: changed while `{stage.name}` was reading it; {stage.name} is not marked done "
+            f"(what it wrote is from the old input): rerun `infir {stage.name} --force`"
+        )
 
 
 def llm_prepare(ctx: Context, stage: LLMStage) -> None:
