@@ -13,7 +13,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from pipeline.errors import InfirError
 from pipeline.generation.settings import FilterSettings, GenerateSettings, MineSettings, VerifySettings
@@ -62,6 +62,17 @@ class RunConfig(Section):
     write: WriteSettings = WriteSettings()
     train: TrainSettings = TrainSettings()
 
+    @model_validator(mode="after")
+    def _batch_needs_the_openai_backend(self) -> "RunConfig":
+        # At load, with the rest of the config: found when the first LLM stage starts, it came after
+        # `source` had run (and `build` had saved a config that can never run).
+        if self.llm.mode == "batch" and self.llm.backend != "openai":
+            raise ValueError(
+                f"llm.mode = 'batch' needs llm.backend = 'openai' (the Batch API of an OpenAI-compatible server), "
+                f"not {self.llm.backend!r}: add --backend openai, or leave --mode out"
+            )
+        return self
+
 
 def config_model() -> type[BaseModel]:
     return RunConfig
@@ -74,7 +85,7 @@ def _format_validation(err: ValidationError, origin: str) -> str:
         if e["type"] == "extra_forbidden":
             parts.append(f"unknown key '{key}'")
         elif e["type"] == "value_error":  # our validators' messages, without pydantic's "Value error, "
-            parts.append(f"'{key}': {e['ctx']['error']}")
+            parts.append(f"'{key}': {e['ctx']['error']}" if key else str(e["ctx"]["error"]))  # no key: across sections
         else:
             parts.append(f"'{key}': {e['msg']}")
     return f"{origin}: invalid config: " + "; ".join(parts)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import codecs
 import gzip
 import json
+import re
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,6 +73,14 @@ def _open_text_lines(path: Path, q: Quarantine) -> Iterator[tuple[int, str]]:
                     yield n, line
     except (OSError, EOFError, zlib.error) as e:
         raise InfirError(f"{path}: cannot read: {e}") from None
+
+
+def require_regular(path: Path, key: str) -> Path:
+    """`path` unless it is a FIFO, socket or device (a folder is left to the reader: a Parquet
+    export may be one): reading one would wait for a writer that never comes, or never end."""
+    if path.exists() and not path.is_file() and not path.is_dir():
+        raise InfirError(f"{path}: not a regular file ({key}); a FIFO, socket or device cannot be a source file")
+    return path
 
 
 def _as_str(value) -> str | None:
@@ -236,6 +245,9 @@ class SourceReader:
         return _DEFAULTS[part][fmt]
 
     def _file(self, part: str) -> Path:
+        return require_regular(self._find(part), f"source.{part}_file")
+
+    def _find(self, part: str) -> Path:
         key = f"source.{part}_file"
         name = getattr(self.s, f"{part}_file")
         if name:
@@ -317,6 +329,25 @@ class SourceReader:
             yield from _qrels_from_rows(_table_rows(f), cols, self.q, str(f))
 
 
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+def _lone_surrogate(line: str, obj) -> str | None:
+    """The first unpaired surrogate (`"\\ud800"`) a JSON line decodes to, as `\\uXXXX`, else None.
+    json accepts the escape, but no UTF-8 writer (Parquet, the LLM request) can encode it: one
+    such line would fail the whole stage. Paired escapes (an emoji) decode to one valid character.
+    Only a line that holds such an escape at all is re-encoded (the rare case)."""
+    if not _SURROGATE_ESCAPE.search(line):
+        return None
+    try:
+        json.dumps(obj, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError as e:
+        return f"\\u{ord(e.object[e.start]):04x}"
+    except RecursionError:
+        return None  # nested deeper than the encoder goes: the line is left as it was read
+    return None
+
+
 def _jsonl_objects(path: Path, q: Quarantine) -> Iterator[tuple[int, dict, str]]:
     """(line number, object, raw line) of each JSON-object line; any other line is quarantined."""
     for n, line in _open_text_lines(path, q):
@@ -328,6 +359,10 @@ def _jsonl_objects(path: Path, q: Quarantine) -> Iterator[tuple[int, dict, str]]
         except RecursionError:
             # json's decoder recurses once per nesting level: `[` x 1,500 exhausts the stack.
             q.add(path, n, "malformed JSON: nested too deeply", line)
+            continue
+        surrogate = _lone_surrogate(line, obj)
+        if surrogate:
+            q.add(path, n, f"not UTF-8: a JSON string holds the lone surrogate {surrogate}", line)
             continue
         if isinstance(obj, dict):
             yield n, obj, line

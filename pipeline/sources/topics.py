@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import re
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -24,9 +25,15 @@ class Topic:
 
 
 def _read_text(path: Path) -> str:
-    if not path.is_file():
+    if not path.exists():
         raise InfirError(f"{path}: evaluation topic file not found")
-    data = gzip.open(path, "rb").read() if path.suffix == ".gz" else path.read_bytes()
+    if not path.is_file():  # a FIFO or a device would block the read, or never end
+        raise InfirError(f"{path}: not a regular file (source.decontaminate)")
+    try:
+        data = gzip.open(path, "rb").read() if path.suffix == ".gz" else path.read_bytes()
+    except (OSError, EOFError, zlib.error) as e:
+        # EOFError: a truncated gzip; unhandled, the CLI framework would take it for Ctrl-D ("Abort").
+        raise InfirError(f"{path}: cannot read: {e}") from None
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError:

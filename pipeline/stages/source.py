@@ -49,8 +49,10 @@ class Source(Stage):
     def input_fingerprint(self, ctx: Context) -> str:
         s = ctx.settings
         for p in s.decontaminate:
-            if not Path(p).is_file():
+            if not Path(p).exists():
                 raise InfirError(f"{p}: evaluation topic file not found (source.decontaminate)")
+            if not Path(p).is_file():  # a folder, or a FIFO that would block the read
+                raise InfirError(f"{p}: not a regular file (source.decontaminate)")
         reader = SourceReader(s, Quarantine(root=s.path))
         inputs = reader.input_files() + [Path(p) for p in s.decontaminate]
         return file_fingerprint(inputs) if inputs else identity_hash(self._effective(ctx))

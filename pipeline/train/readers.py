@@ -12,18 +12,31 @@ from pipeline.errors import InfirError
 __all__ = ["read_jsonl", "read_qrels"]
 
 
+def iter_text_lines(path: Path) -> Iterator[tuple[int, str]]:
+    """(line number, text) of each line, decoded line by line: a byte that is not UTF-8 is one error
+    naming the file, line and column (a text-mode file would raise it from its buffer, lineless)."""
+    try:
+        with path.open("rb") as fh:
+            for lineno, raw in enumerate(fh, 1):
+                try:
+                    yield lineno, raw.decode("utf-8")
+                except UnicodeDecodeError as exc:
+                    raise InfirError(f"{path}:{lineno}: not UTF-8 (invalid byte at column {exc.start + 1})") from None
+    except OSError as exc:
+        raise InfirError(f"{path}: cannot read: {exc.strerror or exc}") from None
+
+
 def iter_json_lines(path: Path) -> Iterator[tuple[int, Any]]:
     """(line number, decoded value) of each non-blank line; bad JSON is one error naming the line."""
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                yield lineno, json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise InfirError(f"{path}:{lineno}: invalid JSON ({exc.msg})") from exc
-            except RecursionError:  # `[` x 10,000: one error line, not a crash
-                raise InfirError(f"{path}:{lineno}: invalid JSON (nested too deeply)") from None
+    for lineno, line in iter_text_lines(path):
+        if not line.strip():
+            continue
+        try:
+            yield lineno, json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise InfirError(f"{path}:{lineno}: invalid JSON ({exc.msg})") from exc
+        except RecursionError:  # `[` x 10,000: one error line, not a crash
+            raise InfirError(f"{path}:{lineno}: invalid JSON (nested too deeply)") from None
 
 
 def read_jsonl(path: Path, required: tuple[str, ...] = ("_id",)) -> list[dict[str, Any]]:
@@ -41,19 +54,18 @@ def read_jsonl(path: Path, required: tuple[str, ...] = ("_id",)) -> list[dict[st
 
 def _read_qrels_tsv(path: Path) -> dict[str, dict[str, float]]:
     qrels: dict[str, dict[str, float]] = {}
-    with path.open(encoding="utf-8", newline="") as fh:
-        for lineno, rec in enumerate(csv.reader(fh, delimiter="\t"), 1):
-            if not rec or not "".join(rec).strip():
-                continue
-            if lineno == 1 and rec[0].strip().lower() in {"query-id", "query_id", "qid"}:
-                continue
-            if len(rec) < 3:
-                raise InfirError(f"{path}:{lineno}: expected query-id<TAB>corpus-id<TAB>score")
-            try:
-                score = float(rec[2])
-            except ValueError as exc:
-                raise InfirError(f"{path}:{lineno}: score {rec[2]!r} is not a number") from exc
-            qrels.setdefault(rec[0].strip(), {})[rec[1].strip()] = score
+    for lineno, rec in enumerate(csv.reader((line for _, line in iter_text_lines(path)), delimiter="\t"), 1):
+        if not rec or not "".join(rec).strip():
+            continue
+        if lineno == 1 and rec[0].strip().lower() in {"query-id", "query_id", "qid"}:
+            continue
+        if len(rec) < 3:
+            raise InfirError(f"{path}:{lineno}: expected query-id<TAB>corpus-id<TAB>score")
+        try:
+            score = float(rec[2])
+        except ValueError as exc:
+            raise InfirError(f"{path}:{lineno}: score {rec[2]!r} is not a number") from exc
+        qrels.setdefault(rec[0].strip(), {})[rec[1].strip()] = score
     return qrels
 
 

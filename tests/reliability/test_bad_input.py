@@ -102,6 +102,21 @@ def _non_utf8_query(d):
     return "queries.jsonl", 3, "not UTF-8"
 
 
+def _lone_surrogate_in_a_passage(d):
+    # json accepts the escape; no UTF-8 writer can encode the string it decodes to
+    ls = lines(d / "corpus.jsonl")
+    ls[2] = ls[2].replace('"text": "', '"text": "\\ud800', 1)
+    (d / "corpus.jsonl").write_text("\n".join(ls) + "\n")
+    return "corpus.jsonl", 3, "not UTF-8: a JSON string holds the lone surrogate \\ud800"
+
+
+def _lone_surrogate_in_a_query(d):
+    ls = lines(d / "queries.jsonl")
+    ls[1] = ls[1].replace('"text": "', '"text": "\\uDFFF ', 1)
+    (d / "queries.jsonl").write_text("\n".join(ls) + "\n")
+    return "queries.jsonl", 2, "lone surrogate \\udfff"
+
+
 def _empty_query_text(d):
     ls = lines(d / "queries.jsonl")
     obj = json.loads(ls[0])
@@ -190,7 +205,7 @@ QUARANTINE_CASES = [
     _corpus_truncated_json, _query_is_an_array, _null_and_bool_ids, _non_utf8_query, _empty_query_text,
     _huge_query, _huge_passage, _duplicate_passage_id, _duplicate_query_id, _dangling_qrels,
     _bad_relevance_score, _qrels_wrong_column_count, _deeply_nested_corpus_line, _deeply_nested_field_in_a_query,
-    _invisible_only_query, _invisible_only_passage,
+    _invisible_only_query, _invisible_only_passage, _lone_surrogate_in_a_passage, _lone_surrogate_in_a_query,
 ]
 
 
@@ -214,6 +229,19 @@ def test_msmarco_tsv_line_with_three_columns_is_quarantined(capsys):
     rc, output = cli(capsys, "source", "--input", str(d), "--format", "msmarco", "--set", "source.min_passage_words=1")
     assert rc == 0, output
     assert [(h["file"], h["line"]) for h in quarantined("wrong column count")] == [("collection.tsv", 2)]
+
+
+def test_an_escaped_surrogate_pair_is_one_character_not_a_bad_line(capsys):
+    d = sample_copy()
+    ls = lines(d / "corpus.jsonl")
+    pid = json.loads(ls[4])["_id"]
+    ls[4] = ls[4].replace('"text": "', '"text": "\\ud83d\\ude00 ', 1)  # an emoji, as ensure_ascii JSON writes it
+    (d / "corpus.jsonl").write_text("\n".join(ls) + "\n")
+    rc, output = cli(capsys, "source", "--input", str(d))
+    assert rc == 0, output[-2000:]
+    assert not quarantined("surrogate") and not quarantined("not UTF-8")
+    collection = pq.read_table("runs/sample/source/collection").to_pylist()
+    assert next(r["text"] for r in collection if r["passage_id"] == pid).startswith("\U0001f600")
 
 
 def test_utf8_byte_order_mark_is_not_a_bad_line(capsys):
@@ -249,6 +277,31 @@ def _truncated_gzip(d):
     data = gzip.compress((d / "corpus.jsonl").read_bytes())
     (d / "corpus.jsonl.gz").write_bytes(data[: len(data) // 2])
     return ["source", "--input", str(d), "--set", 'source.corpus_file="corpus.jsonl.gz"'], r"corpus.jsonl.gz: cannot read"
+
+
+def _truncated_gzip_topic_file(d):
+    data = gzip.compress(b"1\tbread yeast proofing\n2\tbaking soda vs baking powder\n" * 50)
+    Path("topics.tsv.gz").write_bytes(data[: len(data) // 2])
+    return ["source", "--input", str(d), "--decontaminate", "topics.tsv.gz"], (
+        r"topics.tsv.gz: cannot read: Compressed file ended before the end-of-stream marker")
+
+
+def _non_utf8_followir_corpus(d):
+    from test_eval_followir import write_fixture
+
+    root = write_fixture(Path("followir"))
+    raw = (root / "corpus.jsonl").read_bytes().split(b"\n")
+    raw[1] = raw[1].replace(b"steam", b"st\xe9am")
+    (root / "corpus.jsonl").write_bytes(b"\n".join(raw))
+    return ["eval", "--followir", str(root), "--out", "rep"], r"followir/corpus.jsonl:2: not UTF-8 \(invalid byte at column \d+\)"
+
+
+def _non_utf8_followir_qrels(d):
+    from test_eval_followir import write_fixture
+
+    root = write_fixture(Path("followir"), "tsv")
+    (root / "qrels_og/test.tsv").write_bytes((root / "qrels_og/test.tsv").read_bytes() + b"q2\td\xff1\t1\n")
+    return ["eval", "--followir", str(root)], r"followir/qrels_og/test.tsv:6: not UTF-8"
 
 
 def _corrupt_parquet(d):
@@ -292,7 +345,8 @@ def _unwritable_runs_dir(d):
 
 ERROR_CASES = [
     _utf16_corpus, _truncated_gzip, _corrupt_parquet, _missing_qrels, _missing_input_dir, _unknown_config_key,
-    _wrong_type_override, _config_not_utf8, _unknown_cli_option, _unwritable_runs_dir,
+    _wrong_type_override, _config_not_utf8, _unknown_cli_option, _unwritable_runs_dir, _truncated_gzip_topic_file,
+    _non_utf8_followir_corpus, _non_utf8_followir_qrels,
 ]
 
 
@@ -304,6 +358,17 @@ def test_bad_input_is_one_clear_error_line(capsys, case):
     assert_clean_error(rc, output, pattern)
     assert not Path("runs/sample/source/_SUCCESS.json").exists()
     assert_nothing_looks_complete()
+
+
+@pytest.mark.timeout(20)  # reading a FIFO waits for a writer that never comes: a hang fails here
+@pytest.mark.parametrize("key", ["source.corpus_file", "source.queries_file", "source.decontaminate"])
+def test_an_input_that_is_not_a_regular_file_is_refused_not_waited_on(capsys, key):
+    d = sample_copy()
+    os.mkfifo(d / "fifo.jsonl")
+    value = f'["{d}/fifo.jsonl"]' if key == "source.decontaminate" else '"fifo.jsonl"'
+    rc, output = cli(capsys, "source", "--input", str(d), "--set", f"{key}={value}")
+    assert_clean_error(rc, output, rf"in/fifo.jsonl: not a regular file \({key}\)")
+    assert not Path("runs/sample/source/_SUCCESS.json").exists()
 
 
 # -- settings refused when the config is loaded: before the first (paid) stage of a build ---------
@@ -336,6 +401,7 @@ BAD_SETTINGS = [  # (--set or --run arguments, the error that names the key)
     (["--set", 'source.qrels_file="/etc/passwd"'], r"'source.qrels_file': '/etc/passwd' must be a relative path inside"),
     (["--set", 'source.corpus_file="../outside.jsonl"'], r"'source.corpus_file': '../outside.jsonl' must be a relative path"),
     (["--set", 'source.qrels_split="../../x"'], r"'source.qrels_split': '../../x' is not a safe name"),
+    (["--mode", "batch"], r"llm.mode = 'batch' needs llm.backend = 'openai' .*not 'offline'"),
 ]
 
 
