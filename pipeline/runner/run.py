@@ -16,7 +16,9 @@ from pipeline.runner.pipeline import Pipeline
 from pipeline.runner.prices import check_prices
 from pipeline.runner.shape import Context, LLMStage, RowStage, Stage, StageResult
 from pipeline.store import StageOutput, identity_hash, read_success
+from pipeline.store.ids import sha256_file
 from pipeline.store.lock import ReadLock, StageLock, refuse_if_read
+from pipeline.store.shards import SUCCESS
 from pipeline.store.verify_input import verify_upstream
 
 
@@ -50,28 +52,55 @@ def run_stage(pipe: Pipeline, name: str, cfg, *, force: bool = False, options: d
     ctx = context(pipe, stage, cfg, force=force, options=options)
     # The lock first: what a stage reads to know its identity (an upstream release, say) may be
     # in the middle of being written by the process that holds it.
-    with StageLock(ctx.run_dir / stage.name), reading(pipe, stage, ctx.run_dir):
-        result = _run_locked(ctx, stage, force)
+    earlier = pipe.stages[: pipe.stages.index(stage)]
+    with StageLock(ctx.run_dir / stage.name), Reading(ctx.run_dir, earlier, stage.name) as reading:
+        result = _run_locked(ctx, stage, force, reading)
     save_effective_config(cfg)  # after the stage: a process refused by the stage lock must not overwrite it
     return result
 
 
-def reading(pipe: Pipeline, stage: Stage, run_dir: Path) -> ExitStack:
-    """Read holds on the folders of every stage before `stage` (its upstream, the collection, what
-    a release is made of), held while it runs: `infir <earlier stage> --force` in another process
-    is refused instead of replacing the rows under it (`store.lock`). Taken after the stage's own
-    lock, so a second process on this stage still meets "being written" first."""
-    holds = ExitStack()
+class Reading:
+    """Read holds on the folders of every stage before the running one (its upstream, the
+    collection, what a release is made of), held while it runs: `infir <earlier stage> --force` in
+    another process is refused instead of replacing the rows under it (`store.lock`). Taken after the
+    stage's own lock, so a second process on this stage still meets "being written" first.
+
+    With the holds it notes each earlier stage's success marker, by content: where a hold cannot
+    reach (a process on another host, over a filesystem whose locks do not cross hosts), a stage
+    rewritten meanwhile shows as a changed marker (`changed`), checked before `_SUCCESS.json`."""
+
+    def __init__(self, run_dir: Path, earlier: list[Stage], reader: str):
+        self.dirs = [Path(run_dir) / s.name for s in earlier]
+        self.reader = reader
+        self._holds = ExitStack()
+        self.markers: dict[Path, str | None] = {}
+
+    def __enter__(self) -> "Reading":
+        try:
+            for d in self.dirs:
+                self._holds.enter_context(ReadLock(d, self.reader))
+        except BaseException:
+            self._holds.close()
+            raise
+        self.markers = {d: _marker(d) for d in self.dirs}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._holds.close()
+
+    def changed(self) -> Path | None:
+        """The first earlier stage whose marker is not what it was when the holds were taken."""
+        return next((d for d in self.dirs if _marker(d) != self.markers[d]), None)
+
+
+def _marker(stage_dir: Path) -> str | None:
     try:
-        for earlier in pipe.stages[: pipe.stages.index(stage)]:
-            holds.enter_context(ReadLock(run_dir / earlier.name, stage.name))
-    except BaseException:
-        holds.close()
-        raise
-    return holds
+        return sha256_file(stage_dir / SUCCESS)
+    except OSError:  # not there (never run, or cleared by a rewrite in progress)
+        return None
 
 
-def _run_locked(ctx: Context, stage: Stage, force: bool) -> StageResult:
+def _run_locked(ctx: Context, stage: Stage, force: bool, reading: Reading) -> StageResult:
     stage.check(ctx)
     if isinstance(stage, LLMStage):
         llm_prepare(ctx, stage)
@@ -91,27 +120,15 @@ def _run_locked(ctx: Context, stage: Stage, force: bool) -> StageResult:
         refuse_if_read(out.dir)  # before anything in the folder is cleared or written
         out.prepare()
         summary = _run(ctx, stage)
-        _check_input_unchanged(ctx, stage, out)
+        changed = reading.changed()
+        if changed is not None:  # the holds' second line: never marked done on rows since replaced
+            raise InfirError(
+                f"{changed}: changed while `{stage.name}` was reading it; {stage.name} is not marked done "
+                f"(what it wrote is from the old input): rerun `infir {stage.name} --force`"
+            )
         success = out.finish(summary, rows=summary.get("rows") if not isinstance(stage, RowStage) else None)
     stage.print_summary(ctx, summary)
     return StageResult(stage.name, False, success)
-
-
-def _check_input_unchanged(ctx: Context, stage: Stage, out: StageOutput) -> None:
-    """The read holds' second line, before `_SUCCESS.json`: where a hold cannot reach (a process on
-    another host, over a filesystem whose locks do not cross hosts), an upstream replaced while this
-    stage read it is found here, and the stage stops unmarked instead of finishing on old rows."""
-    if ctx.upstream_dir is None:
-        return  # the first stage's inputs are files outside the run
-    try:
-        now = stage.input_fingerprint(ctx)
-    except InfirError:
-        now = None  # the upstream is gone or half rewritten: changed all the same
-    if now != out.input_fingerprint:
-        raise InfirError(
-            f"{ctx.upstream_dir}: changed while `{stage.name}` was reading it; {stage.name} is not marked done "
-            f"(what it wrote is from the old input): rerun `infir {stage.name} --force`"
-        )
 
 
 def llm_prepare(ctx: Context, stage: LLMStage) -> None:
