@@ -10,10 +10,16 @@ cost beyond their reservations (bounded by `llm.concurrency` x the cost of an an
 
 Reservations of a process that died (kill -9) are dropped the next time anyone reserves: nothing
 of theirs will ever be settled.
+
+Rows are checked whenever they are read (opening the ledger, every reservation, `spent`): an
+amount that is not a non-negative finite number (a forged `-999.98`, `Infinity`, text, NULL) is
+refused with one line naming the file and the row, never summed: a negative row would otherwise
+lift the cap by its amount. The run stops until the row is removed or the file restored.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import sqlite3
 import threading
@@ -45,19 +51,49 @@ class SpendLedger:
             self._db.executescript(_SCHEMA)
         except sqlite3.Error as e:
             raise InfirError(f"{self.path}: cannot open the spend ledger: {e}") from None
+        try:  # a damaged ledger stops the stage before it sends anything
+            self._read(self._sums, None)
+        except InfirError:
+            self._db.close()
+            raise
 
     # -- reading -------------------------------------------------------------------------------
     def spent(self, label: str | None = None) -> float:
         with self._lock:
-            q, args = "SELECT COALESCE(SUM(usd), 0) FROM spend", ()
-            if label is not None:
-                q, args = q + " WHERE label = ?", (label,)
-            return float(self._db.execute(q, args).fetchone()[0])
+            return self._read(self._sums, label)[0]
 
     def by_label(self) -> dict[str, float]:
         with self._lock:
-            rows = self._db.execute("SELECT label, SUM(usd) FROM spend GROUP BY label ORDER BY MIN(id)").fetchall()
-        return {label: float(usd) for label, usd in rows}
+            self._read(self._sums, None)  # every row checked first
+            rows = self._read(lambda: self._db.execute(
+                "SELECT label, SUM(usd) FROM spend GROUP BY label ORDER BY MIN(id)").fetchall())
+        return {str(label): float(usd) for label, usd in rows}
+
+    def _read(self, fn, *args):
+        try:
+            return fn(*args)
+        except sqlite3.Error as e:
+            raise InfirError(f"{self.path}: spend ledger: {e}") from None
+
+    def _sums(self, label: str | None) -> tuple[float, float]:
+        """(spent, with `label` only when given; reserved), each table checked in the same scan."""
+        spent, bad = self._db.execute(
+            f"SELECT COALESCE(SUM(CASE WHEN ? IS NULL OR label = ? THEN usd END), 0), MIN(CASE WHEN {_BAD} THEN id END)"
+            " FROM spend", (label, label)).fetchone()
+        self._refuse("spend", bad)
+        held, bad = self._db.execute(f"SELECT COALESCE(SUM(usd), 0), MIN(CASE WHEN {_BAD} THEN id END) FROM reserved").fetchone()
+        self._refuse("reserved", bad)
+        return float(spent), float(held)
+
+    def _refuse(self, table: str, row_id: int | None) -> None:
+        if row_id is None:
+            return
+        value = self._db.execute(f"SELECT usd FROM {table} WHERE id = ?", (row_id,)).fetchone()[0]
+        raise InfirError(
+            f"{self.path}: row {row_id} of table {table} holds {value!r}, not an amount of USD (a non-negative "
+            f"finite number); the spend ledger was damaged or edited, so llm.max_cost_usd cannot be kept: "
+            f"restore the file or delete that row"
+        )
 
     # -- reserving and settling ------------------------------------------------------------------
     def reserve(self, usd: float) -> int | None:
@@ -67,10 +103,8 @@ class SpendLedger:
                 self._db.execute("BEGIN IMMEDIATE")
                 self._drop_dead()
                 if self.cap is not None:
-                    spent, held = self._db.execute(
-                        "SELECT (SELECT COALESCE(SUM(usd), 0) FROM spend), (SELECT COALESCE(SUM(usd), 0) FROM reserved)"
-                    ).fetchone()
-                    if spent + held + usd > self.cap:
+                    spent, held = self._sums(None)
+                    if spent + held + _amount(usd, self.path) > self.cap:
                         self._db.execute("ROLLBACK")
                         return None
                 cur = self._db.execute("INSERT INTO reserved (pid, usd, at) VALUES (?, ?, ?)", (os.getpid(), usd, time.time()))
@@ -79,9 +113,13 @@ class SpendLedger:
             except sqlite3.Error as e:
                 self._rollback()
                 raise InfirError(f"{self.path}: spend ledger: {e}") from None
+            except InfirError:
+                self._rollback()
+                raise
 
     def settle(self, reservation: int | None, usd: float, label: str | None = None) -> None:
         """Record what an answer cost and drop its reservation, in one transaction."""
+        usd = _amount(usd, self.path)
         with self._lock:
             try:
                 self._db.execute("BEGIN IMMEDIATE")
@@ -118,3 +156,15 @@ class SpendLedger:
             self._db.execute("ROLLBACK")
         except sqlite3.Error:
             pass
+
+
+# An amount no ledger row may hold: not a number (text, blob, NULL), negative, or infinite (SQLite
+# stores NaN as NULL; 9e999 reads as +Inf).
+_BAD = "typeof(usd) NOT IN ('integer', 'real') OR usd < 0 OR usd >= 9e999"
+
+
+def _amount(usd: float, path: Path) -> float:
+    """A cost about to be recorded: a non-negative finite number, or the write is refused."""
+    if isinstance(usd, bool) or not isinstance(usd, (int, float)) or not math.isfinite(usd) or usd < 0:
+        raise InfirError(f"{path}: refusing to record {usd!r} USD in the spend ledger (not a non-negative finite amount)")
+    return float(usd)

@@ -10,7 +10,12 @@
 - In-flight claims (table `claims`: key, owner, expires_at) keep two processes sharing the file from
   paying twice for one request: a process claims a key before sending it; another that finds a live
   claim waits for the answer instead (`claim_or_wait`). The answer's `put` drops the claim; a claim
-  whose owner died (its pid is gone on this host, or it expired) is taken over.
+  whose owner died (its pid is gone on this host, or it expired) is taken over, and so is one with
+  no news from its owner (the row unchanged) for the waiter's TTL by the waiter's own clock, whatever
+  expiry the row states: a row with a far-future expiry cannot block a run.
+- Only usable answers are kept (`completion.check_completion`): `put` refuses the others, and a
+  stored row that does not read back as a chat.completion (not JSON, `[1,2,3]`, `{"choices":"x"}`,
+  content a number) is dropped when read (`dropped` counts them), so the request is asked again.
 - The file is created with mode 0600 before SQLite opens it (SQLite gives its -wal/-shm files the
   same mode). Nothing of the request's headers (the API key) is ever stored.
 """
@@ -20,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import socket
 import sqlite3
@@ -30,6 +36,9 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from pipeline.errors import InfirError
+from pipeline.llm.completion import InvalidAnswer, check_completion, decode_completion
+
+log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
 
@@ -61,6 +70,10 @@ class Cache:
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._claim_ttl_s = 0.0
         self._claims_refreshed = 0.0
+        # key -> ((owner, expires_at) as last seen, when first seen so: time.monotonic()): how long
+        # another process's claim has gone without news, by this process's clock.
+        self._claims_seen: dict[str, tuple[tuple[Any, Any], float]] = {}
+        self.dropped = 0  # stored rows that were not a usable chat.completion, dropped when read
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             # Create the file ourselves so that its mode is 0600 from the first byte. Only when it is
@@ -84,13 +97,29 @@ class Cache:
 
     # -- reads -------------------------------------------------------------------------------
     def get(self, key: str) -> dict[str, Any] | None:
-        """The stored response for `key`, or None. Counts a hit."""
+        """The stored response for `key`, or None. Counts a hit. A row that is not a usable
+        chat.completion is dropped (None: the request is asked again)."""
         with self._lock:
             row = self._conn.execute("SELECT response FROM responses WHERE key = ?", (key,)).fetchone()
             if row is None:
                 return None
-            self._pending_hits[key] = self._pending_hits.get(key, 0) + 1
-        return json.loads(row[0])
+            response = self._checked_row(key, row[0])
+            if response is not None:
+                self._pending_hits[key] = self._pending_hits.get(key, 0) + 1
+        return response
+
+    def _checked_row(self, key: str, text: Any) -> dict[str, Any] | None:
+        """A stored row decoded and checked (under the lock); one that cannot be used is deleted."""
+        try:
+            return decode_completion(text)
+        except InvalidAnswer as e:
+            self.dropped += 1
+            log.warning("LLM cache %s: dropped the stored answer of %s (%s); it is asked again", self.path, key, e)
+            # Autocommit, or part of the caller's transaction (`_try_claim`). Only this row: another
+            # process may have stored a good answer meanwhile. Left in place, it is dropped next time.
+            with contextlib.suppress(sqlite3.Error):
+                self._conn.execute("DELETE FROM responses WHERE key = ? AND response IS ?", (key, text))
+            return None
 
     def contains(self, key: str) -> bool:
         with self._lock:
@@ -114,7 +143,10 @@ class Cache:
             for i in range(0, len(keys), 500):
                 chunk = keys[i : i + 500]
                 q = f"SELECT key, response FROM responses WHERE key IN ({','.join('?' * len(chunk))})"
-                found.update((k, json.loads(r)) for k, r in self._conn.execute(q, chunk))
+                for k, r in self._conn.execute(q, chunk).fetchall():
+                    response = self._checked_row(k, r)
+                    if response is not None:
+                        found[k] = response
         return found
 
     def hits(self, key: str) -> int:
@@ -132,7 +164,12 @@ class Cache:
         """Store (key, response, model) rows in ONE transaction (a downloaded batch result file:
         thousands of rows, one commit). Returns the number of rows written."""
         now = time.time()
-        rows = [_row(key, response, model, now) for key, response, model in items]
+        rows = []
+        for key, response, model in items:
+            try:
+                rows.append(_row(key, check_completion(response), model, now))
+            except InvalidAnswer as e:  # callers check first; this is the last guard of the file
+                log.warning("LLM cache %s: not storing the answer of %s (%s)", self.path, key, e)
         if not rows:
             return 0
         with self._lock:
@@ -191,25 +228,28 @@ class Cache:
             with self._lock:
                 answer, claimed = self._try_claim(key, ttl_s)
             if answer is not None:
-                return json.loads(answer)
+                return answer
             if claimed:
                 return None
             await asyncio.sleep(delay)
             delay = min(delay * 2, CLAIM_POLL_MAX_S)
 
-    def _try_claim(self, key: str, ttl_s: float) -> tuple[str | None, bool]:
+    def _try_claim(self, key: str, ttl_s: float) -> tuple[dict[str, Any] | None, bool]:
         now = time.time()
         self._conn.execute("BEGIN IMMEDIATE")  # check-and-claim as one step across processes
         try:
             row = self._conn.execute("SELECT response FROM responses WHERE key = ?", (key,)).fetchone()
-            if row is not None:
+            answer = self._checked_row(key, row[0]) if row is not None else None
+            if answer is not None:
                 self._conn.execute("COMMIT")
                 self._pending_hits[key] = self._pending_hits.get(key, 0) + 1
-                return row[0], False
+                self._claims_seen.pop(key, None)
+                return answer, False
             held = self._conn.execute("SELECT owner, expires_at FROM claims WHERE key = ?", (key,)).fetchone()
-            if held is not None and held[0] != self.owner and held[1] > now and _alive(held[0]):
+            if held is not None and self._held_by_another(key, held[0], held[1], ttl_s, now):
                 self._conn.execute("COMMIT")
                 return None, False
+            self._claims_seen.pop(key, None)
             self._claim_ttl_s = max(self._claim_ttl_s, ttl_s)
             self._conn.execute(
                 "INSERT OR REPLACE INTO claims(key, owner, expires_at) VALUES (?, ?, ?)", (key, self.owner, now + ttl_s)
@@ -220,6 +260,24 @@ class Cache:
         except BaseException:
             self._rollback()
             raise
+
+    def _held_by_another(self, key: str, owner: Any, expires_at: Any, ttl_s: float, now: float) -> bool:
+        """Whether another process's claim row still holds, by the documented rule (docs/reliability.md,
+        "Shared cache, one payment") rather than by what the row says: it does not once its owner is
+        gone, its stated expiry has passed (or is not a number), or it has gone `ttl_s` without news
+        (the row unchanged: the owner's writes renew its claims) by this process's clock. So a forged
+        or corrupt row with a far-future expiry is taken over after `ttl_s`, not never."""
+        owner = owner if isinstance(owner, str) else str(owner)
+        if owner == self.owner or not _alive(owner):
+            return False
+        if isinstance(expires_at, bool) or not isinstance(expires_at, (int, float)) or not expires_at > now:
+            return False  # expired, or not a time at all (text, NULL; NaN compares false)
+        mono = time.monotonic()
+        seen = self._claims_seen.get(key)
+        if seen is None or seen[0] != (owner, expires_at):
+            self._claims_seen[key] = ((owner, expires_at), mono)  # news (or first sight): the clock starts
+            return True
+        return mono - seen[1] < ttl_s
 
     def _refresh_claims(self, now: float) -> None:
         """Renew this process's claims (inside a write transaction), at most every quarter TTL: a

@@ -82,6 +82,7 @@ class LLMClient(SendMixin, SpendMixin):
         self._inflight: dict[str, asyncio.Future[dict[str, Any]]] = {}
         self._sem: asyncio.Semaphore | None = None
         self._sem_loop: asyncio.AbstractEventLoop | None = None
+        self._cache_dropped_seen = getattr(cache, "dropped", 0)
 
     # -- public API --------------------------------------------------------------------------
     def run(
@@ -158,6 +159,7 @@ class LLMClient(SendMixin, SpendMixin):
                 f.cancel()
             if self.cache is not None:
                 self.cache.flush()
+                self._count_dropped()
         if errors:  # an on_result callback failed (e.g. the stage could not write): surface it
             raise errors[0]
         return results  # type: ignore[return-value]
@@ -213,7 +215,7 @@ class LLMClient(SendMixin, SpendMixin):
             response, cached = await self._fetch(body, key, task, acc, fresh)
         except _RequestFailed as e:
             return self._fail(task, key, e.reason, acc, Usage())
-        usage = Usage.of(response)
+        usage = self._usage_of(body, task, response)
         batch = bool(response.get(BATCH_FIELD))
         outcome = parse_response(response, task.output_model)
         answered = response  # the response whose answer is used (the repair's, after a repair)
@@ -226,7 +228,7 @@ class LLMClient(SendMixin, SpendMixin):
             except _RequestFailed as e:
                 reason = e.reason if e.reason == BUDGET_EXHAUSTED else f"{outcome.error}; repair request failed: {e.reason}"
                 return self._fail(task, key, reason, acc, usage, outcome.text)
-            usage = usage + Usage.of(rresponse)
+            usage = usage + self._usage_of(rbody, task, rresponse)
             second = parse_response(rresponse, task.output_model)
             if second.error is not None:
                 if cached and rcached and self._can_ask_again(fresh):
@@ -253,8 +255,16 @@ class LLMClient(SendMixin, SpendMixin):
         is how failed rows are retried. Answers that parse (with today's parser) are never re-asked."""
         return not fresh and getattr(self.backend, "can_resend", True)
 
-    def _price(self, body: dict[str, Any], response: dict[str, Any]) -> float:
-        u = Usage.of(response)
+    def _count_dropped(self) -> None:
+        """Add the cache rows dropped since the last look (`Cache.dropped`: stored answers that were
+        not a usable chat.completion, each then asked again) to the totals, each counted once."""
+        if self.cache is not None:
+            dropped = getattr(self.cache, "dropped", 0)
+            self.totals.cache_dropped += dropped - self._cache_dropped_seen
+            self._cache_dropped_seen = dropped
+
+    def _price(self, body: dict[str, Any], response: dict[str, Any], task: LLMTask) -> float:
+        u = self._usage_of(body, task, response)
         return self.prices.cost(
             body["model"], u.prompt_tokens, u.completion_tokens, u.cached_tokens,
             batch=bool(response.get(BATCH_FIELD)), response_model=response.get("model"),
@@ -266,10 +276,11 @@ class LLMClient(SendMixin, SpendMixin):
         """(response, from_cache): cache, then an identical request already in flight, then HTTP.
         `fresh`: skip the cache lookup (the new response replaces the cached one)."""
         if self.cache is not None and not fresh:
-            hit = self.cache.get(key)
+            hit = self.cache.get(key)  # a stored answer that is not a usable completion: dropped, a miss
+            self._count_dropped()
             if hit is not None:
                 self.totals.cache_hits += 1
-                self.totals.saved_cost_usd += self._price(body, hit)
+                self.totals.saved_cost_usd += self._price(body, hit, task)
                 return hit, True
         other = self._inflight.get(key)
         if other is not None:
@@ -289,9 +300,10 @@ class LLMClient(SendMixin, SpendMixin):
                 except (sqlite3.Error, OSError) as e:  # as for `put`: a cache we cannot write stops the sending
                     self.stop_reason = f"cache write failed: {e}"
                     raise _RequestFailed(self.stop_reason) from None
+                self._count_dropped()
                 if hit is not None:
                     self.totals.cache_hits += 1
-                    self.totals.saved_cost_usd += self._price(body, hit)
+                    self.totals.saved_cost_usd += self._price(body, hit, task)
                     fut.set_result(hit)
                     return hit, True
                 claimed = True

@@ -19,10 +19,11 @@ from typing import Any
 
 from pipeline.errors import InfirError
 from pipeline.llm.client_spend import _RequestFailed
+from pipeline.llm.completion import InvalidAnswer, check_completion
 from pipeline.llm.ratelimit import RateLimitWait, Ticket, describe_wait
 from pipeline.llm.retry import RetriesExhausted, RetryPolicy
 from pipeline.llm.tokens import estimate_prompt_tokens, max_output_tokens
-from pipeline.llm.types import BUDGET_EXHAUSTED, BackendError, LLMTask, Usage
+from pipeline.llm.types import BATCH_FIELD, BUDGET_EXHAUSTED, BackendError, LLMTask
 
 log = logging.getLogger("pipeline.llm.client")
 
@@ -120,8 +121,12 @@ class SendMixin:
             self.totals.http_calls += 1
             try:
                 response = await asyncio.wait_for(self._call_backend(body, task, ticket), remaining)
+                response = self._checked(response)
             except BackendError as err:
-                self._release(reservation)
+                if err.kind == "body":  # a 2xx answer we cannot use: counted at its estimate
+                    self._charge_estimate(body, task, reservation, acc)
+                else:
+                    self._release(reservation)
                 self.breaker.answer(self, err)
                 if err.kind in ("timeout", "connection"):
                     self.totals.no_response += 1
@@ -142,7 +147,19 @@ class SendMixin:
                 self._release(reservation)
                 raise _RequestFailed(f"backend error: {type(e).__name__}: {e}") from None
         self.breaker.answer(self, None)
-        self._account(body, response, reservation, acc)
+        self._account(body, task, response, reservation, acc)
+        return response
+
+    def _checked(self, response: Any) -> dict[str, Any]:
+        """The answer, checked at the edge (`completion.check_completion`): one that is not a usable
+        chat.completion (content a number, choices a string, usage "lots" or negative) is a failed
+        attempt, retried like a 2xx body that is not JSON, and never reaches the cache."""
+        try:
+            response = check_completion(response)
+        except InvalidAnswer as e:
+            self.totals.invalid_answers += 1
+            raise BackendError(f"invalid answer: {e}", retryable=True, kind="body") from None
+        response.pop(BATCH_FIELD, None)  # ours to set (batch_collect.py): it prices an answer at the batch discount
         return response
 
     def _call_backend(self, body: dict[str, Any], task: LLMTask, ticket: Ticket | None):
@@ -151,9 +168,12 @@ class SendMixin:
             return self.backend.complete(body, task, observe=lambda headers: self.limiter.observe(ticket, headers))
         return self.backend.complete(body, task)
 
-    def _account(self, body: dict[str, Any], response: dict[str, Any], reservation: int | None, acc: Any) -> None:
+    def _account(
+        self, body: dict[str, Any], task: LLMTask, response: dict[str, Any], reservation: int | None, acc: Any
+    ) -> None:
         """An answer's cost: settled in the run's ledger, added to the totals."""
-        cost = self._price(body, response)
+        u = self._usage_of(body, task, response)
+        cost = self._price(body, response, task)
         if self.ledger is not None:
             try:
                 self.ledger.settle(reservation, cost)
@@ -161,8 +181,8 @@ class SendMixin:
                 if self.stop_reason is None:
                     self.stop_reason = f"spend ledger failed: {e}"
                     log.error("%s; no further requests are sent", e)
-        u = Usage.of(response)
         t = self.totals
+        t.usage_estimated += u.estimated
         t.prompt_tokens += u.prompt_tokens
         t.completion_tokens += u.completion_tokens
         t.cached_tokens += u.cached_tokens

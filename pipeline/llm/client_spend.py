@@ -8,9 +8,10 @@ import logging
 from typing import Any, Iterable
 
 from pipeline.errors import InfirError
+from pipeline.llm.completion import has_usage
 from pipeline.llm.openai_api.request import request_of
 from pipeline.llm.tokens import estimate_prompt_tokens, max_output_tokens
-from pipeline.llm.types import BUDGET_EXHAUSTED, LLMTask
+from pipeline.llm.types import BUDGET_EXHAUSTED, LLMTask, Usage
 
 log = logging.getLogger("pipeline.llm.client")
 
@@ -63,6 +64,28 @@ class SpendMixin:
         visible = task.prompt.expected_output_tokens or (max_output_tokens(body) // 2) or 256
         reasoning = self.prices.expected_reasoning(body["model"], body.get("reasoning_effort"))
         return pt, visible, reasoning
+
+    def estimated_usage(self, body: dict[str, Any], task: LLMTask) -> Usage:
+        """The usage of an answer that did not say: the request's estimate (`expected_tokens`, the
+        dry run's and the reservation's), marked as estimated."""
+        pt, visible, reasoning = self.expected_tokens(body, task)
+        return Usage(pt, visible + reasoning, 0, reasoning, estimated=True)
+
+    def _usage_of(self, body: dict[str, Any], task: LLMTask, response: dict[str, Any]) -> Usage:
+        """What an answer (checked at the edge) used: its `usage`, or the request's estimate when it
+        has none, so that an answer without usage is never free to the cap."""
+        return Usage.of(response) if has_usage(response) else self.estimated_usage(body, task)
+
+    def _charge_estimate(self, body: dict[str, Any], task: LLMTask, reservation: int | None, acc: Any) -> None:
+        """A 2xx answer that could not be used (not JSON, not a completion): the service may have
+        billed it, so the cap counts it at the request's estimate instead of forgetting it."""
+        u = self.estimated_usage(body, task)
+        cost = self.prices.cost(body["model"], u.prompt_tokens, u.completion_tokens)
+        if self.ledger is not None:
+            self._ledger(self.ledger.settle, reservation, cost)
+        self.totals.cost_usd += cost
+        self.totals.usage_estimated += 1
+        acc.cost += cost
 
     def _reserve(self, body: dict[str, Any], task: LLMTask) -> int | None:
         """Reserve a request's expected cost in the run's ledger before it is sent."""

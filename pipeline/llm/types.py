@@ -27,6 +27,9 @@ class Usage:
     completion_tokens: int = 0  # billed output: visible and hidden reasoning tokens together
     cached_tokens: int = 0  # of prompt_tokens, served from the provider's prompt cache
     reasoning_tokens: int = 0  # of completion_tokens, hidden reasoning (reasoning models)
+    # The answer said nothing of its usage: these are the request's estimate (client_spend.py),
+    # priced and counted against the cap like a real count.
+    estimated: bool = False
 
     def __add__(self, other: Usage) -> Usage:
         return Usage(
@@ -34,6 +37,7 @@ class Usage:
             self.completion_tokens + other.completion_tokens,
             self.cached_tokens + other.cached_tokens,
             self.reasoning_tokens + other.reasoning_tokens,
+            self.estimated or other.estimated,
         )
 
     @classmethod
@@ -102,6 +106,12 @@ class Totals:
     saved_cost_usd: float = 0.0  # what the cache hits cost when they were made
     failures: int = 0
     repairs: int = 0
+    # Answers refused at the edge (pipeline/llm/completion.py): failed attempts, never cached.
+    invalid_answers: int = 0
+    # Cache rows that were not a usable chat.completion: dropped and asked again.
+    cache_dropped: int = 0
+    # Answers of this run without `usage`, priced from the request's estimate.
+    usage_estimated: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -85,6 +85,12 @@ def llm_summary(client: LLMClient, batch: dict | None = None) -> dict:
         "completion_tokens": t.completion_tokens,
         "cached_tokens": t.cached_tokens,
         "reasoning_tokens": t.reasoning_tokens,
+        # Checked at the edge (pipeline/llm/completion.py): answers refused (retried, never cached),
+        # cache rows that were not a usable answer (dropped, asked again), answers without usage
+        # (priced from the request's estimate, counted against llm.max_cost_usd).
+        "invalid_answers": t.invalid_answers,
+        "cache_entries_dropped": t.cache_dropped,
+        "usage_estimated": t.usage_estimated,
         # Spent by this run: online calls, plus the batch answers it collected (at batch prices).
         "cost_usd": round(t.cost_usd + (batch["cost_usd"] if batch else 0.0), 6),
         # What every response used cost when it was made, cache hits included: the corpus's price.
