@@ -56,6 +56,7 @@ from pipeline.llm.openai_api.batch_remote import (  # noqa: F401  (the Batch API
     _Entry,
     _Failure,
     _RemoteCalls,
+    as_file,
 )
 from pipeline.llm.openai_api.batch_state import _StateFile
 from pipeline.llm.openai_api.batch_waves import QUEUE_WAIT_MAX_S, _File, _Waves
@@ -121,6 +122,9 @@ class BatchRunner(_StateFile, _Collect, _Waves, _RemoteCalls):
         self._sdk: Any = None
         self._state: dict[str, Any] = {}
         self._keys: dict[str, list[str]] = {}  # sid -> custom_ids (from <sid>.keys)
+        # key -> (body, task) of the requests of this call (first requests and repairs): prices an
+        # answer that comes without usage at the request's estimate, as online mode does.
+        self._requests: dict[str, tuple[dict[str, Any], LLMTask]] = {}
 
     # -- public API --------------------------------------------------------------------------
     def prefetch(self, tasks: Iterable[LLMTask]) -> BatchReport:
@@ -219,7 +223,10 @@ class BatchRunner(_StateFile, _Collect, _Waves, _RemoteCalls):
                 body = build_body(t)
             except InfirError:  # the client's pass reports it, with the same reason
                 continue
-            plan.setdefault(cache_key(body), _Entry(body, t.output_model, t.key_id))
+            key = cache_key(body)
+            if key not in plan:
+                plan[key] = _Entry(body, t.output_model, t.key_id, t)
+                self._requests[key] = (body, t)
         return plan
 
     def _wanted(
@@ -250,7 +257,8 @@ class BatchRunner(_StateFile, _Collect, _Waves, _RemoteCalls):
                     continue
                 rbody = repair_body(entry.body, outcome, entry.output_model)
                 repairs[cache_key(rbody)] = (key, rbody)
-            have = self.cache.contains_many(repairs)
+                self._requests[cache_key(rbody)] = (rbody, entry.task)
+            have = self.cache.peek_many(repairs)  # read, not just listed: a stored row that is not usable is dropped
             for rkey, (key, rbody) in repairs.items():
                 if rkey not in seen:
                     seen.add(rkey)
@@ -309,6 +317,7 @@ class BatchRunner(_StateFile, _Collect, _Waves, _RemoteCalls):
         fobj = await self._call(
             f"upload {jsonl_path.name}",
             lambda: sdk.files.create(file=jsonl_path, purpose="batch", timeout=self._long_timeout()),
+            as_file,
         )
         sub["input_file_id"], sub["status"] = fobj.id, "uploaded"
         self._save()

@@ -1,5 +1,9 @@
 """The Batch API runner's collecting side: polling until batches end, downloading their output
-and error files, storing answers in the cache, and Ctrl-C (a mixin of `BatchRunner`)."""
+and error files, storing answers in the cache, and Ctrl-C (a mixin of `BatchRunner`).
+
+Each output line is checked as an online answer is (`completion.check_completion`): a line that
+is not UTF-8 or whose answer is not a usable completion (content a number, usage "lots") is a
+failed request with its reason, never stored, and goes again in the next round."""
 
 from __future__ import annotations
 
@@ -9,9 +13,18 @@ import logging
 from typing import Any
 
 from pipeline.errors import InfirError
+from pipeline.llm.completion import InvalidAnswer, check_completion, has_usage
 from pipeline.llm.types import BATCH_FIELD, Usage
 
-from pipeline.llm.openai_api.batch_remote import NOT_ANSWERED, TERMINAL, BatchReport, _classify, _Failure, _Gone
+from pipeline.llm.openai_api.batch_remote import (
+    NOT_ANSWERED,
+    TERMINAL,
+    BatchReport,
+    _classify,
+    _Failure,
+    _Gone,
+    as_batch,
+)
 from pipeline.llm.openai_api.batch_waves import TOKEN_LIMIT_CODE
 
 log = logging.getLogger("pipeline.llm.openai_api.batch")
@@ -53,7 +66,7 @@ class _Collect:
         for sid in sids:
             sub = self._sub(sid)
             try:
-                b = await self._call(f"poll {sub['batch_id']}", lambda: sdk.batches.retrieve(sub["batch_id"]))
+                b = await self._call(f"poll {sub['batch_id']}", lambda: sdk.batches.retrieve(sub["batch_id"]), as_batch)
             except _Gone as e:
                 ended.append((sid, await self._finish(sid, None, str(e), report, failures)))
                 continue
@@ -110,44 +123,80 @@ class _Collect:
         path = self.state_dir / f"{sid}.{file_id}.download"
         await self._download(file_id, path)
         rows: list[tuple[str, dict[str, Any], str | None]] = []
+        seen = (keys, answered, reported, failures)
         try:
-            with open(path, encoding="utf-8") as f:
+            with open(path, "rb") as f:  # bytes: a line that is not UTF-8 fails alone, not the file
                 for n, raw in enumerate(f, 1):
-                    if not raw.strip():
-                        continue
-                    try:
-                        entry = json.loads(raw)
-                        cid = entry["custom_id"]
-                    except (ValueError, KeyError, TypeError, RecursionError):
-                        log.warning("%s: result file %s line %d is not a batch result; skipped", self.label, file_id, n)
-                        continue
-                    if cid not in keys:
-                        log.warning("%s: result file %s line %d: custom_id %r is not in batch %s; skipped",
-                                    self.label, file_id, n, cid, batch_id)
-                        continue
-                    resp = entry.get("response") or {}
-                    status = resp.get("status_code")
-                    body = resp.get("body")
-                    if status == 200 and isinstance(body, dict) and isinstance(body.get("choices"), list):
-                        body[BATCH_FIELD] = batch_id
-                        rows.append((cid, body, sub["model"]))
-                        answered.add(cid)
-                        failures.pop(cid, None)
-                        u = Usage.of(body)
-                        report.prompt_tokens += u.prompt_tokens
-                        report.completion_tokens += u.completion_tokens
-                        report.cost_usd += self.client.prices.cost(
-                            sub["model"], u.prompt_tokens, u.completion_tokens, u.cached_tokens, batch=True,
-                            response_model=body.get("model"),
-                        )
-                        if len(rows) >= 1000:
-                            self._store(rows, report)
-                    elif cid not in answered:
-                        reported.add(cid)
-                        failures[cid] = _classify(status, entry.get("error"), body)
+                    if raw.strip():
+                        self._ingest_line(n, raw, sub, batch_id, file_id, seen, rows, report)
+                    if len(rows) >= 1000:
+                        self._store(rows, report)
             self._store(rows, report)
         finally:
             path.unlink(missing_ok=True)
+
+    def _ingest_line(
+        self, n: int, raw: bytes, sub: dict[str, Any], batch_id: str, file_id: str, seen: tuple,
+        rows: list[tuple[str, dict[str, Any], str | None]], report: BatchReport,
+    ) -> None:
+        """One line of a result file: an answer for the cache, or a failed request with its reason."""
+        keys, answered, reported, failures = seen
+        try:
+            text, bad_bytes = raw.decode("utf-8"), None
+        except UnicodeDecodeError as e:  # the custom_id (hex) is still readable: that request fails
+            text, bad_bytes = raw.decode("utf-8", errors="replace"), f"result line {n} is not valid UTF-8 (byte {e.start})"
+        try:
+            entry = json.loads(text)
+            cid = entry["custom_id"]
+            hash(cid)
+        except (ValueError, KeyError, TypeError, RecursionError):
+            log.warning("%s: result file %s line %d is not a batch result; skipped", self.label, file_id, n)
+            return
+        if cid not in keys:
+            log.warning("%s: result file %s line %d: custom_id %r is not in batch %s; skipped",
+                        self.label, file_id, n, cid, batch_id)
+            return
+        resp = entry.get("response") if isinstance(entry.get("response"), dict) else {}
+        status, body = resp.get("status_code"), resp.get("body")
+        if bad_bytes is None and status == 200:
+            try:
+                if not isinstance(body, dict) or not isinstance(body.get("choices"), list):
+                    raise InvalidAnswer("no choices")
+                check_completion(body)
+            except InvalidAnswer as e:
+                bad_bytes = f"invalid answer: {e}"
+        if bad_bytes is not None:  # a failed request, retried in the next round like a 5xx line
+            report.invalid_answers += 1
+            if cid not in answered:
+                reported.add(cid)
+                failures[cid] = _Failure(bad_bytes, True)
+        elif status == 200:
+            body[BATCH_FIELD] = batch_id
+            rows.append((cid, body, sub["model"]))
+            answered.add(cid)
+            failures.pop(cid, None)
+            u = self._line_usage(cid, body, sub)
+            report.usage_estimated += u.estimated
+            report.prompt_tokens += u.prompt_tokens
+            report.completion_tokens += u.completion_tokens
+            report.cost_usd += self.client.prices.cost(
+                sub["model"], u.prompt_tokens, u.completion_tokens, u.cached_tokens, batch=True,
+                response_model=body.get("model"),
+            )
+        elif cid not in answered:
+            reported.add(cid)
+            failures[cid] = _classify(status, entry.get("error"), body)
+
+    def _line_usage(self, cid: str, body: dict[str, Any], sub: dict[str, Any]) -> Usage:
+        """An answer's usage; without one, the request's estimate (as online), or where this call
+        does not know the request (a batch of an earlier call), the submission's average prompt."""
+        if has_usage(body):
+            return Usage.of(body)
+        known = self._requests.get(cid)
+        if known is not None:
+            return self.client.estimated_usage(*known)
+        per_line = int(sub.get("tokens") or 0) // max(1, int(sub.get("requests") or 1))
+        return Usage(per_line, 256, estimated=True)
 
     def _store(self, rows: list[tuple[str, dict[str, Any], str | None]], report: BatchReport) -> None:
         if not rows:

@@ -1,5 +1,10 @@
 """The Batch API runner's remote side: the SDK client with long timeouts, retried calls, downloads,
-creating and finding batches, and classifying a batch's failures (a mixin of `BatchRunner`)."""
+creating and finding batches, and classifying a batch's failures (a mixin of `BatchRunner`).
+
+Every answer of the Files and Batches API is checked before it is used (`as_batch`, `as_file`),
+as the chat answers are (`pipeline/llm/completion.py`): the SDK hands back whatever it could not
+parse (an HTML page from a proxy as a str, a body without the fields as a Batch whose fields are
+None) or raises on it. Such an answer is a failed call, retried like a 5xx, then one line."""
 
 from __future__ import annotations
 
@@ -9,11 +14,13 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Awaitable, Callable, TypeVar
+from typing import Annotated, Any, Awaitable, Callable, Optional, TypeVar
 
 import openai
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from pipeline.errors import InfirError
+from pipeline.llm.completion import Count
 from pipeline.llm.openai_api.backend import OpenAIBackend, retry_after_seconds
 from pipeline.llm.ratelimit import backoff_delay
 
@@ -48,10 +55,83 @@ class BatchReport:
     prompt_tokens: int = 0  # of the answers written by this call
     completion_tokens: int = 0
     cost_usd: float = 0.0  # of the answers written by this call, at batch prices
+    invalid_answers: int = 0  # output lines refused at the edge (not UTF-8, not a usable completion)
+    usage_estimated: int = 0  # answers without usage, priced from the request's estimate
     failures: dict[str, str] = field(default_factory=dict)  # cache key -> reason
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+class _Remote(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+_Id = Annotated[str, Field(strict=True, min_length=1)]
+_Text = Annotated[Optional[str], Field(strict=True)]
+
+
+class RemoteCounts(_Remote):
+    total: Optional[Count] = None
+    completed: Optional[Count] = None
+    failed: Optional[Count] = None
+
+
+class RemoteError(_Remote):
+    code: _Text = None
+    message: _Text = None
+
+
+class RemoteErrors(_Remote):
+    data: Optional[list[Optional[RemoteError]]] = None
+
+
+class RemoteBatch(_Remote):
+    """The fields of a Batch object the runner reads, checked."""
+
+    id: _Id
+    status: _Id
+    input_file_id: _Text = None
+    output_file_id: _Text = None
+    error_file_id: _Text = None
+    request_counts: Optional[RemoteCounts] = None
+    errors: Optional[RemoteErrors] = None
+
+
+class RemoteFile(_Remote):
+    id: _Id
+
+
+class _Malformed(Exception):
+    """An answer of the Files/Batches API that is not what was asked for."""
+
+
+def _as(model: type[_Remote], obj: Any, what: str) -> Any:
+    data = obj.model_dump(warnings=False) if isinstance(obj, BaseModel) else obj
+    if not isinstance(data, dict):
+        shown = f" {data[:60]!r}" if isinstance(data, str) else ""
+        raise _Malformed(f"the answer is not {what} but {type(data).__name__}{shown}")
+    try:
+        return model.model_validate(data)
+    except ValidationError as e:
+        err = e.errors()[0]
+        where = ".".join(str(x) for x in err.get("loc", ())) or "<root>"
+        raise _Malformed(f"the answer is not {what}: {where}: {err.get('msg')}") from None
+
+
+def as_batch(obj: Any) -> RemoteBatch:
+    return _as(RemoteBatch, obj, "a batch object")
+
+
+def as_file(obj: Any) -> RemoteFile:
+    return _as(RemoteFile, obj, "a file object")
+
+
+def as_batch_list(page: Any) -> list[RemoteBatch]:
+    data = getattr(page, "data", None)
+    if not isinstance(data, list):
+        raise _Malformed(f"the answer is not a list of batches but {type(page).__name__}")
+    return [as_batch(b) for b in data]
 
 
 @dataclass
@@ -67,6 +147,7 @@ class _Entry:
     body: dict[str, Any]
     output_model: Any
     key_id: str
+    task: Any = None  # the LLMTask: prices an answer that comes without usage (its estimate)
 
 
 class _RemoteCalls:
@@ -87,12 +168,12 @@ class _RemoteCalls:
                 metadata=metadata,
             )
 
-        return await self._call(f"create the batch of {sid}", create)
+        return await self._call(f"create the batch of {sid}", create, as_batch)
 
-    async def _find_remote(self, input_file_id: str) -> Any:
+    async def _find_remote(self, input_file_id: str) -> RemoteBatch | None:
         sdk = self._client()
-        page = await self._call("list batches", lambda: sdk.batches.list(limit=100))
-        for b in page.data:
+        batches = await self._call("list batches", lambda: sdk.batches.list(limit=100), as_batch_list)
+        for b in batches:
             if b.input_file_id == input_file_id:
                 return b
         return None
@@ -126,14 +207,26 @@ class _RemoteCalls:
     def _long_timeout(self) -> float:
         return max(_LONG_TIMEOUT_S, self.client.settings.request_timeout_s)
 
-    async def _call(self, what: str, fn: Callable[[], Awaitable[_T]]) -> _T:
-        """One Files/Batches API call with the settings' retry policy (the SDK itself never retries)."""
+    async def _call(self, what: str, fn: Callable[[], Awaitable[Any]], check: Callable[[Any], _T] | None = None) -> _T:
+        """One Files/Batches API call with the settings' retry policy (the SDK itself never retries).
+        `check`: what the answer must be (`as_batch`...); an answer that is not is retried, then one line."""
         s = self.client.settings
         attempt = 0
         while True:
             attempt += 1
             try:
-                return await fn()
+                answer = await fn()
+                return check(answer) if check is not None else answer
+            except (_Malformed, AttributeError, TypeError, ValueError) as e:
+                # What the SDK could not read (it raises on a list page that is an HTML page), or an
+                # answer without the fields: a proxy's error page, a server having a bad moment.
+                why = str(e) if isinstance(e, _Malformed) else f"the answer could not be read ({type(e).__name__}: {e})"
+                if attempt >= s.max_attempts:
+                    raise InfirError(
+                        f"{self.label}: batch API: {what}: {self._redact(why)[:300]} after {attempt} attempts"
+                        f" (state kept in {self.state_dir}; rerun to resume)"
+                    ) from None
+                wait = None
             except openai.APIStatusError as e:
                 status = e.status_code
                 message = self._redact(str(getattr(e, "message", "") or e))[:300]
