@@ -302,9 +302,9 @@ def main() -> None:
           f"llm.concurrency {a.concurrency}; {', '.join(a.set) or 'no other settings'}. Each stage is one `infir` command; the wall is real seconds.", ""]
     for mode, res in results.items():
         md += [f"### {mode.capitalize()}", ""] + table(a, res) + [""] + summary_lines(a, res) + [""]
-    md.append(f"_`python bench/bench_scale.py --candidates {a.candidates}`: {time.perf_counter() - t0:.0f} s._")
     text = "\n".join(md)
     print(text)
+    print(f"_`python bench/bench_scale.py --candidates {a.candidates}`: {time.perf_counter() - t0:.0f} s._")
     if a.out:
         with a.out.open("a", encoding="utf-8") as f:
             f.write(text + "\n\n")
