@@ -98,13 +98,14 @@ class SpendLedger:
     # -- reserving and settling ------------------------------------------------------------------
     def reserve(self, usd: float) -> int | None:
         """A reservation id, or None when the request would take the run past its cap."""
+        usd = _amount(usd, self.path)
         with self._lock:
             try:
                 self._db.execute("BEGIN IMMEDIATE")
                 self._drop_dead()
                 if self.cap is not None:
                     spent, held = self._sums(None)
-                    if spent + held + _amount(usd, self.path) > self.cap:
+                    if spent + held + usd > self.cap:
                         self._db.execute("ROLLBACK")
                         return None
                 cur = self._db.execute("INSERT INTO reserved (pid, usd, at) VALUES (?, ?, ?)", (os.getpid(), usd, time.time()))

@@ -3,6 +3,7 @@ it survives kill -9, and its file is private."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -169,3 +170,48 @@ def test_kill9_mid_batch_then_resume(tmp_path, api_key):
         for t, r in zip(make_tasks(prompt, n)[:5], rows[:5]):
             assert r["value"] == json.loads(default_content(build_body(t)))
         assert len({conversation_seed(build_body(t)) for t in make_tasks(prompt, n)}) == n
+
+
+# -- only usable answers are kept (pipeline/llm/completion.py) --------------------------------------
+
+GOOD = {"model": "m", "choices": [{"message": {"content": "{}"}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 7, "completion_tokens": 3}}
+
+
+def test_put_refuses_what_is_not_an_answer_and_reads_drop_a_bad_row(tmp_path):
+    path = tmp_path / "c.sqlite3"
+    with Cache(path) as cache:
+        assert cache.put_many([("v1:good", GOOD, None), ("v1:bad", {"choices": "x"}, None)]) == 1
+        assert cache.contains_many(["v1:good", "v1:bad"]) == {"v1:good"}
+        con = sqlite3.connect(path)
+        with con:
+            con.executemany("INSERT INTO responses(key, model, response, created_at) VALUES (?, 'm', ?, 0)",
+                            [("v1:a", "not json {"), ("v1:b", '{"choices":[{"message":{"content":5}}]}')])
+        assert cache.get("v1:a") is None and cache.dropped == 1  # dropped, counted, no hit
+        assert cache.peek_many(["v1:good", "v1:b"]) == {"v1:good": GOOD} and cache.dropped == 2
+        assert {k for (k,) in con.execute("SELECT key FROM responses")} == {"v1:good"}
+        con.close()
+        assert cache.get("v1:good") == GOOD and cache.dropped == 2 and cache.hits("v1:good") == 1
+
+
+def test_a_live_owner_that_renews_keeps_its_claim_past_the_ttl(tmp_path):
+    """The news rule (no change of the claim row for a TTL by the waiter's clock) must not take a
+    claim from an owner that is alive and writing: its writes renew its claims."""
+    path = tmp_path / "c.sqlite3"
+    ttl = 2.0
+    with Cache(path) as a, Cache(path) as b:
+
+        async def scenario():
+            assert await a.claim_or_wait("k1", ttl) is None  # a sends k1
+            waiter = asyncio.ensure_future(b.claim_or_wait("k1", ttl))
+            end = time.monotonic() + 2.5 * ttl
+            i = 0
+            while time.monotonic() < end:  # a keeps answering other requests: news
+                a.put(f"other{i}", GOOD)
+                i += 1
+                await asyncio.sleep(0.05)
+            assert not waiter.done()  # still waiting past the TTL: the owner is alive and writing
+            a.put("k1", GOOD)
+            return await asyncio.wait_for(waiter, timeout=30)
+
+        assert asyncio.run(scenario()) == GOOD

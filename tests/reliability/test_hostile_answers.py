@@ -325,6 +325,18 @@ def test_forged_ledger_row_is_refused_naming_the_file(tmp_path, api_key, case):
         c.close()
 
 
+@pytest.mark.parametrize("usd", [-0.01, math.inf, math.nan])
+def test_the_ledger_never_records_a_negative_or_non_finite_amount(tmp_path, usd):
+    for cap in (1.0, None):
+        ledger = SpendLedger(tmp_path / f"spend-{cap}.sqlite3", cap=cap)
+        with pytest.raises(InfirError, match=r"spend-.*\.sqlite3: refusing to record"):
+            ledger.settle(None, usd)
+        with pytest.raises(InfirError, match=r"spend-.*\.sqlite3: refusing to record"):
+            ledger.reserve(usd)
+        assert ledger.spent() == 0.0 and ledger.reserve(0.5) is not None
+        ledger.close()
+
+
 # -- 5. the Batch and Files API: every answer checked like an online one ----------------------------
 
 POLL = 0.02
@@ -474,22 +486,24 @@ def _first_line_not_utf8(raw: bytes) -> bytes:
     return first.replace(b'"content": "', b'"content": "\xff\xfe', 1) + b"\n" + rest
 
 
+# transform of the output file, requests that fail, what their reason says
 OUTPUTS = {
-    "a line that is not UTF-8": (_first_line_not_utf8, 1),
-    "a file that is not UTF-8": (lambda raw: b"\xff\xfe\x00\x81" * 50 + b"\n" + raw.replace(b"{", b"\x81{"), N),
-    "usage is text": (_each_body(usage(prompt_tokens="lots")), N),
-    "completion_tokens is Infinity": (_each_body(usage(completion_tokens=math.inf)), N),
-    "usage is negative": (_each_body(usage(completion_tokens=-7)), N),
-    "content is a number": (_each_body(msg(content=5)), N),
-    "choices holds a number": (_each_body(top(choices=[1])), N),
-    "message is a string": (_each_body(choice(message="hi")), N),
+    "a line that is not UTF-8": (_first_line_not_utf8, 1, "result line 1 is not valid UTF-8"),
+    "a file that is not UTF-8": (lambda raw: b"\xff\xfe\x00\x81" * 50 + b"\n" + raw.replace(b"{", b"\x81{"), N,
+                                 "not answered"),
+    "usage is text": (_each_body(usage(prompt_tokens="lots")), N, "invalid answer: usage.prompt_tokens"),
+    "completion_tokens is Infinity": (_each_body(usage(completion_tokens=math.inf)), N, "invalid answer: usage"),
+    "usage is negative": (_each_body(usage(completion_tokens=-7)), N, "invalid answer: usage"),
+    "content is a number": (_each_body(msg(content=5)), N, "invalid answer: choices.0.message.content"),
+    "choices holds a number": (_each_body(top(choices=[1])), N, "invalid answer: choices.0"),
+    "message is a string": (_each_body(choice(message="hi")), N, "invalid answer: choices.0.message"),
 }
 
 
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("case", list(OUTPUTS))
 def test_batch_output_that_cannot_be_used_fails_those_requests_then_a_rerun_recovers(tmp_path, api_key, case):
-    transform, bad = OUTPUTS[case]
+    transform, bad, reason = OUTPUTS[case]
     tasks = make_tasks(write_prompt(tmp_path / "p"), N)
     with FakeOpenAIServer() as srv:
         srv.routes[("GET", "/v1/files/{id}/content")] = _output(transform)
@@ -499,7 +513,7 @@ def test_batch_output_that_cannot_be_used_fails_those_requests_then_a_rerun_reco
     failed = [r for r in results if not r.ok]
     assert len(failed) == bad and report.failed == bad, [r.error for r in results]
     for r in failed:
-        assert "UTF-8" in r.error or "invalid answer" in r.error or "not answered" in r.error, r.error
+        assert reason in r.error, r.error
     assert len(stored(tmp_path / "cache" / "llm.sqlite3")) == N - bad  # what could not be used is not kept
     batch_recovered(tmp_path, tasks)
 
