@@ -38,26 +38,34 @@ def edit_words(a: str, b: str) -> int:
 def longest_shared_run(a: str, b: str) -> int:
     """Length in words of the longest run of consecutive words `a` and `b` share."""
     ta, tb = tokens(a), tokens(b)
-    best, prev = 0, [0] * (len(tb) + 1)
+    where: dict[str, list[int]] = {}
+    for j, y in enumerate(tb):
+        where.setdefault(y, []).append(j)
+    # The longest-common-substring table, keeping only the cells where the words match (a row of the
+    # full table is mostly zeros: this visits matches only, ~20x fewer steps on an I+ and its P+).
+    best, prev = 0, {}
     for x in ta:
-        cur = [0] * (len(tb) + 1)
-        for j, y in enumerate(tb, 1):
-            if x == y:
-                cur[j] = prev[j - 1] + 1
-                best = max(best, cur[j])
+        cur = {j: prev.get(j - 1, 0) + 1 for j in where.get(x, ())}
+        if cur:
+            best = max(best, max(cur.values()))
         prev = cur
     return best
+
+
+_C0 = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")  # every Cc character below U+0080 but \t \n \r
 
 
 def _non_text(text: str) -> bool:
     """C0 control characters (other than whitespace), surrogates, private-use or unassigned code
     points, U+FFFD. C1 controls (U+0080-U+009F) are left alone: they are the usual trace of
     cp1252 text decoded as Latin-1 in web corpora (MS MARCO has thousands), not the model's doing."""
+    if _C0.search(text):
+        return True
+    if text.isascii():  # the common case: one C-speed scan instead of a category look-up per character
+        return False
     for ch in text:
-        if ch in "\n\t\r" or "\x80" <= ch <= "\x9f":
-            continue
-        cat = unicodedata.category(ch)
-        if cat in ("Cc", "Cs", "Co", "Cn") or ch == "\ufffd":
+        # Below U+00A0 only C0 (searched above) and C1 (left alone) can fail: every Cc is below it.
+        if ch >= "\xa0" and (unicodedata.category(ch) in ("Cs", "Co", "Cn") or ch == "\ufffd"):
             return True
     return False
 
