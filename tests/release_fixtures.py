@@ -87,3 +87,19 @@ def synthetic_stats(accepted: int = 40, config: dict | None = None) -> dict[str,
         "config": config if config is not None else {"run": {"name": "sample"}, "source": {"path": "data/sample"}},
         "code_version": "0.1.0+test",
     }
+
+
+def written_release(root, name: str, rows: int = 40, queries: int = 30):
+    """A real release of the synthetic rows, written under `root` (its version folder)."""
+    from pipeline.release import write_release
+
+    return write_release(synthetic_accepted_table(rows=rows, queries=queries), synthetic_stats(rows), root, name).path
+
+
+def release_copy(pristine, tmp_path, name: str):
+    """A copy of a written release at `tmp_path/releases/<name>/1.0.0`, for a test to damage."""
+    import shutil
+
+    dst = tmp_path / "releases" / name / "1.0.0"
+    shutil.copytree(pristine, dst)
+    return dst

@@ -23,22 +23,19 @@ import pytest
 from conftest import run_infir
 from pipeline.errors import InfirError
 from pipeline.release import publish_release, verify_release, write_release
-from release_fixtures import synthetic_accepted_table, synthetic_stats
+from release_fixtures import release_copy, synthetic_accepted_table, synthetic_stats, written_release
 
 SECRET = b"a file outside the release that must never be read or uploaded\n"
 
 
 @pytest.fixture(scope="module")
 def pristine(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("pristine")
-    return write_release(synthetic_accepted_table(rows=40, queries=30), synthetic_stats(40), root, "paths").path
+    return written_release(tmp_path_factory.mktemp("pristine"), "paths")
 
 
 @pytest.fixture
 def release(pristine, tmp_path) -> Path:
-    dst = tmp_path / "releases" / "paths" / "1.0.0"
-    shutil.copytree(pristine, dst)
-    return dst
+    return release_copy(pristine, tmp_path, "paths")
 
 
 def _sha(data: bytes) -> str:

@@ -5,7 +5,6 @@ was scored and trained on as if it were the release."""
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pyarrow as pa
@@ -13,23 +12,19 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import run_infir
-from pipeline.release import write_release
-from release_fixtures import synthetic_accepted_table, synthetic_stats
+from release_fixtures import release_copy, written_release
 
 SHARD = "data/train-00000-of-00001.parquet"
 
 
 @pytest.fixture(scope="module")
 def pristine(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("pristine")
-    return write_release(synthetic_accepted_table(rows=40, queries=30), synthetic_stats(40), root, "checked").path
+    return written_release(tmp_path_factory.mktemp("pristine"), "checked")
 
 
 @pytest.fixture
 def release(pristine, tmp_path) -> Path:
-    dst = tmp_path / "releases" / "checked" / "1.0.0"
-    shutil.copytree(pristine, dst)
-    return dst
+    return release_copy(pristine, tmp_path, "checked")
 
 
 def edit_a_row(release: Path) -> None:
