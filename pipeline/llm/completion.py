@@ -79,9 +79,11 @@ class InvalidAnswer(ValueError):
     """An answer (or a stored one) that is not a chat.completion the client can use."""
 
 
-def _summary(e: ValidationError) -> str:
+def summarize_validation(e: ValidationError, most: int = 3) -> str:
+    """The first `most` errors of a pydantic validation, as `loc: msg` (the parser's schema
+    violations and the edge check's invalid answers say what failed the same way)."""
     parts = []
-    for err in e.errors()[:3]:
+    for err in e.errors()[:most]:
         loc = ".".join(str(x) for x in err.get("loc", ())) or "<root>"
         parts.append(f"{loc}: {err.get('msg')}")
     more = e.error_count() - len(parts)
@@ -95,7 +97,7 @@ def check_completion(response: Any) -> dict[str, Any]:
     try:
         _Completion.model_validate(response)
     except ValidationError as e:
-        raise InvalidAnswer(_summary(e)) from None
+        raise InvalidAnswer(summarize_validation(e)) from None
     return response
 
 

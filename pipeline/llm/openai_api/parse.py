@@ -10,6 +10,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
+from pipeline.llm.completion import summarize_validation
 from pipeline.llm.openai_api.request import strict_json_schema
 
 
@@ -22,15 +23,6 @@ class ParseOutcome:
 
 
 _FENCE_RE = re.compile(r"^\s*```(?:json|JSON)?\s*\n(.*?)\n?```\s*$", re.DOTALL)
-
-
-def _summarize_validation(e: ValidationError) -> str:
-    parts = []
-    for err in e.errors()[:5]:
-        loc = ".".join(str(x) for x in err.get("loc", ())) or "<root>"
-        parts.append(f"{loc}: {err.get('msg')}")
-    more = e.error_count() - len(parts)
-    return "; ".join(parts) + (f" (+{more} more)" if more > 0 else "")
 
 
 def parse_response(response: dict[str, Any], output_model: type[BaseModel]) -> ParseOutcome:
@@ -66,7 +58,7 @@ def parse_response(response: dict[str, Any], output_model: type[BaseModel]) -> P
     try:
         value = output_model.model_validate(data)
     except ValidationError as e:
-        return ParseOutcome(None, f"schema violation: {_summarize_validation(e)}", text)
+        return ParseOutcome(None, f"schema violation: {summarize_validation(e, most=5)}", text)
     return ParseOutcome(value, None, text)
 
 
