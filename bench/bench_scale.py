@@ -35,7 +35,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
@@ -44,6 +43,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(BENCH))
 
 import bench_memory  # noqa: E402
+import llm_server  # noqa: E402
 
 KEY_ENV = "INFIR_BENCH_KEY"
 LLM_STAGES = ("generate", "mine", "verify")
@@ -52,25 +52,15 @@ MODELS = {"generate": "gpt-4o-mini", "mine": "gpt-4o-mini", "verify": "o3-mini"}
 
 
 def start_server(a: argparse.Namespace) -> tuple[subprocess.Popen, str]:
-    argv = [sys.executable, str(BENCH / "llm_server.py"), "--latency", "0", "--reasoning-tokens",
-            str(a.reasoning_tokens), "--time-scale", str(a.time_scale), "--error-rate", str(a.error_rate),
-            "--reasoning-latency", a.reasoning_latency, "--chat-latency", a.chat_latency]
+    """bench/llm_server.py in its own process with the service's options (its module docstring)."""
+    extra = ["--time-scale", str(a.time_scale), "--error-rate", str(a.error_rate),
+             "--reasoning-latency", a.reasoning_latency, "--chat-latency", a.chat_latency,
+             "--batch-seconds", str(a.batch_seconds)]
     for spec in a.limit:
-        argv += ["--limit", spec]
+        extra += ["--limit", spec]
     for spec in a.queue:
-        argv += ["--batch-queue-tokens", spec]
-    argv += ["--batch-seconds", str(a.batch_seconds)]
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
-    line = proc.stdout.readline().strip() if proc.stdout else ""
-    if not line.startswith("READY "):
-        proc.kill()
-        raise RuntimeError(f"bench server did not start: {line!r}")
-    return proc, line.split(" ", 1)[1]
-
-
-def server_stats(url: str) -> dict:
-    with urllib.request.urlopen(f"{url}/bench/stats", timeout=30) as r:
-        return json.loads(r.read())
+        extra += ["--batch-queue-tokens", spec]
+    return llm_server.start(0.0, reasoning_tokens=a.reasoning_tokens, extra=extra)
 
 
 def limits_of(specs: list[str]) -> dict[str, tuple[float, float]]:
@@ -124,17 +114,17 @@ def run_mode(a: argparse.Namespace, mode: str, data: Path, index_dir: Path, log:
         res: dict = {"mode": mode, "stages": {}}
         res["source"] = bench_memory.measured(env_cmd + ["source", *args], log)
         for stage in STAGES:
-            before = server_stats(url)
+            before = llm_server.stats(url)
             m = bench_memory.measured(env_cmd + [stage, *args], log)
-            after = server_stats(url)
+            after = llm_server.stats(url)
             m["server"] = delta(after, before)
             m["batch_server"] = delta(after.get("batch", {}), before.get("batch", {}))
             res["stages"][stage] = m
             print(f"  {mode}, {stage}: {m['seconds']:.1f} s, peak {m['peak_mib']:.0f} MiB, "
                   f"server {json.dumps(m['server'])}", flush=True)
-        res["server_final"] = server_stats(url)
+        res["server_final"] = llm_server.stats(url)
     finally:
-        _stop(proc)
+        llm_server.stop(proc)
     res["cache_mib"] = sum(p.stat().st_size for p in cache.parent.glob(cache.name + "*")) / 2**20
     res.update(outcome(run))
     t0 = time.perf_counter()
@@ -147,14 +137,6 @@ def run_mode(a: argparse.Namespace, mode: str, data: Path, index_dir: Path, log:
     html = run / "report.html"
     res["report_mib"] = html.stat().st_size / 2**20 if html.exists() else None
     return res
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    proc.terminate()
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
 
 
 def outcome(run: Path) -> dict:
