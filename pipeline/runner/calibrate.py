@@ -7,7 +7,8 @@ from __future__ import annotations
 from pipeline.errors import InfirError
 from pipeline.runner import llm
 from pipeline.runner.pipeline import Pipeline
-from pipeline.runner.run import context, llm_prepare
+from pipeline.runner.llm import llm_prepare
+from pipeline.runner.run import context
 
 
 def calibrate_judge(pipe: Pipeline, cfg, rows: int | None = None, seed: int | None = None) -> tuple[dict, list[str]]:

@@ -21,7 +21,8 @@ from pipeline.progress import console
 from pipeline.runner.chunks import iter_chunks
 from pipeline.runner.pipeline import Pipeline
 from pipeline.runner.prices import DRY_RUN, check_prices
-from pipeline.runner.run import context, llm_prepare
+from pipeline.runner.llm import llm_prepare
+from pipeline.runner.run import context
 from pipeline.runner.shape import LLMStage
 from pipeline.store import read_success
 

@@ -11,6 +11,7 @@ from pipeline.llm.client import LLMClient, make_client as _make_client
 from pipeline.llm.openai_api.request import default_params, request_of
 from pipeline.llm.prompts import Prompt, load_prompt
 from pipeline.llm.types import LLMTask
+from pipeline.runner.prices import check_prices
 
 
 def offline_model_name() -> str:
@@ -175,3 +176,12 @@ def prefetch_batch(ctx, stage) -> dict | None:
             report["rounds_of_requests"] = 2
     report.pop("failures")  # each failed row keeps its own reason
     return report
+
+
+def llm_prepare(ctx, stage) -> None:
+    """The prompt and effective model of an LLM stage: both are part of its identity. Before any
+    request: its models' prices, when the run's cost cap needs them (`prices.check_prices`)."""
+    check_prices(ctx.cfg, [stage])
+    ctx.prompt = prompt(ctx.cfg, getattr(stage.settings(ctx.cfg), stage.prompt_key))
+    ctx.model = effective_model(ctx.cfg, stage.model(ctx.cfg))
+    ctx.params = stage.params(ctx.cfg, ctx.model)

@@ -13,7 +13,6 @@ from pipeline.config import to_toml
 from pipeline.runner import llm
 from pipeline.runner.executors import run_chunks
 from pipeline.runner.pipeline import Pipeline
-from pipeline.runner.prices import check_prices
 from pipeline.runner.shape import Context, LLMStage, RowStage, Stage, StageResult
 from pipeline.store import StageOutput, identity_hash, read_success
 from pipeline.store.ids import sha256_file
@@ -103,7 +102,7 @@ def _marker(stage_dir: Path) -> str | None:
 def _run_locked(ctx: Context, stage: Stage, force: bool, reading: Reading) -> StageResult:
     stage.check(ctx)
     if isinstance(stage, LLMStage):
-        llm_prepare(ctx, stage)
+        llm.llm_prepare(ctx, stage)
     prompts = {ctx.prompt.name: ctx.prompt.sha} if ctx.prompt is not None else {}
     out = StageOutput(ctx.run_dir, stage.name, stage.input_fingerprint(ctx),
                       identity_hash(*stage.identity(ctx)), prompts,
@@ -129,15 +128,6 @@ def _run_locked(ctx: Context, stage: Stage, force: bool, reading: Reading) -> St
         success = out.finish(summary, rows=summary.get("rows") if not isinstance(stage, RowStage) else None)
     stage.print_summary(ctx, summary)
     return StageResult(stage.name, False, success)
-
-
-def llm_prepare(ctx: Context, stage: LLMStage) -> None:
-    """The prompt and effective model of an LLM stage: both are part of its identity. Before any
-    request: its models' prices, when the run's cost cap needs them (`prices.check_prices`)."""
-    check_prices(ctx.cfg, [stage])
-    ctx.prompt = llm.prompt(ctx.cfg, getattr(stage.settings(ctx.cfg), stage.prompt_key))
-    ctx.model = llm.effective_model(ctx.cfg, stage.model(ctx.cfg))
-    ctx.params = stage.params(ctx.cfg, ctx.model)
 
 
 def _run(ctx: Context, stage: Stage) -> dict:

@@ -197,7 +197,8 @@ def test_offline_calls_per_candidate_row_at_most_three(offline_run):
 def test_offline_judge_rejects_deliberate_corruptions(offline_run):
     from pipeline.declaration import PIPELINE
     from pipeline.runner import llm
-    from pipeline.runner.run import context, llm_prepare
+    from pipeline.runner.llm import llm_prepare
+    from pipeline.runner.run import context
 
     def verify_rows(rows, cfg):
         """The verify stage's own prepare and process, on rows it never saw in its input."""

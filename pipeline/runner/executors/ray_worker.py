@@ -29,7 +29,7 @@ def chunk_task(spec: dict, k: int, rows: list[dict], limits, ledger) -> dict:
     stage = ctx.stage
     client = None
     if isinstance(stage, LLMStage):
-        from pipeline.runner.run import llm_prepare
+        from pipeline.runner.llm import llm_prepare
 
         llm_prepare(ctx, stage)
         client = ctx.client = worker_client(ctx, spec["group"], limits, ledger, owner=f"{spec['group']}:{k}")
