@@ -8,15 +8,23 @@ a 95% Wilson interval, and the cost per candidate as its rows record it (what ev
 when it was made, cache hits included). The plan is the number of source queries to sample and
 the projected cost, online and at batch prices, each with the interval that follows from the
 acceptance's.
+
+A stage that sends more than one kind of request is priced per kind, each at its own model's batch
+discount: with the judge cascade the first judge answers every candidate and the reasoning judge
+only the share it lets through, as the pilot measured it (the dry run prices the same two parts,
+with the share from the calibration). The pilot uses the run's calibration (its threshold).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 from pipeline.columns import usage_columns
 from pipeline.errors import InfirError
+from pipeline.generation.cascade import calibration_path
 from pipeline.llm.pricing import PriceTable
 from pipeline.runner.pipeline import Pipeline
 from pipeline.runner.prices import PLAN, check_prices
@@ -59,6 +67,10 @@ class Plan:
     cost_high_usd: float
     batch_cost_usd: float
     pilot_run: str
+    # Per usage column (kind of request): its model, the share of candidates that sent it, and its
+    # online and batch cost per candidate (the judge cascade: `verify_first` on every candidate,
+    # `verify` on the share the first judge let through).
+    parts: list[dict] = field(default_factory=list)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -81,18 +93,34 @@ def _judge_stage(pipe: Pipeline) -> LLMStage:
     return judged[-1]
 
 
-def _corpus_costs(table, prices: PriceTable, models: dict[str, str]) -> tuple[float, float]:
-    """Online and batch cost of every candidate row's answers (the usage columns)."""
-    online = batch = 0.0
+def usage_models(pipe: Pipeline, cfg) -> dict[str, str]:
+    """The model behind each usage column: `usage_<stage>` is the stage's own model (`<section>.model`),
+    `usage_<stage>_<kind>` the stage's `<section>.<kind>_model` (the cascade's `usage_verify_first`:
+    `verify.first_model`), as `LLMStage.models` names them."""
+    out: dict[str, str] = {}
+    for stage in pipe.llm_stages():
+        for i, (key, model) in enumerate(stage.models(cfg)):
+            kind = key.rsplit(".", 1)[-1].removesuffix("model").rstrip("_")
+            out[f"usage_{stage.name}" + (f"_{kind}" if kind and i else "")] = model
+    return out
+
+
+def _corpus_costs(table, prices: PriceTable, models: dict[str, str]) -> list[dict]:
+    """Per usage column of the candidate rows: its model, how many rows sent it, and their online
+    and batch cost (each at its own model's batch discount)."""
+    parts = []
     for col in usage_columns(table.schema):
-        stage = col.removeprefix("usage_")
-        price = prices.lookup(models.get(stage))
+        used = [u["cost_usd"] for u in table.column(col).to_pylist() if u]
+        if not used:  # a kind of request this run did not send (the cascade's column when it is off)
+            continue
+        model = models.get(col)
+        if model is None:
+            raise InfirError(f"plan: no model of the pipeline's LLM stages answers the rows' {col} column")
+        price = prices.lookup(model)
         discount = price.batch_discount if price is not None else 1.0
-        for u in table.column(col).to_pylist():
-            if u:
-                online += u["cost_usd"]
-                batch += u["cost_usd"] * discount
-    return online, batch
+        parts.append({"usage": col, "model": model, "rows": len(used), "online_usd": sum(used),
+                      "batch_usd": sum(used) * discount})
+    return parts
 
 
 def measure(pipe: Pipeline, cfg, pilot_cfg, target: int) -> Plan:
@@ -105,9 +133,14 @@ def measure(pipe: Pipeline, cfg, pilot_cfg, target: int) -> Plan:
     candidates, accepted = int(verdict["candidates"]), int(verdict["accepted"])
     p = accepted / candidates if candidates else 0.0
     lo, hi = wilson(accepted, candidates)
-    models = {s.name: s.model(cfg) for s in pipe.llm_stages()}
-    online, batch = _corpus_costs(read_stage_table(rd / judge.name), PriceTable.for_settings(cfg.llm), models)
-    per_cand, per_cand_batch = online / max(candidates, 1), batch / max(candidates, 1)
+    table = read_stage_table(rd / judge.name)
+    costs = _corpus_costs(table, PriceTable.for_settings(cfg.llm), usage_models(pipe, cfg))
+    n = max(candidates, 1)
+    per_cand = sum(c["online_usd"] for c in costs) / n
+    per_cand_batch = sum(c["batch_usd"] for c in costs) / n
+    parts = [{"usage": c["usage"], "model": c["model"], "share": round(c["rows"] / max(table.num_rows, 1), 4),
+              "cost_per_candidate_usd": c["online_usd"] / n, "batch_cost_per_candidate_usd": c["batch_usd"] / n}
+             for c in costs]
 
     def queries_for(rate: float) -> int:
         return math.ceil(target / (rate * rows_per_query)) if rate > 0 else 10**12
@@ -121,8 +154,18 @@ def measure(pipe: Pipeline, cfg, pilot_cfg, target: int) -> Plan:
         acceptance_high=round(hi, 4), cost_per_candidate_usd=per_cand, batch_cost_per_candidate_usd=per_cand_batch,
         queries_needed=need, queries_needed_low=need_lo, queries_needed_high=need_hi, queries_available=available,
         cost_usd=cost(need), cost_low_usd=cost(need_lo), cost_high_usd=cost(need_hi),
-        batch_cost_usd=need * rows_per_query * per_cand_batch, pilot_run=str(rd),
+        batch_cost_usd=need * rows_per_query * per_cand_batch, pilot_run=str(rd), parts=parts,
     )
+
+
+def _share_calibration(run: Path, pilot: Path) -> None:
+    """The pilot judges as the run will: with the run's judge calibration (`infir calibrate-judge`
+    writes it to the run, not to the pilot), so the cascade's threshold and share are the run's."""
+    src = calibration_path(run)
+    if src.is_file():
+        dst = calibration_path(pilot)
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src, dst)
 
 
 def plan(pipe: Pipeline, cfg, target: int, pilot: int, force: bool = False) -> Plan:
@@ -132,6 +175,7 @@ def plan(pipe: Pipeline, cfg, target: int, pilot: int, force: bool = False) -> P
     if pilot < 1:
         raise InfirError(f"--pilot {pilot}: expected a positive number of queries")
     pilot_cfg = _pilot_cfg(cfg, pilot)
+    _share_calibration(run_dir(cfg), run_dir(pilot_cfg))
     # The plan is a cost projection: a model with no price would project $0. Refused before the pilot.
     check_prices(cfg, pipe.llm_stages(), PLAN)
     for stage in pipe.until(_judge_stage(pipe).name):
@@ -149,6 +193,10 @@ def describe(p: Plan, cap: float | None = None) -> list[str]:
         f"projected cost: ${p.cost_usd:.4f} online (interval ${p.cost_low_usd:.4f}-${p.cost_high_usd:.4f}), "
         f"${p.batch_cost_usd:.4f} in batch mode",
     ]
+    if len(p.parts) > 1:  # e.g. the cascade: the reasoning judge only on the share the first judge lets through
+        lines.append("per candidate: " + "; ".join(
+            f"{c['usage'].removeprefix('usage_')} ({c['model']}) ${c['cost_per_candidate_usd']:.5f} on {c['share']:.0%} of rows"
+            for c in p.parts))
     if not p.enough_queries:
         lines.append(f"not enough source queries: up to {p.queries_needed_high:,} needed, {p.queries_available:,} available")
     if cap is not None:
