@@ -409,5 +409,25 @@ def report(
                seed=seed, hardness=hardness)
 
 
+@app.command()
+def audit(
+    args: list[str] = typer.Argument(..., metavar="RUN | score AUDIT_DIR",
+                                     help="runs/<run> to draw and label, or `score runs/<run>/audit/<name>`."),
+    rows: int = typer.Option(100, "--rows", help="Sample size: half accepted rows, the rest evenly over the rejected strata."),
+    per_stratum: Optional[str] = typer.Option(None, "--per-stratum", help="Sizes per stratum instead, e.g. accepted=50,rejected_judge=20,rejected_first_judge=10,rejected_filter=20."),
+    seed: int = typer.Option(13, "--seed", help="Sample seed."),
+    name: Optional[str] = typer.Option(None, "--name", help="Audit name: runs/<run>/audit/<name>/ (default seed<seed>); an existing one is reused."),
+    annotator: Optional[str] = typer.Option(None, "--annotator", help="Who labels (default: the login name)."),
+    port: int = typer.Option(0, "--port", help="Port on 127.0.0.1 (0: any free port)."),
+) -> None:
+    """People check a sample of the run: draws a stratified, seeded sample of verify's rows (accepted,
+    rejected by the judge, by the first judge, by a filter) and serves a labelling page on 127.0.0.1
+    (the URL, with its token, is printed; nothing opens by itself). `infir audit score DIR` writes
+    DIR/audit.json: the judge's precision and false rejects with Wilson intervals (docs/audit.md)."""
+    from pipeline.audit.command import run_audit
+
+    run_audit(args, rows=rows, seed=seed, name=name, annotator=annotator, port=port, per_stratum=per_stratum)
+
+
 # `main` (the exit statuses) lives in `pipeline/cli/main.py`; imported last, as it uses `app`.
 from pipeline.cli.main import entrypoint, main  # noqa: E402
