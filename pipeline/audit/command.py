@@ -80,7 +80,7 @@ def run_audit(args: list[str], *, rows: int, seed: int, name: str | None, annota
               per_stratum: str | None) -> None:
     if len(args) == 2 and args[0] == "score":
         for line in write_score(_audit_dir(Path(args[1])))[1]:
-            console.print(line, highlight=False)
+            console.print(line, soft_wrap=True)
         return
     if len(args) != 1:
         raise InfirError("expected `infir audit runs/<run>` (draw and label) or `infir audit score runs/<run>/audit/<name>`")

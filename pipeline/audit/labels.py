@@ -142,7 +142,7 @@ def read_labels(audit_dir: Path, row_ids: set[str]) -> tuple[dict[tuple[str, str
                 raise InfirError(f"{where}: expected a JSON object (one label per line)")
             label = parse_label(obj, where)
             if owner is not None and label.annotator != owner:
-                raise InfirError(f"{where}: annotator {label.annotator!r} in {path.name}, which holds {owner!r}'s labels")
+                raise InfirError(f"{where}: annotator {label.annotator!r} in {path.name}, which holds the labels of {owner!r}")
             key = json.dumps(label.model_dump(), sort_keys=True)
             if key in seen:
                 notes.append(f"{where}: repeats line {seen[key]} exactly; counted once")
