@@ -115,8 +115,8 @@
       line.appendChild(opts);
       if (j) {
         const says = judgeSays(j, q), mine = d.answers[q.id];
-        const agree = says !== null && (mine === "yes") === says && mine !== "unsure";
-        line.appendChild(el("span", "judge-says " + (says === null ? "" : agree ? "agree" : "differ"),
+        const agree = (mine === "yes") === says;
+        line.appendChild(el("span", "judge-says " + (says === null || mine === "unsure" ? "" : agree ? "agree" : "differ"),
           "judge: " + (says === null ? "not judged" : says ? "yes" : "no")));
       }
       qs.appendChild(line);
