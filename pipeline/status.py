@@ -2,11 +2,12 @@
 
 Per stage: its state (done, done with failed rows a rerun retries, damaged when shards it wrote
 were deleted since (a rerun redoes them), running with the pid holding its lock, interrupted with
-the shards it kept, not started), rows in and out, rows failed
-(retryable) and rejected (by the filters or the judge), LLM calls, tokens and cost as the rows
-record them. Then the run's spend against its budget (the spend ledger), each filter's count, the
-acceptance per judge check, and whether the release on disk is the one the current candidates
-would produce.
+the shards it kept, not started), rows in and out, rows failed in this stage (what a rerun retries:
+the shards' `failed` counts), failed upstream (passed along, not sent) and rejected (by the filters
+or the judge): for a row stage in = out + failed + failed upstream + rejected. LLM calls, tokens and
+cost as the rows record them. Then the run's spend against its budget (the spend ledger), each
+filter's count, the acceptance per judge check, and whether the release on disk is the one the
+current candidates would produce.
 """
 
 from __future__ import annotations
@@ -37,7 +38,8 @@ def _row_usage(d: Path, column: str) -> tuple[dict, dict[str, dict]]:
         if c != column:
             for k in total:
                 total[k] += u[k]
-    return total, {c: u for c, u in parts.items() if len(parts) > 1 and u["calls"]}
+    sent = {c: u for c, u in parts.items() if u["calls"]}
+    return total, sent if len(sent) > 1 else {}
 
 
 def _state(d: Path, success: dict | None) -> str:
@@ -55,28 +57,38 @@ def _state(d: Path, success: dict | None) -> str:
     return "not started"
 
 
-def _counts(summary: dict, rows_in: int | None) -> dict:
-    """Rows in / out / failed / rejected, from a stage's summary."""
-    failed = summary.get("failed")
+def _counts(success: dict, rows_in: int | None, failed_before: int | None) -> dict:
+    """Rows in / out / failed / failed upstream / rejected of a finished stage. Failed: in this
+    stage, from its shards' records (a summary's `failed` may count the rows that failed upstream
+    too: the judge's does); failed upstream: the rows earlier stages failed (`failed_before`, None
+    for a stage that does not map rows), which every row stage passes along unsent."""
+    summary = success.get("summary") or {}
+    failed = failed_rows(success) if "failed" in summary else None
     rejected = summary.get("rejected")
-    out = summary.get("accepted", summary.get("passed", summary.get("rows")))
-    return {"in": rows_in, "out": out, "failed": failed, "rejected": rejected}
+    out = summary.get("accepted", summary.get("passed"))
+    if out is None:
+        rows = summary.get("rows", success.get("rows"))
+        out = rows - (failed or 0) - (failed_before or 0) - (rejected or 0) if failed_before is not None else rows
+    return {"in": rows_in, "out": out, "failed": failed, "failed_upstream": failed_before, "rejected": rejected}
 
 
 def stage_states(run: Path, pipe=None) -> list[dict]:
     from pipeline.declaration import PIPELINE
-    from pipeline.runner.shape import LLMStage
+    from pipeline.runner.shape import LLMStage, RowStage
 
-    out, rows_in = [], None
+    out, rows_in, failed_before = [], None, 0
     for st in (pipe or PIPELINE):
         d = run / st.name
         success = read_success(d)
         info = {"stage": st.name, "state": _state(d, success), "rows": None, "llm": {}, "llm_parts": {}, "summary": {},
-                "counts": {"in": rows_in, "out": None, "failed": None, "rejected": None},
+                "counts": {"in": rows_in, "out": None, "failed": None, "failed_upstream": None, "rejected": None},
                 "notes": st.status_lines(run) if hasattr(st, "status_lines") else []}
         if success is not None:
             summary = success.get("summary") or {}
-            info.update(rows=success.get("rows"), summary=summary, counts=_counts(summary, rows_in))
+            row_stage = isinstance(st, RowStage)
+            counts = _counts(success, rows_in, failed_before if row_stage else None)
+            info.update(rows=success.get("rows"), summary=summary, counts=counts)
+            failed_before += counts["failed"] or 0
             # A damaged stage's usage is not read: what its rows record is partly gone.
             if isinstance(st, LLMStage) and success.get("rows") and not missing_shards(d, success):
                 usage, parts = _row_usage(d, st.usage_column)
@@ -141,15 +153,15 @@ def print_status(run: Path) -> None:
     # The status is the command's result: stdout, wide enough to stay whole in a log or a pipe.
     from rich.console import Console
 
-    console = Console(highlight=False, width=None if _stderr.is_terminal else 160)
+    console = Console(highlight=False, width=None if _stderr.is_terminal else 180)
     run = Path(run)
     if not run.is_dir():
         raise InfirError(f"{run}: no such run directory")
     states = stage_states(run)
     table = Table(title=f"run {run.name}", title_justify="left")
-    for col in ("stage", "state", "rows in", "rows out", "failed", "rejected", "LLM calls", "tokens",
+    for col in ("stage", "state", "rows in", "rows out", "failed", "failed upstream", "rejected", "LLM calls", "tokens",
                 "of which cached in", "of which reasoning", "cost USD", "last run: HTTP / cache"):
-        table.add_column(col, justify="left" if col in ("stage", "state") else "right", no_wrap=col == "state")
+        table.add_column(col, justify="left" if col in ("stage", "state") else "right", no_wrap=col in ("stage", "state"))
     totals = {"calls": 0, "tokens": 0, "cached_tokens": 0, "reasoning_tokens": 0, "cost_usd": 0.0}
 
     def usage_cells(u: dict) -> list[str]:
@@ -166,12 +178,12 @@ def print_status(run: Path) -> None:
             totals[k] += llm.get(k, 0)
         table.add_row(
             s["stage"], s["state"], _cell(c["in"]), _cell(c["out"] if c["out"] is not None else s["rows"]),
-            _cell(c["failed"]), _cell(c["rejected"]), *usage_cells(llm),
+            _cell(c["failed"]), _cell(c["failed_upstream"]), _cell(c["rejected"]), *usage_cells(llm),
             f"{llm['http_calls']:,} / {llm['cache_hits']:,}" if llm else "",
         )
         for column, u in s["llm_parts"].items():  # e.g. the judge cascade's two judges
-            table.add_row(f"  {column.removeprefix('usage_')}", "", "", "", "", "", *usage_cells(u), "", style="dim")
-    table.add_row("total", "", "", "", "", "", f"{totals['calls']:,}", f"{totals['tokens']:,}",
+            table.add_row(f"  {column.removeprefix('usage_')}", "", "", "", "", "", "", *usage_cells(u), "", style="dim")
+    table.add_row("total", "", "", "", "", "", "", f"{totals['calls']:,}", f"{totals['tokens']:,}",
                   f"{totals['cached_tokens']:,}", f"{totals['reasoning_tokens']:,}", f"{totals['cost_usd']:.4f}", "")
     console.print(table)
     spend = _spend(run)
@@ -184,12 +196,13 @@ def print_status(run: Path) -> None:
             for name, n in by_name.items():
                 console.print(f"  {name}: {n:,}")
     # The judging stage: the one whose summary counts accepted rows.
-    summ = next((s["summary"] for s in states if "accepted" in (s["summary"] or {})), {})
+    judging = next((s for s in states if "accepted" in (s["summary"] or {})), None)
+    summ = judging["summary"] if judging else {}
     if summ:
-        accepted = summ.get("accepted", 0)
+        accepted, c = summ.get("accepted", 0), judging["counts"]
         console.print(
             f"accepted {accepted:,} of {summ.get('candidates', 0):,} candidates"
-            f" (rejected {summ.get('rejected', 0):,}, failed {summ.get('failed', 0):,})"
+            f" (rejected {summ.get('rejected', 0):,}, failed {c['failed'] or 0:,}, failed upstream {c['failed_upstream'] or 0:,})"
             + (f"; per accepted row: {totals['calls'] / accepted:.2f} calls, "
                f"{totals['tokens'] / accepted:,.0f} tokens, ${totals['cost_usd'] / accepted:.5f}" if accepted else "")
         )
