@@ -82,7 +82,7 @@ def score(audit_dir: Path) -> tuple[dict, list[str]]:
     reweighted = weighted_share(list(valid.values()), weights)
     covered = [s for s in STRATA if strata[s]["n"]]
     reweighted.update(population=sum(population[s] for s in covered), strata=covered,
-                      method="stratified estimate; 95% interval: normal approximation with Kish's design effect")
+                      method="stratified estimate; 95% interval: Wilson at Kish's effective sample size")
     out = {
         "version": 1, "name": audit_dir.name, "run": sample.get("run"), "sample_size": len(rows),
         "labelled": len(by_row), "annotators": annotators,

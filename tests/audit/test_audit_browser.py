@@ -57,7 +57,10 @@ def _label(page, i: int, answers: dict, valid: bool) -> None:
 
 
 def _wilson(k: int, n: int) -> tuple[float, float]:
-    p = k / n
+    return _wilson_p(k / n, n)
+
+
+def _wilson_p(p: float, n: float) -> tuple[float, float]:
     d = 1 + Z * Z / n
     c = (p + Z * Z / (2 * n)) / d
     h = Z * math.sqrt(p * (1 - p) / n + Z * Z / (4 * n * n)) / d
@@ -177,10 +180,9 @@ def _check_score(audit: Path, sample: dict, ids: list[str], final: dict) -> None
     labelled = {s: sum(stratum[rid] == s for rid in valid) for s in pop}
     w = [pop[stratum[rid]] / labelled[stratum[rid]] for rid in valid]
     share = sum(wi for wi, rid in zip(w, valid) if valid[rid]) / sum(w)
-    deff = len(w) * sum(x * x for x in w) / sum(w) ** 2
-    half = Z * math.sqrt(share * (1 - share) * deff / len(w))
+    deff = len(w) * sum(x * x for x in w) / sum(w) ** 2  # Kish: the Wilson interval at n / deff
     r = got["reweighted_valid_share"]
-    assert (r["share"], r["low"], r["high"]) == pytest.approx((share, max(0, share - half), min(1, share + half)), abs=1e-6)
+    assert (r["share"], r["low"], r["high"]) == pytest.approx((share, *_wilson_p(share, len(w) / deff)), abs=1e-6)
     shared = ids[:6]
     assert got["kappa"]["valid"] == pytest.approx(_kappa([final[x][1] for x in shared], [bob[x][1] for x in shared]), abs=1e-6)
     assert got["kappa"]["p_fits"] == pytest.approx(

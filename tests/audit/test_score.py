@@ -33,10 +33,21 @@ def test_weighted_share_with_the_design_effect():
     values, weights = [True, True, False, True], [2.0, 2.0, 2.0, 6.0]
     p = (2 + 2 + 6) / 12
     deff = 4 * (4 + 4 + 4 + 36) / 12 ** 2
-    half = Z * math.sqrt(p * (1 - p) * deff / 4)
     got = weighted_share(values, weights)
-    assert (got["share"], got["low"], got["high"], got["design_effect"]) == pytest.approx(
-        (p, p - half, min(1.0, p + half), deff), abs=1e-6)
+    assert (got["share"], got["low"], got["high"], got["design_effect"], got["effective_n"]) == pytest.approx(
+        (p, *_wilson(p, 4 / deff), deff, 4 / deff), abs=1e-6)
+    # every row valid: the interval still has a width (the normal approximation's would be 0)
+    all_valid = weighted_share([True] * 3, [1.0, 1.0, 4.0])
+    assert all_valid["share"] == 1 and all_valid["low"] == pytest.approx(_wilson(1.0, 3 / 1.5)[0], abs=1e-6)
+    assert all_valid["low"] < 0.6
+
+
+def _wilson(p: float, n: float) -> tuple[float, float]:
+    """The Wilson score interval, from its textbook form."""
+    d = 1 + Z * Z / n
+    c = (p + Z * Z / (2 * n)) / d
+    h = Z * math.sqrt(p * (1 - p) / n + Z * Z / (4 * n * n)) / d
+    return max(0.0, c - h), min(1.0, c + h)
 
 
 def _line(rid: str, who: str, valid: bool, **answers) -> str:
@@ -79,10 +90,9 @@ def test_score_figures_by_hand(scored):
     v = [1, 0, 1, 1, 0] + [1, 0] + [1]
     p = sum(x * y for x, y in zip(v, w)) / sum(w)
     deff = len(w) * sum(x * x for x in w) / sum(w) ** 2
-    half = Z * math.sqrt(p * (1 - p) * deff / len(w))
     r = got["reweighted_valid_share"]
-    assert p == pytest.approx(27.4 / 42)
-    assert (r["share"], r["low"], r["high"]) == pytest.approx((p, p - half, p + half), abs=1e-6)
+    assert p == pytest.approx(27.4 / 42) and deff == pytest.approx(8 * 229.2 / 42 ** 2)
+    assert (r["share"], r["low"], r["high"]) == pytest.approx((p, *_wilson(p, len(w) / deff)), abs=1e-6)
     assert r["population"] == 42 and r["strata"] == ["accepted", "rejected_judge", "rejected_filter"]
     # kappa, alice vs bob on a0..a4. valid: 4 of 5 agree; alice 4 T / 1 F, bob 3 T / 2 F
     pe = (4 * 3 + 1 * 2) / 25
