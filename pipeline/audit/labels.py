@@ -103,6 +103,8 @@ def label_files(audit_dir: Path) -> list[tuple[Path, str | None]]:
     an unknown layout is refused."""
     out: list[tuple[Path, str | None]] = []
     for p in sorted(Path(audit_dir).iterdir()):
+        if p.name.startswith("."):
+            continue  # an editor's swap file, a temp file: no one's labels
         if p.name == LABELS:
             out.insert(0, (p, None))
         elif m := _PER_ANNOTATOR.match(p.name):

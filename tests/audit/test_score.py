@@ -122,3 +122,30 @@ def test_score_errors_are_one_line(tmp_path):
     assert code == 2 and "no sample.json" in err and "Traceback" not in err
     code, _, err = run_infir("audit", "a", "b", "c")
     assert code == 2 and "expected `infir audit runs/<run>`" in err
+
+
+def test_three_annotators_mean_pairwise_kappa_and_a_changed_run_is_noted(tmp_path):
+    from pipeline.audit.score import score
+
+    run = make_audit_run(tmp_path)
+    sample = draw(run, {"accepted": 4}, seed=2)
+    audit = run / "audit" / "three"
+    write_sample(sample, audit / "sample.json")
+    ids = [r["row_id"] for r in sample["rows"]]
+    votes = {"ann": [True, True, False, False], "bea": [True, False, False, False], "cy": [True, True, True, False]}
+    (audit / "labels.jsonl").write_text("".join(_line(rid, who, v[k]) + "\n" for who, v in votes.items()
+                                                for k, rid in enumerate(ids)))
+    got, notes = score(audit)
+    assert notes == []
+    pairs = [("ann", "bea"), ("ann", "cy"), ("bea", "cy")]
+    def kappa(a, b):  # noqa: E306
+        po = sum(x == y for x, y in zip(a, b)) / 4
+        pe = (sum(a) * sum(b) + (4 - sum(a)) * (4 - sum(b))) / 16
+        return (po - pe) / (1 - pe)
+    assert got["kappa"]["valid"] == pytest.approx(sum(kappa(votes[a], votes[b]) for a, b in pairs) / 3, abs=1e-6)
+    # majority of three: rows 0 and 1 valid (3 and 2 votes), 2 and 3 not (1 and 0)
+    assert (got["precision"]["valid"], got["precision"]["n"]) == (2, 4)
+    assert got["disagreements"] == ids[1:3]
+    (run / "verify" / "_SUCCESS.json").write_text('{"stage": "verify", "rebuilt": true}')
+    _, notes = score(audit)
+    assert notes == [f"{run / 'verify'} changed since the sample was drawn: the figures describe its rows as they were"]
