@@ -1,12 +1,13 @@
 """`infir`: one subcommand per stage, plus `build` and `status`.
 
 The CLI only parses flags into config overrides and calls stage functions. Errors reach the
-user as one line and a non-zero exit (the statuses: `main.py`); `--debug` shows the traceback.
+user as one line and a non-zero exit (the statuses: `exit_status.py`); `--debug` shows the traceback.
 """
 
 from __future__ import annotations
 
 import inspect
+import sys
 from pathlib import Path
 from typing import Any, Optional
 
@@ -429,5 +430,13 @@ def audit(
     run_audit(args, rows=rows, seed=seed, name=name, annotator=annotator, port=port, per_stratum=per_stratum)
 
 
-# `main` (the exit statuses) lives in `pipeline/cli/main.py`; imported last, as it uses `app`.
-from pipeline.cli.main import entrypoint, main  # noqa: E402
+def main(argv: list[str] | None = None) -> int:
+    """Run `infir` with `argv` (default: sys.argv); the exit status. exit_status.py is handed the app:
+    importing this package from there would be an import circle (tests/test_architecture.py)."""
+    from pipeline.cli.exit_status import run_app
+
+    return run_app(app, _state, argv)
+
+
+def entrypoint() -> None:
+    sys.exit(main())

@@ -1,5 +1,5 @@
 """`python -m pipeline.cli`: the same as the `infir` command."""
 
-from pipeline.cli.main import entrypoint
+from pipeline.cli import entrypoint
 
 entrypoint()
