@@ -14,7 +14,7 @@ from pipeline.audit.labels import Label, read_labels
 from pipeline.audit.questions import QUESTIONS, judge_answer
 from pipeline.audit.sample import STRATA, load_sample
 from pipeline.audit.stats import cohen_kappa, weighted_share, wilson
-from pipeline.fileio import write_json_atomic
+from pipeline.fileio import sha256_file, write_json_atomic
 
 
 def _valid(labels: dict[str, Label]) -> bool:
@@ -59,12 +59,25 @@ def _disagree(labels: dict[str, Label]) -> bool:
     return len(seen) > 1
 
 
+def _changed_since(audit_dir: Path, sample: dict) -> list[str]:
+    """A note per stage of the run whose output changed after the draw (runs/<run>/audit/<name>):
+    the figures then describe the rows as they were when sampled."""
+    run = audit_dir.parent.parent
+    out = []
+    for stage, sha in (sample.get("created_from") or {}).items():
+        success = run / stage / "_SUCCESS.json"
+        if not success.is_file() or sha256_file(success) != sha:
+            out.append(f"{run / stage} changed since the sample was drawn: the figures describe its rows as they were")
+    return out
+
+
 def score(audit_dir: Path) -> tuple[dict, list[str]]:
     """The figures (audit.json's content) and the notes on skipped label lines."""
     audit_dir = Path(audit_dir)
     sample = load_sample(audit_dir)
     rows = {r["row_id"]: r for r in sample["rows"]}
     latest, notes = read_labels(audit_dir, set(rows))
+    notes = _changed_since(audit_dir, sample) + notes
     by_row: dict[str, dict[str, Label]] = defaultdict(dict)
     for (rid, annotator), label in latest.items():
         by_row[rid][annotator] = label

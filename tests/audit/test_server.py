@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import re
 import threading
 
 import pytest
@@ -76,6 +77,7 @@ def test_an_answer_is_written_before_the_reply_and_unblinds_its_row(served):
     code, page = _request(httpd, "GET", f"/{app.token}/")
     secret = next(iter(first["judge"]["reasons"].values()), None) if first["judge"]["reasons"] else None
     assert code == 200 and "Content-Security-Policy" in page and "default-src 'none'" in page
+    assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", page)  # self-contained: nothing to fetch
     data = json.loads(page.split('id="audit-data">', 1)[1].split("</script>", 1)[0])
     assert data["judge"] == {} and all("judge" not in r and "stratum" not in r for r in data["rows"])  # blind
     code, body = _request(httpd, "POST", f"/{app.token}/label", body={"row_id": first["row_id"], "answers": ANSWERS,
