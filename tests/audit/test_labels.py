@@ -73,7 +73,7 @@ def test_one_file_per_annotator_and_unknown_layouts(tmp_path):
     (tmp_path / "labels.jsonl").write_text(json.dumps(_label("r1").model_dump()) + "\n")
     (tmp_path / "labels-bob.jsonl").write_text(json.dumps(_label("r1", False, who="bob").model_dump()) + "\n")
     (tmp_path / "sample.json").write_text("{}")  # the audit's own files are no label layout
-    (tmp_path / ".labels.jsonl.swp").write_text("editor state")  # nor is an editor's hidden swap file
+    (tmp_path / ".#labels.jsonl").write_text("alice@host.123")  # nor is an editor's hidden lock file
     latest, _ = read_labels(tmp_path, IDS)
     assert latest[("r1", "alice")].valid and not latest[("r1", "bob")].valid
     (tmp_path / "labels-carol.jsonl").write_text(json.dumps(_label("r2", who="bob").model_dump()) + "\n")
