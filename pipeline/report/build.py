@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.report import measures as m
+from pipeline.report.audit import run_audits
+from pipeline.report.calibration import judge_calibration
 from pipeline.report.browse import browser_rows, sample_positions
 from pipeline.report.cost import cost
 from pipeline.report.funnel import funnel, row_reasons
@@ -128,6 +130,9 @@ def _build(run_path: Path, o: ReportOptions, model) -> tuple[dict, list[dict]]:
         "funnel": fun,
         "cost": cost(run, fun["status"]["accepted"]),
         "quality": quality(run, o),
+        # What checks the judge: people's audits of this verify output, and the cascade's calibration.
+        "audit": _audits(run),
+        "calibration": judge_calibration(run.path, run.config),
         "options": {k: v for k, v in o.__dict__.items()},
     }
     hard = _hardness(run, o, model)
@@ -140,6 +145,11 @@ def _build(run_path: Path, o: ReportOptions, model) -> tuple[dict, list[dict]]:
     report["browser"] = {"rows": len(rows), "of": len(reasons), "sampled": len(rows) < len(reasons), "seed": o.seed}
     report["seconds"] = round(time.perf_counter() - t0, 2)
     return report, rows
+
+
+def _audits(run: RunData) -> dict:
+    audits, warnings = run_audits(run.path)
+    return {"audits": audits, "warnings": warnings}
 
 
 def _fingerprint(run: RunData) -> str | None:

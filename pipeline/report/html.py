@@ -174,6 +174,69 @@ def hardness_block(h: dict | None) -> str:
                                   ("best retrieved negative", h["cos_best_mined"]))]))
 
 
+def _rate(r: dict) -> str:
+    if r.get("rate") is None:
+        return f"n/a ({r['k']}/{r['n']})"
+    lo, hi = r["interval"]
+    return f"{r['rate']:.1%} [{lo:.1%}, {hi:.1%}] ({r['k']}/{r['n']})"
+
+
+def audit_block(a: dict) -> str:
+    """The human audits (`infir audit score`), or that none was made."""
+    from pipeline.report.audit import NONE_MADE, STRATUM_DOC, estimate_text, share_text
+
+    parts = ["<h3>Human audit</h3>"] + [f'<p class="muted">warning: {escape(w)}</p>' for w in a["warnings"]]
+    if not a["audits"]:
+        return "".join(parts) + f'<p class="muted">{escape(NONE_MADE)} Make one: <code>infir audit runs/&lt;run&gt;</code>.</p>'
+    for x in a["audits"]:
+        parts.append(f'<p class="note">Audit <b>{escape(x["name"])}</b>: {x["labelled"]:,} of {x["sample_size"]:,} sampled '
+                     f'rows labelled by {x["annotators"]} annotator(s). Shares of labelled rows '
+                     'people judged valid, with Wilson 95% intervals.</p>')
+        parts.append(kpis([("judge's precision (accepted rows valid)", escape(share_text(x["precision"]))),
+                           (f"valid rows among the {x['reweighted_valid_share'].get('population') or 0:,} rows of the "
+                            "sampled strata (reweighted)", escape(estimate_text(x["reweighted_valid_share"])))]))
+        parts.append(table(["stratum", "judged valid by people"],
+                           [[escape(STRATUM_DOC.get(k, k)), escape(share_text(v))] for k, v in x["strata"].items()]))
+        if x["questions"]:
+            kappa = ["Cohen's kappa"] if x["kappa"] else []  # two annotators or more on the same rows
+            parts.append(table(["question", "agreement with the judge's checks", "answers", *kappa],
+                               [[escape(q), _share(v["agreement"]), f"{v['n']:,}",
+                                 *([f"{x['kappa'][q]:.3f}" if q in x["kappa"] else ""] if kappa else [])]
+                                for q, v in x["questions"].items()]))
+            if "valid" in x["kappa"]:
+                parts.append(f'<p class="note">Cohen\'s kappa of "valid overall": {x["kappa"]["valid"]:.3f}</p>')
+    return "".join(parts)
+
+
+def calibration_block(c: dict | None) -> str:
+    """The cascade's calibration (`infir calibrate-judge`), or that none was made."""
+    if c is None:
+        return ('<h3>Judge cascade calibration</h3><p class="muted">No judge calibration was made '
+                "(<code>infir calibrate-judge</code> measures the cascade's first judge and recommends its threshold).</p>")
+    at = c["at_recommended"]
+    against = (f"people's labels (audit {escape(c['labels'] or '')})" if c["against"] == "labels"
+               else f"the reasoning judge ({escape(c['judge_model'] or 'n/a')})")
+    note = (f"First judge {escape(c['first_model'] or 'n/a')} against {against} on {c['rows']:,} rows (seed "
+            f"{c['seed']}; confidence from {escape(', '.join(c['confidence_sources']) or 'n/a')}). The recommended "
+            f"threshold is the one with the largest saving whose false-reject rate is at most {c['max_false_reject']:.0%}.")
+    if c["configured_threshold"] is not None:
+        note += f" The run's config sets verify.cascade_threshold = {c['configured_threshold']:g}, which verify uses instead."
+    elif not c["cascade_on"]:
+        note += " The cascade is off in this run's config (verify.cascade = false)."
+    return ("<h3>Judge cascade calibration</h3>" + f'<p class="note">{note}</p>'
+            + kpis([("recommended threshold", f"{at['threshold']:g}"), ("judge requests saved", _share(at["saving"])),
+                    ("false rejects", escape(_rate(at["false_reject"]))), ("false accepts", escape(_rate(at["false_accept"])))])
+            + table(["check", "false reject", "false accept"],
+                    [[escape(k), escape(_rate(v["false_reject"])), escape(_rate(v["false_accept"]))]
+                     for k, v in c["per_check"].items()]))
+
+
+def judge_section(report: dict) -> str:
+    return ('<section id="judge"><h2>Checking the judge</h2><p class="note">Every figure above comes from the LLM judge. '
+            "These measure it: people's labels of a sample, and the cascade's first judge against its reference.</p>"
+            + audit_block(report["audit"]) + calibration_block(report["calibration"]) + "</section>")
+
+
 def browser_section(b: dict) -> str:
     held = (f"a seeded sample of {b['rows']:,} of {b['of']:,} rows (seed {b['seed']}; rejected and failed rows "
             "over-represented); the measures above cover every row" if b["sampled"] else f"all {b['rows']:,} rows")
@@ -209,5 +272,6 @@ def render_report(report: dict, rows: list[dict]) -> str:
     sub = (f"run <b>{escape(report['run'])}</b> · stages: {escape(', '.join(report['stages']))} · "
            f"{report['rows']:,} candidate rows (from {escape(report['row_stage'] or 'none')}) · made {escape(report['created_at'])}")
     body = (funnel_section(report["funnel"]) + cost_section(report["cost"], report["funnel"]["status"]["accepted"])
-            + quality_section(report["quality"], report.get("hardness")) + browser_section(report["browser"]))
+            + judge_section(report) + quality_section(report["quality"], report.get("hardness"))
+            + browser_section(report["browser"]))
     return page(f"infir report: {report['run']}", sub, body, rows)
