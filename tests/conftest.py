@@ -36,17 +36,48 @@ def _isolated(tmp_path, monkeypatch):
     yield
 
 
+def under_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
+
+
+def require(present: bool, what: str) -> None:
+    """Skip the calling test when something it needs from outside the repository is absent
+    (../shared/data, the system Chromium), saying what; under CI=true fail it instead. CI has all of
+    them (.ci/run installs Chromium), so there a missing one is a broken set-up, and a skip would
+    let the tests that need it (kills, concurrency, faults, the browser) pass unseen."""
+    if present:
+        return
+    if under_ci():
+        pytest.fail(f"{what}; CI=true, where a missing prerequisite fails the test instead of skipping it",
+                    pytrace=False)
+    pytest.skip(what)
+
+
+def require_msmarco() -> Path:
+    require((MSMARCO / "corpus.jsonl").is_file(),
+            f"{MSMARCO} not present (shared data is only beside CI and developer checkouts)")
+    return MSMARCO
+
+
+def require_chromium():
+    """The system Chromium's path and playwright's sync API, which drives it (the browser tests)."""
+    path = next((p for p in ("/usr/bin/chromium", "/usr/bin/chromium-browser") if Path(p).exists()), None)
+    require(path is not None, "no system Chromium (apt-get install chromium; .ci/run installs it)")
+    try:
+        from playwright import sync_api
+    except ImportError:
+        require(False, "playwright not installed (pip install '.[dev]')")
+    return path, sync_api
+
+
 @pytest.fixture
 def msmarco() -> Path:
-    if not (MSMARCO / "corpus.jsonl").is_file():
-        pytest.skip(f"{MSMARCO} not present (shared data is only beside CI and developer checkouts)")
-    return MSMARCO
+    return require_msmarco()
 
 
 @pytest.fixture
 def eval_topics() -> Path:
-    if not EVAL_TOPICS.is_dir():
-        pytest.skip(f"{EVAL_TOPICS} not present")
+    require(EVAL_TOPICS.is_dir(), f"{EVAL_TOPICS} not present (shared data is only beside CI and developer checkouts)")
     return EVAL_TOPICS
 
 

@@ -3,7 +3,7 @@ with the keyboard, a reload, the server killed and restarted, and `audit score` 
 figures recomputed here by hand, with a second annotator's file for kappa.
 
 Headless Chromium from the system packages, driven by playwright (as tests/report/test_report_browser.py);
-skipped where neither is installed. The server is the real CLI in a subprocess, so killing it is a kill.
+skipped where either is missing, failed under CI=true (conftest.require_chromium). The server is the real CLI in a subprocess, so killing it is a kill.
 With INFIR_AUDIT_PNG=<path>, the test also saves its screenshot there (docs/audit.png is made so).
 """
 
@@ -19,9 +19,8 @@ from pathlib import Path
 import pytest
 
 from audit_fixtures import make_audit_run
-from conftest import run_infir
+from conftest import require_chromium, run_infir
 
-CHROMIUM = next((p for p in ("/usr/bin/chromium", "/usr/bin/chromium-browser") if Path(p).exists()), None)
 Z = 1.959964
 QIDS = ("p_fits", "hn1_fits", "hn2_fits", "edits_minimal")
 KEY = {"yes": "y", "no": "n", "unsure": "u"}
@@ -75,9 +74,7 @@ def _kappa(a: list, b: list) -> float:
 
 
 def test_label_ten_rows_reload_kill_restart_and_score(tmp_path):
-    if CHROMIUM is None:
-        pytest.skip("no system Chromium (apt-get install chromium); CI installs it")
-    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright not installed (pip install '.[dev]')")
+    chromium, sync_api = require_chromium()
     make_audit_run(tmp_path)
     audit = tmp_path / "runs" / "fixture" / "audit" / "seed13"
     proc, url = _serve(tmp_path)
@@ -87,7 +84,7 @@ def test_label_ten_rows_reload_kill_restart_and_score(tmp_path):
     png = tmp_path / "audit.png"
     try:
         with sync_api.sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
+            browser = p.chromium.launch(executable_path=chromium, headless=True, args=["--no-sandbox"])
             page = browser.new_page(viewport={"width": 1280, "height": 1000})
             errors: list[str] = []
             page.on("pageerror", lambda e: errors.append(str(e)))

@@ -108,10 +108,9 @@ def _kill_once(stage, args, cwd, env, server, rng, target, phase_start) -> bool:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    from conftest import MSMARCO
+    from conftest import require_msmarco
 
-    if not (MSMARCO / "corpus.jsonl").is_file():
-        pytest.skip(f"{MSMARCO} not present")
+    msmarco = require_msmarco()
     a, b = tmp_path_factory.mktemp("uninterrupted"), tmp_path_factory.mktemp("killed")
     env = child_env(**{KEY_ENV: SECRETS[0], "HF_TOKEN": SECRETS[1], "SOURCE_DATE_EPOCH": "1700000000"})
     rng = random.Random(20240601)
@@ -119,7 +118,7 @@ def runs(tmp_path_factory):
         def args(stage):
             # The filter stage has no LLM wait: small shards give it enough files (and time) for
             # each kill to land before it finishes.
-            return infir_args(stage, server.base_url, MSMARCO, queries=QUERIES, concurrency=CONCURRENCY,
+            return infir_args(stage, server.base_url, msmarco, queries=QUERIES, concurrency=CONCURRENCY,
                               extra=("--set", "filter.shard_rows=2"))
 
         # Stages run one after the other, so a stage's requests are the server's count over its

@@ -2,7 +2,8 @@
 finds the rejected rows failing `hn2_fits` that `infir status` counts.
 
 Headless Chromium from the system packages (`apt-get install chromium`; .ci/run installs it),
-driven by playwright with the system executable. Where neither is installed, the test is skipped.
+driven by playwright with the system executable. Where either is missing the test is skipped, and
+fails under CI=true (conftest.require).
 """
 
 from __future__ import annotations
@@ -13,10 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import SAMPLE, run_infir
-
-CHROMIUM = next((p for p in ("/usr/bin/chromium", "/usr/bin/chromium-browser") if Path(p).exists()), None)
-
+from conftest import SAMPLE, require_chromium, run_infir
 
 @pytest.fixture(scope="module")
 def sample_report(tmp_path_factory) -> Path:
@@ -51,9 +49,7 @@ def test_report_files_and_json(sample_report):
 
 
 def test_report_in_chromium(sample_report, tmp_path):
-    if CHROMIUM is None:
-        pytest.skip("no system Chromium (apt-get install chromium); CI installs it")
-    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright not installed (pip install '.[dev]')")
+    chromium, sync_api = require_chromium()
     page_file = sample_report / "runs" / "sample" / "report.html"
     expected = _status_failed(sample_report, "hn2_fits")
     requests: list[str] = []
@@ -66,7 +62,7 @@ def test_report_in_chromium(sample_report, tmp_path):
             r.abort()
 
     with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
+        browser = p.chromium.launch(executable_path=chromium, headless=True, args=["--no-sandbox"])
         try:
             page = browser.new_page(viewport={"width": 1280, "height": 900})
             errors: list[str] = []

@@ -25,8 +25,6 @@ from pipeline.retrieval import bm25 as bm25_mod  # noqa: E402
 from pipeline.retrieval.bm25 import BM25Index  # noqa: E402
 from pipeline.retrieval.dense import EmbeddingStore, text_key  # noqa: E402
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-MSMARCO = Path(REPO_ROOT).parent / "shared" / "data" / "msmarco-dev-sample"
 
 POS_EIFFEL = ("The Eiffel Tower in Paris was completed in 1889 and stands 330 metres tall. It was designed by the "
               "engineering company of Gustave Eiffel as the entrance arch for the World's Fair.")
@@ -335,15 +333,14 @@ def test_dense_and_hybrid(small, tmp_path):
 # --------------------------------------------------------------------------- real data (optional)
 
 
-@pytest.mark.skipif(not MSMARCO.exists(), reason=f"MS MARCO dev sample not found at {MSMARCO}")
-def test_msmarco_sample_bm25(tmp_path):
-    corpus = [json.loads(line) for line in open(MSMARCO / "corpus.jsonl", encoding="utf-8")]
+def test_msmarco_sample_bm25(tmp_path, msmarco):
+    corpus = [json.loads(line) for line in open(msmarco / "corpus.jsonl", encoding="utf-8")]
     queries = {}
-    for line in open(MSMARCO / "queries.jsonl", encoding="utf-8"):
+    for line in open(msmarco / "queries.jsonl", encoding="utf-8"):
         d = json.loads(line)
         queries[d["_id"]] = d["text"]
     qrels: dict[str, list[str]] = {}
-    with open(MSMARCO / "qrels" / "test.tsv", encoding="utf-8") as f:
+    with open(msmarco / "qrels" / "test.tsv", encoding="utf-8") as f:
         next(f)
         for line in f:
             q, p, _ = line.rstrip("\n").split("\t")
