@@ -359,18 +359,26 @@ def calibrate_judge(
     backend: Optional[str] = BackendOpt,
     rows: Optional[int] = typer.Option(None, "--rows", help="Sample size (default verify.calibration_rows, 200)."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Sample seed (default verify.calibration_seed)."),
+    labels: Optional[Path] = typer.Option(None, "--labels", help="An audit folder (runs/<run>/audit/<name>): set the "
+                                          "threshold against its people's labels, not the reasoning judge."),
     set_: Optional[list[str]] = SetOpt,
 ) -> None:
     """Calibrate the judge cascade: the first judge and the reasoning judge on a seeded sample of the
     rows verify would judge; prints each check's false-reject / false-accept rates (Wilson 95%
     intervals) and the threshold that keeps false rejects under verify.calibration_max_false_reject
-    at the largest saving. Written to runs/<run>/calibration/judge.json, which verify then uses."""
+    at the largest saving. Written to runs/<run>/calibration/judge.json, which verify then uses.
+    With --labels, people's "valid" labels of an audit's rows stand in for the reasoning judge."""
     from pipeline.declaration import PIPELINE
     from pipeline.progress import console
-    from pipeline.runner.calibrate import calibrate_judge as calibrate
+    from pipeline.runner.calibrate import calibrate_from_labels, calibrate_judge as calibrate
 
     cfg = _config(config, run, set_, **{"llm.backend": backend})
-    _, lines = calibrate(PIPELINE, cfg, rows=rows, seed=seed)
+    if labels is not None:
+        from pipeline.audit.verdicts import labelled_rows
+
+        _, lines = calibrate_from_labels(PIPELINE, cfg, labelled_rows(labels), rows=rows, seed=seed)
+    else:
+        _, lines = calibrate(PIPELINE, cfg, rows=rows, seed=seed)
     for line in lines:
         console.print(line)
 
