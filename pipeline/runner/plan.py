@@ -67,9 +67,9 @@ class Plan:
     cost_high_usd: float
     batch_cost_usd: float
     pilot_run: str
-    # Per usage column (kind of request): its model, the share of candidates that sent it, and its
-    # online and batch cost per candidate (the judge cascade: `verify_first` on every candidate,
-    # `verify` on the share the first judge let through).
+    # Per usage column (kind of request): its stage and model, the share of candidates that sent it,
+    # and its online and batch cost per candidate (the judge cascade: `verify_first` on every
+    # candidate, `verify` on the share the first judge let through).
     parts: list[dict] = field(default_factory=list)
 
     def as_dict(self) -> dict:
@@ -93,19 +93,19 @@ def _judge_stage(pipe: Pipeline) -> LLMStage:
     return judged[-1]
 
 
-def usage_models(pipe: Pipeline, cfg) -> dict[str, str]:
-    """The model behind each usage column: `usage_<stage>` is the stage's own model (`<section>.model`),
-    `usage_<stage>_<kind>` the stage's `<section>.<kind>_model` (the cascade's `usage_verify_first`:
-    `verify.first_model`), as `LLMStage.models` names them."""
-    out: dict[str, str] = {}
+def usage_models(pipe: Pipeline, cfg) -> dict[str, tuple[str, str]]:
+    """The stage and model behind each usage column: `usage_<stage>` is the stage's own model
+    (`<section>.model`), `usage_<stage>_<kind>` the stage's `<section>.<kind>_model` (the cascade's
+    `usage_verify_first`: `verify.first_model`), as `LLMStage.models` names them."""
+    out: dict[str, tuple[str, str]] = {}
     for stage in pipe.llm_stages():
         for i, (key, model) in enumerate(stage.models(cfg)):
             kind = key.rsplit(".", 1)[-1].removesuffix("model").rstrip("_")
-            out[f"usage_{stage.name}" + (f"_{kind}" if kind and i else "")] = model
+            out[f"usage_{stage.name}" + (f"_{kind}" if kind and i else "")] = (stage.name, model)
     return out
 
 
-def _corpus_costs(table, prices: PriceTable, models: dict[str, str]) -> list[dict]:
+def _corpus_costs(table, prices: PriceTable, models: dict[str, tuple[str, str]]) -> list[dict]:
     """Per usage column of the candidate rows: its model, how many rows sent it, and their online
     and batch cost (each at its own model's batch discount)."""
     parts = []
@@ -113,12 +113,12 @@ def _corpus_costs(table, prices: PriceTable, models: dict[str, str]) -> list[dic
         used = [u["cost_usd"] for u in table.column(col).to_pylist() if u]
         if not used:  # a kind of request this run did not send (the cascade's column when it is off)
             continue
-        model = models.get(col)
-        if model is None:
+        if col not in models:
             raise InfirError(f"plan: no model of the pipeline's LLM stages answers the rows' {col} column")
+        stage, model = models[col]
         price = prices.lookup(model)
         discount = price.batch_discount if price is not None else 1.0
-        parts.append({"usage": col, "model": model, "rows": len(used), "online_usd": sum(used),
+        parts.append({"usage": col, "stage": stage, "model": model, "rows": len(used), "online_usd": sum(used),
                       "batch_usd": sum(used) * discount})
     return parts
 
@@ -138,7 +138,7 @@ def measure(pipe: Pipeline, cfg, pilot_cfg, target: int) -> Plan:
     n = max(candidates, 1)
     per_cand = sum(c["online_usd"] for c in costs) / n
     per_cand_batch = sum(c["batch_usd"] for c in costs) / n
-    parts = [{"usage": c["usage"], "model": c["model"], "share": round(c["rows"] / max(table.num_rows, 1), 4),
+    parts = [{"usage": c["usage"], "stage": c["stage"], "model": c["model"], "share": round(c["rows"] / max(table.num_rows, 1), 4),
               "cost_per_candidate_usd": c["online_usd"] / n, "batch_cost_per_candidate_usd": c["batch_usd"] / n}
              for c in costs]
 
@@ -193,7 +193,8 @@ def describe(p: Plan, cap: float | None = None) -> list[str]:
         f"projected cost: ${p.cost_usd:.4f} online (interval ${p.cost_low_usd:.4f}-${p.cost_high_usd:.4f}), "
         f"${p.batch_cost_usd:.4f} in batch mode",
     ]
-    if len(p.parts) > 1:  # e.g. the cascade: the reasoning judge only on the share the first judge lets through
+    stages = [c["stage"] for c in p.parts]
+    if len(set(stages)) < len(stages):  # a stage with two kinds of request: the judge cascade
         lines.append("per candidate: " + "; ".join(
             f"{c['usage'].removeprefix('usage_')} ({c['model']}) ${c['cost_per_candidate_usd']:.5f} on {c['share']:.0%} of rows"
             for c in p.parts))

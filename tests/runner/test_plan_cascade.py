@@ -107,3 +107,4 @@ def test_plan_without_the_cascade_prices_the_judge_on_every_candidate(tmp_path, 
     assert sorted(parts) == ["usage_generate", "usage_mine", "usage_verify"]
     assert parts["usage_verify"]["share"] == 1.0 and parts["usage_verify"]["model"] == "o3-mini"
     assert p.batch_cost_per_candidate_usd == pytest.approx(p.cost_per_candidate_usd * PRICES.lookup("o3-mini").batch_discount)
+    assert not any(line.startswith("per candidate:") for line in describe(p))  # one kind of request per stage
