@@ -16,11 +16,19 @@ Features
   `logprob_tokens(content, {char offset: logprob})`); a request with `logprobs: true` gets them
   (default: the content's tokens, each certain), as the API returns them only when asked.
 - `usage`: fixed (prompt, completion[, cached, reasoning]) tokens, or a function of the body giving
-  them; default: chars/4 of the prompt and the answer. `prefix_cache=True` reports `cached_tokens`
+  them; default: the server's own count (`openai_limits.text_tokens`: words x 1.3 plus punctuation,
+  near OpenAI's average for English), NOT the client's chars/4 fallback, so that an estimate checked
+  against this bill is checked against another rule, as against the real tokenizer.
+  `reasoning_tokens`: hidden reasoning tokens added to a reasoning model's answers (an int, or a
+  function of the body such as `seeded_reasoning(median, sigma)`: lognormal, drawn from the
+  conversation so a resent request bills the same). `prefix_cache=True` reports `cached_tokens`
   as OpenAI's prompt caching would (the longest prefix >= 1,024 tokens, in 128-token steps, that an
   earlier request of the same model began with).
 - latency (seconds per request), a thread-safe request counter (total and per path), recorded
-  requests (body, headers, arrival/finish times, status, fault).
+  requests (body, headers, arrival/finish times, status, fault), `answered()` (chat answers written).
+- The bill: every answer the server made (HTTP 200 with a usage, chat and batch lines alike) is in
+  `bills` (model, tokens, batch or not), whether or not the client lived to read it, as the service
+  bills it; `billed_usd(price)` prices them (e.g. `PriceTable.load().cost`).
 - injected faults, per request, from `fault_fn(n, body)`, else `script[n]`, else a seeded RNG
   (`fault_rate`, `fault_kinds`, `seed`; request n's draw depends only on (seed, n)):
   "429" (Retry-After: `retry_after`), "500", "503", "400", "401" (echoes the bearer token, like a
@@ -47,7 +55,7 @@ Features
   custom_ids or a url other than its endpoint; an upload over `batch_max_bytes` is refused (400).
   Enqueued-token limit (`batch_queue_tokens`: an int for every model, or {model: tokens}; None: no
   limit), as the real service applies it: a batch's tokens are its lines' prompt tokens, counted as
-  this server bills them (`usage`, else chars/4 + 1 per line); at validation, a batch whose tokens
+  this server bills them (`usage`, else `prompt_tokens`); at validation, a batch whose tokens
   plus those of the model's batches already queued (validated, not yet completed / failed / expired
   / cancelled) plus `batch_queue_external[model]` (tokens another process holds) exceed the limit
   ends "failed" with `errors.data[0].code = "token_limit_exceeded"` and the service's message
@@ -89,7 +97,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable
 
-from openai_limits import Service, add_arguments, service_from_args
+from openai_limits import Service, add_arguments, prompt_tokens, service_from_args, text_tokens
 
 RETRYABLE_FAULTS = ("429", "500", "503", "drop", "timeout")
 CONTENT_FAULTS = ("malformed", "schema", "length")
@@ -115,6 +123,20 @@ class Recorded:
     fault: str | None = None
     raw: bytes | None = None  # the body when it is not JSON (multipart uploads)
     params: dict[str, str] = field(default_factory=dict)  # {name} segments of the matched route
+
+
+@dataclass
+class Bill:
+    """One answer the service charges for."""
+
+    n: int
+    model: str
+    prompt: int
+    completion: int  # reasoning included, as usage.completion_tokens
+    cached: int
+    reasoning: int
+    batch: bool
+    body: Any
 
 
 @dataclass
@@ -224,8 +246,7 @@ def completion(body: dict[str, Any], n: int, content: str | None, finish_reason:
                refusal: str | None = None, usage: tuple[int, ...] | None = None) -> dict[str, Any]:
     """`usage`: (prompt, completion[, cached, reasoning]) tokens; None: counted from the text."""
     if usage is None:
-        prompt_chars = sum(len(str(m.get("content") or "")) for m in body.get("messages") or [])
-        usage = (prompt_chars // 4 + 1, len(content or "") // 4 + 1)
+        usage = (prompt_tokens(body), max(1, text_tokens(content or "")))
     cached, reasoning = (tuple(usage[2:4]) + (0, 0))[:2]
     return {
         "id": f"chatcmpl-test-{n}",
@@ -249,6 +270,19 @@ def completion(body: dict[str, Any], n: int, content: str | None, finish_reason:
             "completion_tokens_details": {"reasoning_tokens": reasoning},
         },
     }
+
+
+def seeded_reasoning(median: float, sigma: float, seed: int = 0, low: int = 1, high: int = 30_000
+                     ) -> Callable[[dict[str, Any]], int]:
+    """Hidden reasoning tokens drawn from lognormal(median, sigma), clipped to [low, high], for
+    `reasoning_tokens=`. The draw depends on (seed, the conversation), so a request sent again
+    (after a kill, a retry) bills what it billed before: resumed runs stay byte-identical."""
+
+    def draw(body: dict[str, Any]) -> int:
+        rng = random.Random(f"{seed}:reasoning:{_h(json.dumps(body.get('messages'), sort_keys=True))}")
+        return int(min(high, max(low, round(median * math.exp(sigma * rng.gauss(0.0, 1.0))))))
+
+    return draw
 
 
 _TOKEN_RE = re.compile(r"\w+|\s+|[^\w\s]")
@@ -438,6 +472,7 @@ class FakeOpenAIServer:
         self._ids = 0
         self._batch_lines = 0
         self.requests: list[Recorded] = []
+        self.bills: list[Bill] = []  # every answer made, read or not by the client (see `billed_usd`)
         self.count = 0
         self.counts: dict[str, int] = {}
         self._lock = threading.Lock()
@@ -503,6 +538,28 @@ class FakeOpenAIServer:
                 return True
             time.sleep(0.005)
         return False
+
+    def answered(self) -> int:
+        """Chat answers (HTTP 200) written out to their client so far."""
+        with self._lock:
+            return sum(1 for r in self.requests if r.path in CHAT_PATHS and r.status == 200 and r.finished)
+
+    def billed_usd(self, price: Callable[..., float]) -> float:
+        """What the service charges for every answer it made: `price(model, prompt, completion,
+        cached, batch=...)` summed (pipeline.llm.pricing.PriceTable.cost has that signature)."""
+        with self._lock:
+            bills = list(self.bills)
+        return sum(price(b.model, b.prompt, b.completion, b.cached, batch=b.batch) for b in bills)
+
+    def _charge(self, n: int, body: dict[str, Any], reply: Reply, batch: bool) -> None:
+        usage = reply.body.get("usage") if reply.status == 200 and isinstance(reply.body, dict) else None
+        if not usage:
+            return
+        bill = Bill(n, str(body.get("model") or ""), int(usage["prompt_tokens"]), int(usage["completion_tokens"]),
+                    int(usage["prompt_tokens_details"]["cached_tokens"]),
+                    int(usage["completion_tokens_details"]["reasoning_tokens"]), batch, body)
+        with self._lock:
+            self.bills.append(bill)
 
     def chat_requests(self) -> list[Recorded]:
         with self._lock:
@@ -581,8 +638,15 @@ class FakeOpenAIServer:
         rec.fault = fault
         return self.answer(rec.body, rec.n, fault, rec.headers)
 
-    def answer(self, body: dict[str, Any], n: int, fault: str | None, request_headers: dict[str, str]) -> Reply:
-        """The chat endpoint's reply to `body` with `fault` injected (also answers batch lines)."""
+    def answer(self, body: dict[str, Any], n: int, fault: str | None, request_headers: dict[str, str],
+               batch: bool = False) -> Reply:
+        """The chat endpoint's reply to `body` with `fault` injected (also answers batch lines),
+        charged to the bill when it is an answer (whether the client reads it or not)."""
+        reply = self._answer(body, n, fault, request_headers)
+        self._charge(n, body, reply, batch)
+        return reply
+
+    def _answer(self, body: dict[str, Any], n: int, fault: str | None, request_headers: dict[str, str]) -> Reply:
         if fault == "429":
             headers = {"retry-after": self.retry_after} if self.retry_after is not None else {}
             headers.update({"x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": "20ms"})
@@ -850,7 +914,7 @@ class FakeOpenAIServer:
         usage = self._usage(body)
         if usage is not None:
             return int(usage[0])
-        return sum(len(str(m.get("content") or "")) for m in body.get("messages") or []) // 4 + 1  # as `completion`
+        return prompt_tokens(body)  # as `completion` bills it
 
     def enqueued_tokens(self, model: str) -> int:
         """Tokens of `model`'s batches in the queue now (validated and not finished), others' included."""
@@ -892,7 +956,7 @@ class FakeOpenAIServer:
                 fault = "500"
             n = 1_000_000 + self._batch_lines  # own numbering: `count` counts HTTP requests only
             self._batch_lines += 1
-            reply = self.answer(body, n, fault, {})
+            reply = self.answer(body, n, fault, {}, batch=True)
             entry = {"id": f"batch_req_{n}", "custom_id": cid, "error": None,
                      "response": {"status_code": reply.status, "request_id": f"req_{n}", "body": reply.body}}
             (out if reply.status == 200 or self.batch_errors_in_output else err).append(entry)

@@ -1,16 +1,22 @@
 """A local OpenAI-compatible server that answers and bills like a real run: answers of the lengths
-the prompts expect, hidden reasoning tokens on the judge (1,500-2,000 per answer, as o3-mini at
-medium effort reports them), and about 60% of candidates accepted."""
+the prompts expect, hidden reasoning tokens on the judge (lognormal, median 2,000, about 2,060 on
+average: o3-mini at medium effort reports 1-3k), and about 60% of candidates accepted.
+
+The reasoning mean is deliberately NOT the price file's expectation for o3-mini at medium effort
+(1,600, `pipeline/llm/prices.toml`): an estimate checked against this bill shows that assumption's
+error apart from the rest (tests/runner/test_budget.py)."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 
-from openai_server import FakeOpenAIServer, data_block
+from openai_server import FakeOpenAIServer, data_block, seeded_reasoning
 from pipeline.generation.models import CHECKS
 
-REASONING_MIN, REASONING_SPAN = 1500, 500
+#: lognormal(median, sigma) hidden reasoning tokens per judge answer, clipped to [600, 3,200] (below
+#: verify.max_completion_tokens = 4,000 less the visible answer): mean ~2,060.
+REASONING_MEDIAN, REASONING_SIGMA, REASONING_LOW, REASONING_HIGH = 2000, 0.25, 600, 3200
 
 
 def _h(*parts: str) -> int:
@@ -23,9 +29,7 @@ def _words(seed: int, n: int) -> str:
     return " ".join(vocab[(seed >> (i % 24)) % len(vocab)] if i % 3 else vocab[(seed + i) % len(vocab)] for i in range(n))
 
 
-def reasoning_tokens(body: dict) -> int:
-    user = body["messages"][-1]["content"]
-    return REASONING_MIN + _h(user) % REASONING_SPAN
+reasoning_tokens = seeded_reasoning(REASONING_MEDIAN, REASONING_SIGMA, low=REASONING_LOW, high=REASONING_HIGH)
 
 
 def realistic(body: dict) -> str:

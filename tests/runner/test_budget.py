@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -16,6 +17,7 @@ import pytest
 
 from conftest import REPO, SAMPLE, make_config, run_infir
 from pipeline.llm.budget import SpendLedger
+from pipeline.llm.pricing import PriceTable
 from run_helpers import billing_server
 from stage_helpers import run_until
 
@@ -47,43 +49,72 @@ def _infir(args: list[str], timeout: int = 600) -> subprocess.CompletedProcess:
 # ---- the budget ------------------------------------------------------------------------------------
 
 
+def _kill_when_answered(args: list[str], srv, target: int) -> tuple[int, int, str]:
+    """Start `infir build`, SIGKILL it once the server has written `target` chat answers (and at
+    least one more than before this attempt) while a request is in flight. Returns (returncode,
+    requests in flight at the kill, the model of the last answer: the stage being killed)."""
+    target = max(target, srv.answered() + 1)
+    with tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "build", *args], env=env(),
+                                stdout=subprocess.DEVNULL, stderr=err)
+        try:
+            while proc.poll() is None:
+                reqs = srv.chat_requests()
+                in_flight = sum(1 for r in reqs if r.finished is None)
+                if srv.answered() >= target and in_flight:
+                    proc.send_signal(signal.SIGKILL)
+                    proc.wait()
+                    return proc.returncode, in_flight, reqs[-1].body["model"]
+                time.sleep(0.002)
+            err.seek(0)  # it ended by itself: the caller's assertion shows why
+            return proc.returncode, 0, err.read().decode()[-800:]
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
 @pytest.mark.slow
 def test_budget_holds_for_the_whole_run_across_resumes_and_kills(tmp_path):
-    """`build --max-cost-usd X` repeated (one attempt killed with SIGKILL mid-stage) never takes the
-    run's recorded spend past X plus the stated bound: the requests in flight (llm.concurrency) each
-    costing at most the priciest answer seen. The issue's case paid $1.52 against a $0.50 cap."""
-    cap = 0.60
-    with billing_server(latency=0.02) as srv:
-        args = cli_args(srv, "--max-cost-usd", str(cap), "--until", "verify")
-        run = tmp_path / "runs" / "sample"
-        totals, outcomes = [], []
-        for attempt in range(4):
-            if attempt == 1:  # killed mid-stage: once the server has answered a few more requests
-                before = srv.count
-                proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "build", *args], env=env(),
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-                while srv.count < before + 20 and proc.poll() is None:
-                    time.sleep(0.01)
-                proc.send_signal(signal.SIGKILL)
-                proc.wait()
-                outcomes.append("killed")
-            else:
-                done = _infir(["build", *args])
-                outcomes.append(done.returncode)
-                if done.returncode:
-                    assert "stopped at the cost budget" in done.stderr and "the run has spent $" in done.stderr, done.stderr[-800:]
-            totals.append(spent(run)["total"])
-        ledger = SpendLedger(run / "spend.sqlite3")
-        priciest = ledger._db.execute("SELECT MAX(usd) FROM spend").fetchone()[0]
-        ledger.close()
-        bound = 4 * priciest  # llm.concurrency answers in flight beyond their reservations
-        assert outcomes[0] == 2 and outcomes[2] == 2 and outcomes[3] == 2, outcomes  # each stops at the cap
-        assert all(t <= cap + bound for t in totals), (totals, cap, bound)
-        assert totals[-1] >= cap - bound  # it did spend up to the cap, not stop early
+    """`build --max-cost-usd X`, SIGKILLed three times while requests are in flight (in generate,
+    mine and verify), then run to the cap: what the SERVER billed (every answer it made, read or
+    not) stays within X plus the documented bound (README "Worst case above the cap", reliability.md
+    "Requests in flight at a kill are paid twice"):
+      - at the cap, the requests in flight finish: at most llm.concurrency answers past it, each at
+        most the priciest judge answer;
+      - each kill loses the answers in flight (paid, never recorded): at most llm.concurrency
+        answers per kill, each at most the priciest answer of the model being called.
+    The issue's case paid $1.52 against a $0.50 cap."""
+    cap, concurrency, queries = 0.30, 4, 60
+    prices = PriceTable.load()
+    with billing_server(latency=0.05) as srv:
+        # 60 queries: 60 generate answers, 60 mine answers, then the judge (~$0.014 an answer) until
+        # the cap. The kills: mid-generate, mid-mine and after ~10 judge answers (~$0.18 spent).
+        args = cli_args(srv, "--max-cost-usd", str(cap), "--until", "verify",
+                        "--set", f"source.sample_queries={queries}")
+        killed = [_kill_when_answered(args, srv, target) for target in (25, queries + 30, 2 * queries + 10)]
+        assert [rc for rc, _, _ in killed] == [-9, -9, -9], killed  # each kill landed: no attempt ended by itself
+        assert all(in_flight >= 1 for _, in_flight, _ in killed), killed
+        assert [m for _, _, m in killed] == ["gpt-4o-mini", "gpt-4o-mini", "o3-mini"], killed
+        done = _infir(["build", *args])
+        assert done.returncode == 2, done.stderr[-800:]
+        assert "stopped at the cost budget" in done.stderr and "the run has spent $" in done.stderr, done.stderr[-800:]
+        billed = srv.billed_usd(prices.cost)
+        priciest: dict[str, float] = {}
+        for b in srv.bills:
+            priciest[b.model] = max(priciest.get(b.model, 0.0), prices.cost(b.model, b.prompt, b.completion, b.cached))
+        recorded = spent(tmp_path / "runs" / "sample")["total"]
+        bound = concurrency * priciest["o3-mini"] + sum(concurrency * priciest[m] for _, _, m in killed)
+        assert billed <= cap + bound, (billed, cap, bound, priciest)
+        # The kills did cost something the ledger never saw, and only that much.
+        assert recorded < billed <= recorded + sum(concurrency * priciest[m] for _, _, m in killed) + 1e-9
+        assert recorded >= cap - concurrency * priciest["o3-mini"], recorded  # it spent up to the cap
         # Raising the budget resumes: every paid answer is reused, the run finishes.
-        done = _infir(["build", *cli_args(srv, "--max-cost-usd", "5", "--until", "verify")])
+        judged = sum(1 for b in srv.bills if b.model == "o3-mini")
+        done = _infir(["build", *cli_args(srv, "--max-cost-usd", "5", "--until", "verify",
+                                          "--set", f"source.sample_queries={queries}")])
         assert done.returncode == 0, done.stderr[-800:]
-        assert spent(run)["total"] <= 5
+        assert queries <= sum(1 for b in srv.bills if b.model == "o3-mini") <= judged + queries
 
 
 def test_ledger_refuses_past_the_cap_and_drops_dead_reservations(tmp_path):
@@ -103,26 +134,70 @@ def test_ledger_refuses_past_the_cap_and_drops_dead_reservations(tmp_path):
 # ---- estimates ---------------------------------------------------------------------------------
 
 
+SCHEMA_STAGE = {"GeneratedInstruction": "generate", "PoisonedPair": "mine", "JudgeVerdicts": "verify"}
+
+
+def billed_by_stage(srv, prices: PriceTable) -> dict[str, dict[str, float]]:
+    """What the server billed, per stage (told by the request's response schema): calls, prompt,
+    visible and reasoning tokens, USD."""
+    out: dict[str, dict[str, float]] = {}
+    for b in srv.bills:
+        stage = SCHEMA_STAGE[b.body["response_format"]["json_schema"]["name"]]
+        t = out.setdefault(stage, {"calls": 0, "prompt": 0, "visible": 0, "reasoning": 0, "usd": 0.0})
+        t["calls"] += 1
+        t["prompt"] += b.prompt
+        t["visible"] += b.completion - b.reasoning
+        t["reasoning"] += b.reasoning
+        t["usd"] += prices.cost(b.model, b.prompt, b.completion, b.cached)
+    return out
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("config,extra", [
     ("sample.toml", ()),
     ("msmarco.toml", ("--set", "source.sample_queries=150", "--set", "source.decontaminate=[]")),
 ])
-def test_dry_run_estimate_within_25_percent_of_the_bill_per_stage(tmp_path, config, extra, msmarco):
+def test_dry_run_estimate_against_the_bill_per_stage(tmp_path, config, extra, msmarco):
+    """The dry run against what the server billed, stage by stage. The server counts tokens by its
+    own rule (words x 1.3 plus punctuation, not the estimator's chars/4) and bills the judge's hidden
+    reasoning from a lognormal whose mean (~2,050, run_helpers) is NOT the price file's assumption
+    for o3-mini at medium effort (1,600). The estimate's error is split into named parts:
+      - the reasoning assumption: reasoning tokens billed but not expected, at the output price;
+      - the token count: chars/4 against the server's rule for the prompts, at the input price
+        (11-26% fewer tokens on these prompts: the fallback's own error, as against tiktoken);
+      - the rest (the prompts' expected_output_tokens against the answers, calls the dry run
+        foresaw from stand-in rows): held within 10% of the bill."""
     source = SAMPLE if config == "sample.toml" else msmarco
+    prices = PriceTable.load()
+    assumed = prices.expected_reasoning("o3-mini", "medium")
     with billing_server() as srv:
         args = cli_args(srv, *extra, config=REPO / "configs" / config, source=source)
         est = _infir(["build", *args, "--dry-run", "--json"])
         assert est.returncode == 0, est.stderr[-800:]
-        estimate = json.loads(est.stdout)
+        estimate = {s["stage"]: s for s in json.loads(est.stdout)["stages"]}
         done = _infir(["build", *args, "--until", "verify"])
         assert done.returncode == 0, done.stderr[-800:]
-    run = next((tmp_path / "runs").iterdir())
-    actual = spent(run)
-    by_stage = {s["stage"]: s for s in estimate["stages"]}
-    assert by_stage["verify"]["reasoning_tokens"] > by_stage["verify"]["completion_tokens"] / 2  # the bulk of the bill
-    for stage, e in by_stage.items():
-        assert actual[stage] > 0 and abs(e["cost_usd"] - actual[stage]) <= 0.25 * actual[stage], (stage, e, actual)
+        billed = billed_by_stage(srv, prices)
+    recorded = spent(next((tmp_path / "runs").iterdir()))
+    assert set(billed) == set(estimate) == {"generate", "mine", "verify"}
+    for stage, e in estimate.items():
+        b, model = billed[stage], e["model"]
+        assert recorded[stage] == pytest.approx(b["usd"])  # the ledger holds what the server billed
+        # Every request foreseen; verify's from stand-in rows, of which a filter may drop a few.
+        assert b["calls"] <= e["calls"] <= 1.02 * b["calls"], (stage, e["calls"], b["calls"])
+        reasoning_part = prices.cost(model, 0, b["reasoning"] - e["reasoning_tokens"])
+        if stage == "verify":
+            assert e["reasoning_tokens"] == assumed * e["calls"]
+            assert 1.15 * assumed <= b["reasoning"] / b["calls"] <= 1.45 * assumed  # not the assumption
+            assert reasoning_part >= 0.10 * b["usd"], (reasoning_part, b["usd"])  # the largest part
+        else:
+            assert e["reasoning_tokens"] == b["reasoning"] == 0
+        assert abs(e["prompt_tokens"] - b["prompt"]) <= 0.30 * b["prompt"], (stage, e["prompt_tokens"], b)
+        count_part = prices.cost(model, b["prompt"] - e["prompt_tokens"], 0)
+        rest = b["usd"] - (e["cost_usd"] + reasoning_part + count_part)
+        assert abs(rest) <= 0.10 * b["usd"], (
+            stage, f"estimate ${e['cost_usd']:.4f}, billed ${b['usd']:.4f}: reasoning assumption "
+                   f"${reasoning_part:.4f}, token count ${count_part:.4f}, rest ${rest:.4f}")
 
 
 @pytest.mark.slow

@@ -124,7 +124,7 @@ def test_declared_price_runs_and_the_cap_holds(tmp_path):
     from run_helpers import billing_server
 
     cap = 3.0
-    with billing_server() as srv:  # o9-mini answers carry 1,500-2,000 hidden reasoning tokens
+    with billing_server() as srv:  # o9-mini answers carry ~2,050 hidden reasoning tokens on average
         code, out, err = _infir_against(
             srv, "build", "--until", "verify", "--max-cost-usd", str(cap), *O9,
             "--set", "llm.prices.o9-mini.input=100", "--set", "llm.prices.o9-mini.output=400")
