@@ -251,6 +251,57 @@ def _examples_section(examples: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+AUDIT_STRATA = {
+    "accepted": "accepted (the judge's precision)",
+    "rejected_judge": "rejected by the judge",
+    "rejected_first_judge": "rejected by the cascade's first judge",
+    "rejected_filter": "rejected by a filter",
+}
+
+
+def _share(s: dict[str, Any] | None) -> str:
+    """"93.0% [85.6%, 96.7%] (93/100)": share judged valid, Wilson 95% interval, counts."""
+    if not s or s.get("share") is None:
+        return "n/a" if not s else f"n/a ({s.get('valid', 0)}/{s.get('n', 0)})"
+    interval = "" if s.get("low") is None or s.get("high") is None else f" [{s['low']:.1%}, {s['high']:.1%}]"
+    counts = f" ({s['valid']}/{s['n']})" if "n" in s else ""
+    return f"{s['share']:.1%}{interval}{counts}"
+
+
+def _rows(estimate: dict[str, Any]) -> str:
+    n = estimate.get("population")
+    return "rows" if n is None else f"{n:,} rows"
+
+
+def _audit_section(manifest: dict[str, Any]) -> list[str]:
+    """The human audits of the run (`infir audit`), or that none was made: the judge's figures above
+    are the judge's own word, and a reader should know whether anyone checked them."""
+    audits = manifest.get("audit") or []
+    lines = ["## Human audit", ""]
+    if not audits:
+        return lines + [
+            "No human audit was made: every quality figure on this card comes from the LLM judge that built the "
+            "corpus. `infir audit` samples rows for people to label and measures the judge's precision.",
+            "",
+        ]
+    for a in audits:
+        lines += [
+            f"Audit `{a['name']}`: {a['labelled']} of {a['sample_size']} sampled rows labelled by "
+            f"{a['annotators']} annotator(s). Shares are of labelled rows people judged valid, with Wilson 95% "
+            "intervals.",
+            "",
+            f"- Judge's precision (accepted rows judged valid): {_share(a['precision'])}",
+            f"- Estimated share of valid rows among the {_rows(a['reweighted_valid_share'])} of the sampled strata "
+            f"(reweighted by the sampling weights): {_share(a['reweighted_valid_share'])}",
+            "",
+            "| stratum | judged valid by people |",
+            "|---|---|",
+        ]
+        lines += [f"| {AUDIT_STRATA.get(s, s)} | {_share(v)} |" for s, v in a["strata"].items()]
+        lines.append("")
+    return lines
+
+
 def _limitations_section() -> list[str]:
     return [
         "## Limitations",
@@ -300,6 +351,7 @@ def render_card(manifest: dict[str, Any], examples: list[dict[str, Any]]) -> str
     lines += _columns_section()
     lines += _build_section(manifest)
     lines += _statistics_section(manifest)
+    lines += _audit_section(manifest)
     lines += _examples_section(examples)
     lines += _limitations_section()
     lines += _files_section()

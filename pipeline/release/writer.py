@@ -236,6 +236,7 @@ def _build_release(
         "config": stats.get("config") or {},
         "lengths": {c: _length_summary(v) for c, v in word_lengths.items()},
         "st_export": None,
+        **_audit_entry(stats),
     }
     if st_export:
         manifest["st_export"] = {"template": st_template, "files": st_files}
@@ -251,6 +252,12 @@ def _build_release(
     _write_text_atomic(root / MANIFEST_NAME, dumps(manifest))
     _check_no_local_paths(root)
     return manifest
+
+
+def _audit_entry(stats: dict[str, Any]) -> dict[str, Any]:
+    """The run's human audits: content, so an old version is never re-described (docs/release.md).
+    None: no key, the manifest byte for byte what it was before audits existed."""
+    return {"audit": stats["audit"]} if stats.get("audit") else {}
 
 
 def _draw_plots(root: Path, word_lengths: dict, counts: dict) -> None:

@@ -69,7 +69,21 @@ def release_stats(ctx: Context, judged: dict) -> dict:
         "code_version": __version__,
         "license_name": cfg.write.license_name,
         "license_link": cfg.write.license_link,
+        **release_audit(ctx),
     }
+
+
+def release_audit(ctx: Context) -> dict:
+    """{"audit": figures} of the run's human audits of this verify output (`infir audit score`), or
+    {} when there is none: a release without an audit keeps the manifest it had before audits existed.
+    The audit is part of the release's content, so an audit made after `write` makes the next write
+    a new version (--bump), never a changed card under an old one (docs/release.md)."""
+    from pipeline.report.audit import run_audits
+
+    audits, warnings = run_audits(ctx.run_dir)
+    for w in warnings:
+        console.print(f"[yellow]warning[/]: {w}")
+    return {"audit": audits} if audits else {}
 
 
 class Write(Stage):
