@@ -21,8 +21,6 @@ from hub_lfs import git_blob_oid
 from hub_server import HubServer
 from test_formats import SAMPLE_ROWS, sample_tables
 
-pytest.importorskip("datasets")
-
 REPO_ID = "org/sample-ir"
 _TREE_RE = re.compile(r"^/api/(datasets)/([^/]+/[^/]+)/tree/([^/]+)(?:/(.*))?$")
 # One repo, three configs (README front matter), each a folder of JSON lines; split "train".
