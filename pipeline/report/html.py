@@ -216,9 +216,13 @@ def calibration_block(c: dict | None) -> str:
     at = c["at_recommended"]
     against = (f"people's labels (audit {escape(c['labels'] or '')})" if c["against"] == "labels"
                else f"the reasoning judge ({escape(c['judge_model'] or 'n/a')})")
-    note = (f"First judge {escape(c['first_model'] or 'n/a')} against {against} on {c['rows']:,} rows (seed "
-            f"{c['seed']}; confidence from {escape(', '.join(c['confidence_sources']) or 'n/a')}). The recommended "
-            f"threshold is the one with the largest saving whose false-reject rate is at most {c['max_false_reject']:.0%}.")
+    sample = "labelled rows" if c["against"] == "labels" else f"rows (seed {c['seed']})"
+    note = (f"First judge {escape(c['first_model'] or 'n/a')} against {against} on {c['rows']:,} {sample}; confidence "
+            f"from {escape(', '.join(c['confidence_sources']) or 'n/a')}. The recommended threshold is the one with "
+            f"the largest saving whose false-reject rate is at most {c['max_false_reject']:.0%}.")
+    if c["against"] == "labels":
+        note += (" The saving is reweighted to the run by the audit's sampling weights; people answer four questions, "
+                 "not the judge's checks, so there are no per-check figures.")
     if c["configured_threshold"] is not None:
         note += f" The run's config sets verify.cascade_threshold = {c['configured_threshold']:g}, which verify uses instead."
     elif not c["cascade_on"]:
@@ -226,9 +230,9 @@ def calibration_block(c: dict | None) -> str:
     return ("<h3>Judge cascade calibration</h3>" + f'<p class="note">{note}</p>'
             + kpis([("recommended threshold", f"{at['threshold']:g}"), ("judge requests saved", _share(at["saving"])),
                     ("false rejects", escape(_rate(at["false_reject"]))), ("false accepts", escape(_rate(at["false_accept"])))])
-            + table(["check", "false reject", "false accept"],
-                    [[escape(k), escape(_rate(v["false_reject"])), escape(_rate(v["false_accept"]))]
-                     for k, v in c["per_check"].items()]))
+            + (table(["check", "false reject", "false accept"],
+                     [[escape(k), escape(_rate(v["false_reject"])), escape(_rate(v["false_accept"]))]
+                      for k, v in c["per_check"].items()]) if c["per_check"] else ""))
 
 
 def judge_section(report: dict) -> str:

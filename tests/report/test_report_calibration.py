@@ -73,6 +73,7 @@ def test_the_report_shows_the_threshold_and_agreement(run):
     lo, hi = cascade.wilson(1, 3)
     assert f"33.3% [{lo:.1%}, {hi:.1%}] (1/3)" in html
     assert "gpt-4o-mini" in html and "o3-mini" in html and ">0.8<" in html and "50.0%" in html
+    assert "on 6 rows (seed 13)" in html and "<th>false reject</th>" in html
     assert "The cascade is off in this run's config" in html  # the sample run has verify.cascade = false
 
 
@@ -81,7 +82,8 @@ def test_a_calibration_against_labels_says_so(run):
            **cascade.calibrate(_pairs(), 0.4), "per_check": {}, "against": "labels", "labels": "a"}
     _write(run, cal)
     _, html = _report(run)
-    assert "against people's labels (audit a)" in html
+    assert "against people's labels (audit a) on 6 labelled rows" in html and "seed None" not in html
+    assert "<th>false reject</th>" not in html  # no per-check table: people answer questions, not checks
 
 
 def test_a_broken_calibration_is_one_line(run):
