@@ -16,7 +16,7 @@ export TOKENIZERS_PARALLELISM := false
 # `    <stage>.STAGE,`), so a new stage is a new target with no edit here.
 STAGES := $(shell sed -n 's/^ *\([a-z_]*\)\.STAGE,$$/\1/p' pipeline/declaration.py)
 
-.PHONY: help install build-corpus $(STAGES) eval status test test-fast test-llamacpp check-openai-floor bench clean
+.PHONY: help install build-corpus $(STAGES) eval status test test-fast test-llamacpp check-openai-floor bench docs clean
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -73,6 +73,11 @@ check-openai-floor: install ## tests/llm/test_client.py with the oldest openai t
 
 bench: install ## benchmarks; rewrites BENCHMARKS.md
 	$(PY) bench/run_all.py --out BENCHMARKS.md
+
+# The command outputs README.md shows, rerun (against the local test server, offline, ~20 s); only the
+# parts marked <!-- docs:begin NAME --> ... <!-- docs:end --> change. tests/test_readme_outputs.py checks them.
+docs: install ## rerun the commands README.md shows and rewrite their outputs there
+	$(PY) tools/readme_outputs.py
 
 clean: ## remove runs and releases (never the LLM cache in .cache/)
 	rm -rf runs releases .pytest_cache
