@@ -46,6 +46,10 @@ class RunSettings(Section):
     ray_address: str | None = None
     # Seconds between plain progress lines when stderr is not a terminal (a log file, a cluster job).
     progress_interval_s: float = Field(30.0, gt=0)
+    # `infir build` runs consecutive row stages at once, chunk k entering the next stage as soon as it
+    # is written (runner/stream.py); false: one stage after another. The same bytes either way. Not
+    # part of any stage's identity. Batch mode and the Ray executor always go stage by stage.
+    stream: bool = True
 
 
 class RunConfig(Section):

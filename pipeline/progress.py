@@ -57,10 +57,26 @@ def plain_lines(line: Callable[[], str], interval_s: float, quiet: bool = False)
             console.print(f"[progress] {line()} (done)", markup=False, highlight=False, soft_wrap=True)
 
 
+#: The one display that bars join while `shared_bars` is open (rich shows one live display at a time).
+_SHARED: Progress | None = None
+
+
 @contextmanager
-def progress_bar(description: str, total: int | None) -> Iterator[tuple[Progress, int]]:
-    """A bar with rows done and a free-text field for calls, tokens and cost so far."""
-    progress = Progress(
+def shared_bars() -> Iterator[None]:
+    """One display for every bar opened meanwhile, from any thread: the stages of a streamed build
+    run at once, one bar each."""
+    global _SHARED
+    progress = _row_bars()
+    with progress:
+        _SHARED = progress
+        try:
+            yield
+        finally:
+            _SHARED = None
+
+
+def _row_bars() -> Progress:
+    return Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
@@ -71,6 +87,15 @@ def progress_bar(description: str, total: int | None) -> Iterator[tuple[Progress
         transient=False,
         disable=not console.is_terminal,
     )
+
+
+@contextmanager
+def progress_bar(description: str, total: int | None) -> Iterator[tuple[Progress, int]]:
+    """A bar with rows done and a free-text field for calls, tokens and cost so far."""
+    if _SHARED is not None:
+        yield _SHARED, _SHARED.add_task(description, total=total, info="")
+        return
+    progress = _row_bars()
     with progress:
         task = progress.add_task(description, total=total, info="")
         yield progress, task

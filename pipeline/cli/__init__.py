@@ -282,6 +282,11 @@ def build(
         help="Size the run for this many accepted rows from a cached pilot (see `infir plan`); refuses if the projection passes --max-cost-usd.",
     ),
     pilot: int = typer.Option(200, "--pilot", help="With --target-accepted: queries in the pilot."),
+    stream: Optional[bool] = typer.Option(
+        None, "--stream/--no-stream",
+        help="Run the row stages at once, each chunk entering the next stage as soon as it is written "
+             "(run.stream, default on); --no-stream: one stage after another. The same bytes either way.",
+    ),
     dry_run: bool = typer.Option(
         False, "--dry-run",
         help="Run only the stages before the first LLM stage (no LLM), then estimate the LLM stages' calls, tokens and cost; send nothing.",
@@ -292,7 +297,7 @@ def build(
     from pipeline.runner.build import run_build
 
     cfg = _config(config, run, set_, **_llm_flags(backend, max_cost_usd, concurrency, mode),
-                  **{"run.executor": executor, "run.ray_address": ray_address})
+                  **{"run.executor": executor, "run.ray_address": ray_address, "run.stream": stream})
     results = run_build(PIPELINE, cfg, until, force=force, dry_run=dry_run, as_json=json_, target=target_accepted,
                         pilot=pilot, echo=lambda line: typer.echo(line, err=True))
     return _finished(results, "build")

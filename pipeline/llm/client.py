@@ -82,13 +82,19 @@ class LLMClient(SendMixin, SpendMixin):
         self._inflight: dict[str, asyncio.Future[dict[str, Any]]] = {}
         self._sem: asyncio.Semaphore | None = None
         self._sem_loop: asyncio.AbstractEventLoop | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None  # `start_loop`
+        self._loop_thread: threading.Thread | None = None
         self._cache_dropped_seen = getattr(cache, "dropped", 0)
 
     # -- public API --------------------------------------------------------------------------
     def run(
         self, tasks: Iterable[LLMTask], on_result: Callable[[LLMResult], None] | None = None
     ) -> list[LLMResult]:
-        """Sync facade of `arun` (closes the backend's connections at the end)."""
+        """Sync facade of `arun` (closes the backend's connections at the end). With the client's own
+        loop started (`start_loop`), it runs there instead: callers in several threads (the chunks a
+        stage has in flight) then share one concurrency bound and one set of connections."""
+        if self._loop is not None:
+            return asyncio.run_coroutine_threadsafe(self.arun(tasks, on_result), self._loop).result()
 
         async def main() -> list[LLMResult]:
             try:
@@ -117,6 +123,44 @@ class LLMClient(SendMixin, SpendMixin):
         return box["r"]
 
     run_sync = run
+
+    def start_loop(self) -> None:
+        """Run every later `run` on one event loop in a thread of its own, until `stop_loop`. A stage
+        that keeps two chunks in flight needs it: each `run` on a fresh loop would get its own
+        semaphore (twice `concurrency` in flight) and open new connections per chunk."""
+        if self._loop is not None:
+            return
+        loop = asyncio.new_event_loop()
+        th = threading.Thread(target=loop.run_forever, name="llm-client-loop", daemon=True)
+        th.start()
+        self._loop, self._loop_thread = loop, th
+
+    def cancel_running(self) -> None:
+        """Cancel every request in flight on the client's loop (Ctrl-C: do not wait for them)."""
+        loop = self._loop
+        if loop is None:
+            return
+
+        def cancel_all() -> None:
+            for t in asyncio.all_tasks(loop):
+                t.cancel()
+
+        loop.call_soon_threadsafe(cancel_all)
+
+    def stop_loop(self) -> None:
+        """Close the backend's connections on the client's loop and stop it (no-op without one)."""
+        loop, th = self._loop, self._loop_thread
+        if loop is None or th is None:
+            return
+        self._loop = self._loop_thread = None
+        try:
+            asyncio.run_coroutine_threadsafe(self.aclose_backend(), loop).result(timeout=30)
+        except Exception:  # closing connections is best effort: the answers are already kept
+            log.debug("closing the backend on the client loop failed", exc_info=True)
+        loop.call_soon_threadsafe(loop.stop)
+        th.join(timeout=30)
+        if not th.is_alive():
+            loop.close()
 
     async def arun(
         self, tasks: Iterable[LLMTask], on_result: Callable[[LLMResult], None] | None = None
@@ -187,6 +231,7 @@ class LLMClient(SendMixin, SpendMixin):
         self.close()
 
     def close(self) -> None:
+        self.stop_loop()
         if self.cache is not None:
             self.cache.close()
 

@@ -1,6 +1,7 @@
 """Client-side rate limiting. Three things hold a request back before it is sent:
 
-1. The configured limits (`llm.requests_per_minute`, `llm.tokens_per_minute`), client-wide: token
+1. The configured limits (`llm.requests_per_minute`, `llm.tokens_per_minute`), shared by every client
+   of the same service in the process (a streamed build's stages run at once): token
    buckets holding one second's worth, refilled continuously, so the rate is smooth rather than a
    minute's quota at once. A request larger than a bucket waits for a full one and goes into debt.
 2. The service's own limits, per model, learned from the `x-ratelimit-*` headers of its answers
@@ -25,6 +26,7 @@ import asyncio
 import math
 import random
 import re
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Mapping
@@ -196,9 +198,28 @@ class _Model:
 
 #: What this process's limiters learned of each service's per-model limits, by service (base URL and
 #: key variable): a stage's new client starts from what the previous one learned, instead of opening
-#: with a burst into a bucket that the previous stage emptied. (Plain floats shared by clients that
-#: run one after another; two at once in two threads would only blur the estimate, never block.)
+#: with a burst into a bucket that the previous stage emptied. The stages of a streamed build run at
+#: once, each client in its own thread: their check-and-take and `observe` hold `_SHARED`.
 _LEARNED: dict[str, dict[str, _Model]] = {}
+
+#: The configured limits of each service, shared by the process's clients of it: a streamed build runs
+#: several stages at once, each with its own client, and `llm.requests_per_minute` /
+#: `llm.tokens_per_minute` are the account's limits, not each stage's.
+_CONFIGURED: dict[tuple[str, str, float], "_Bucket"] = {}
+
+#: Held for the check-and-take of a request and for `observe`: the clients of a streamed build wait in
+#: their own threads (one event loop each) on the shared buckets above; without it two of them could
+#: both find room for one request. Never held across an await.
+_SHARED = threading.Lock()
+
+
+def _configured(service: str | None, kind: str, per_minute: float | None) -> "_Bucket | None":
+    if not per_minute:
+        return None
+    if service is None:
+        return _Bucket(per_minute)
+    with _SHARED:
+        return _CONFIGURED.setdefault((service, kind, float(per_minute)), _Bucket(per_minute))
 
 
 @dataclass(frozen=True)
@@ -218,8 +239,8 @@ class RateLimiter:
         service: str | None = None,
     ):
         """`service`: the key under which what is learned from the headers is shared in the process."""
-        self._requests = _Bucket(requests_per_minute) if requests_per_minute else None
-        self._tokens = _Bucket(tokens_per_minute) if tokens_per_minute else None
+        self._requests = _configured(service, "requests", requests_per_minute)
+        self._tokens = _configured(service, "tokens", tokens_per_minute)
         self.paused_until = 0.0  # time.monotonic() seconds
         self._models: dict[str, _Model] = _LEARNED.setdefault(service, {}) if service is not None else {}
         self._locks: dict[str | None, asyncio.Lock] = {}
@@ -278,15 +299,17 @@ class RateLimiter:
         than `max_wait_s`."""
         st = self._models.setdefault(model, _Model()) if model is not None else None
         if not self.limited and not (st and st.mirrors) and time.monotonic() >= self.paused_until:
-            return self._take(tokens, st, model)  # fast path: nothing to wait for
+            with _SHARED:
+                return self._take(tokens, st, model)  # fast path: nothing to wait for
         async with self._get_lock(model):  # FIFO per model: waiters are served in arrival order
             me = id(asyncio.current_task())
             try:
                 while True:
                     now = time.monotonic()
-                    wait, what = self._wait(tokens, st, model, now)
-                    if wait <= 0:
-                        return self._take(tokens, st, model)
+                    with _SHARED:
+                        wait, what = self._wait(tokens, st, model, now)
+                        if wait <= 0:
+                            return self._take(tokens, st, model)
                     if max_wait_s is not None and wait > max_wait_s:
                         raise RateLimitWait(wait, what)
                     self._waits[me] = (now + wait, what)
@@ -314,6 +337,10 @@ class RateLimiter:
         answer had none, so the service does not, or no longer, send them: forget the model's)."""
         if ticket is None:
             return
+        with _SHARED:
+            self._observe(ticket, headers)
+
+    def _observe(self, ticket: Ticket, headers: RateLimitHeaders | None) -> None:
         st = self._models.setdefault(ticket.model, _Model())
         if headers is None:
             st.mirrors.clear()

@@ -11,26 +11,35 @@ from pipeline.runner.pipeline import Pipeline
 from pipeline.runner.prices import DRY_RUN, PLAN, check_prices
 from pipeline.runner.run import run_stage
 from pipeline.runner.shape import LLMStage, StageResult
+from pipeline.runner.stream import BuildProjection, run_streamed, stream_groups, streams
 
 
 def run_stages(pipe: Pipeline, stages: list, cfg, force: bool) -> list[StageResult]:
-    """Run the stages in order. When the first LLM stage is reached, the LLM stages are estimated
-    from a sample of their input (sends nothing), so each one's progress lines can show the build's
-    projected total: spent so far + this stage's projection + the stages after it."""
+    """Run the stages in order; with `run.stream` (the default), each run of consecutive row stages
+    at once, streamed (`stream.run_streamed`). When the first LLM stage is reached, the LLM stages
+    are estimated from a sample of their input (sends nothing), so each one's progress lines can show
+    the build's projected total: spent so far + this stage's projection + the stages after it."""
     results, estimates = [], None
     llm_names = [s.name for s in stages if isinstance(s, LLMStage)]
-    for stage in stages:
-        options = {}
-        if isinstance(stage, LLMStage):
+    groups = stream_groups(stages) if streams(cfg) else [[s] for s in stages]
+    for group in groups:
+        names = [s.name for s in group if isinstance(s, LLMStage)]
+        later_usd = None
+        if names:
             if estimates is None:
                 try:
                     estimates = quick_estimates(pipe, cfg, llm_names)
                 except InfirError:
                     estimates = {}  # a projection is a nicety: never a reason to stop
-            later = llm_names[llm_names.index(stage.name) + 1 :]
-            if estimates and all(n in estimates for n in later):
-                options["build_rest_usd"] = sum(estimates[n] for n in later)
-        results.append(run_stage(pipe, stage.name, cfg, force=force, options=options))
+            later = llm_names[llm_names.index(names[-1]) + 1 :]
+            if estimates and all(n in estimates for n in later + names):
+                later_usd = sum(estimates[n] for n in later)
+        if len(group) > 1:
+            projection = BuildProjection(cfg, {n: estimates[n] for n in names}, later_usd) if later_usd is not None else None
+            results += run_streamed(pipe, group, cfg, force, projection)
+        else:
+            options = {"build_rest_usd": later_usd} if later_usd is not None else {}
+            results.append(run_stage(pipe, group[0].name, cfg, force=force, options=options))
     return results
 
 

@@ -12,10 +12,11 @@ shards whose input rows changed.
 from __future__ import annotations
 
 import hashlib
-from collections import Counter
+from collections import Counter, deque
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterable, Iterator
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -26,10 +27,15 @@ from pipeline.store import StageOutput, canonical_json, iter_tables, shard_name
 
 
 def iter_chunks(stage_dir: Path, size: int) -> Iterator[list[dict]]:
+    return chunks_of(iter_tables(stage_dir), size)
+
+
+def chunks_of(tables: Iterable[tuple[str, pa.Table]], size: int) -> Iterator[list[dict]]:
+    """Rows of `tables` (in order) in chunks of `size`: chunk k is rows [k*size, (k+1)*size)."""
     # Rows become Python dicts one chunk at a time: a 50,000-row upstream shard never exists as
     # 50,000 dicts at once, so memory does not grow with the upstream shard size.
     buf: list[dict] = []
-    for _, table in iter_tables(stage_dir):
+    for _, table in tables:
         for batch in table.to_batches(max_chunksize=size):
             for row in batch.to_pylist():
                 buf.append(row)
@@ -40,69 +46,152 @@ def iter_chunks(stage_dir: Path, size: int) -> Iterator[list[dict]]:
         yield buf
 
 
-def run_chunks(ctx, stage, total_rows: int) -> Counter:
+class Stopped(InfirError):
+    """A stage stopped because another stage of a streamed build did (not the cause: that one is said)."""
+
+
+#: Chunks an LLM stage has in flight at once. With one, each chunk drains its last wave of requests
+#: before the next starts (at 1,000-row shards and 32 in flight, the endpoint idles for most of a
+#: latency per shard); with two, the next chunk's requests fill the slots the last wave frees. Their
+#: shards are still written, tallied and handed on in chunk order, so the output does not change.
+IN_FLIGHT = 2
+
+
+@dataclass
+class Flow:
+    """How a row stage's chunks come and go, when not as a lone stage reads a finished upstream
+    (a streamed build, `stream.py`): its input tables as the upstream writes them, a callback per
+    finished shard, the prepare thread shared by the build's stages, and the build's stop signal."""
+
+    tables: Iterable[tuple[str, pa.Table]] | None = None
+    on_written: Callable[[str, pa.Table], None] | None = None
+    prepare_pool: ThreadPoolExecutor | None = None
+    stopped: Callable[[], str | None] | None = None
+    on_watch: Callable[[StageWatch], None] | None = None
+
+
+def run_chunks(ctx, stage, total_rows: int, flow: Flow | None = None) -> Counter:
     """Process every chunk of the upstream rows (or adopt its finished shard); returns counts of
     kept/new shards and the stage's own tally (`stage.tally`).
 
     Rows failed in this stage (not upstream: `stage.error_column`) are counted per shard, so that
     a rerun redoes exactly the shards holding them. `stage.prepare(ctx, rows)` (retrieval,
-    building requests: no LLM) runs on one worker thread, one chunk ahead, while the current chunk
-    waits on the endpoint; its result is passed on as `stage.process(ctx, rows, prepared)`. All
-    preparing happens on that one thread, in chunk order, so what it touches (retrieval indexes)
-    is never used by two threads."""
-    out, client, schema = ctx.out, ctx.client, ctx.schema
-    counts: Counter = Counter()
-    tally: Counter = Counter()
-    error_column = stage.error_column
+    building requests: no LLM) runs on one worker thread, ahead of the chunks in flight; its result
+    is passed on as `stage.process(ctx, rows, prepared)`. All preparing happens on that one thread,
+    in chunk order, so what it touches (retrieval indexes) is never used by two threads; a streamed
+    build shares it between its stages for the same reason. An LLM stage keeps `IN_FLIGHT` chunks
+    in flight on its client's own loop; every finished chunk is written, tallied and handed on in
+    chunk order."""
+    return _ChunkLoop(ctx, stage, flow or Flow()).run(total_rows)
 
-    def count_failed(table: pa.Table) -> int:
-        return own_failures(table, error_column)
 
-    pool = ThreadPoolExecutor(1, thread_name_prefix=f"{stage.name}-prepare")
-    chunks = enumerate(iter_chunks(ctx.upstream_dir, stage.shard_rows(ctx.cfg)))
+class _ChunkLoop:
+    """`run_chunks`, one stage's chunk loop."""
 
-    def take():
+    def __init__(self, ctx, stage, flow: Flow):
+        self.ctx, self.stage, self.flow = ctx, stage, flow
+        self.out, self.client = ctx.out, ctx.client
+        self.counts: Counter = Counter()
+        self.tally: Counter = Counter()
+        self.own_pool = flow.prepare_pool is None
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix=f"{stage.name}-prepare") if self.own_pool else flow.prepare_pool
+        self.depth = IN_FLIGHT if self.client is not None else 1
+        self.workers = ThreadPoolExecutor(self.depth, thread_name_prefix=f"{stage.name}-chunk") if self.depth > 1 else None
+        tables = flow.tables if flow.tables is not None else iter_tables(ctx.upstream_dir)
+        self.chunks = enumerate(chunks_of(tables, stage.shard_rows(ctx.cfg)))
+        self.pending: deque = deque()  # chunks started, in chunk order: (k, rows, digest, keep, future)
+
+    def count_failed(self, table: pa.Table) -> int:
+        return own_failures(table, self.stage.error_column)
+
+    def take(self):
         """The next chunk, its input hash, whether its shard can be kept, and its preparation."""
-        item = next(chunks, None)
+        item = next(self.chunks, None)
         if item is None:
             return None
         k, rows = item
         digest = rows_hash(rows)
-        keep = out.can_adopt(shard_name(k), digest)
-        return k, rows, digest, keep, (None if keep else pool.submit(stage.prepare, ctx, rows))
+        keep = self.out.can_adopt(shard_name(k), digest)
+        return k, rows, digest, keep, (None if keep else self.pool.submit(self.stage.prepare, self.ctx, rows))
 
-    try:
-        interval = getattr(getattr(ctx.cfg, "run", None), "progress_interval_s", 30.0)
-        with StageWatch(stage.name, total_rows, client, interval, ctx.quiet, ctx.options.get("build_rest_usd")) as watch:
-            ctx.on_result = watch.on_result
-            nxt = take()
-            while nxt is not None:
-                k, rows, digest, keep, prepared = nxt
-                nxt = take()  # the next chunk is prepared while this one runs
-                name = shard_name(k)
-                table = out.adopt_shard(name, input_hash=digest, count_failed=count_failed) if keep else None
-                if table is not None:
-                    # As written, not as read back (Parquet names list items "element"): what on_shard
-                    # derives from it must be byte-identical to an uninterrupted run's.
-                    table = table.cast(schema)
-                    counts["shards resumed"] += 1
-                    watch.adopted(len(rows))
-                else:
-                    prepared = prepared or pool.submit(stage.prepare, ctx, rows)  # an unreadable shard to redo
-                    watch.chunk_started()
-                    processed = stage.process(ctx, rows, prepared.result())
-                    _stop_if_client_stopped(client, out, watch)
-                    watch.chunk_done(len(rows))
-                    table = pa.Table.from_pylist(processed, schema=schema)
-                    out.write_shard(name, table, failed=count_failed(table), input_hash=digest)
-                    counts["shards written"] += 1
-                stage.tally(ctx, tally, table)
-                stage.on_shard(ctx, k, table)
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
-    if error_column is not None:
-        counts["failed rows retried"] = out.retrying
-    return stage.summary(ctx, tally, counts)
+    def process(self, rows, prepared, watch: StageWatch):
+        chunk = watch.chunk_started()
+        chunk_ctx = replace(self.ctx, on_result=watch.chunk_callback(chunk))
+        return self.stage.process(chunk_ctx, rows, prepared.result()), chunk
+
+    def run(self, total_rows: int) -> Counter:
+        ctx, flow, interrupted = self.ctx, self.flow, False
+        if self.workers is not None:
+            self.client.start_loop()
+        try:
+            interval = getattr(getattr(ctx.cfg, "run", None), "progress_interval_s", 30.0)
+            with StageWatch(self.stage.name, total_rows, self.client, interval, ctx.quiet,
+                            ctx.options.get("build_rest_usd")) as watch:
+                ctx.on_result = watch.on_result
+                if flow.on_watch is not None:
+                    flow.on_watch(watch)
+                nxt = self.take()
+                while nxt is not None or self.pending:
+                    # Start chunks up to the depth; a kept shard waits in line for its turn (it costs nothing).
+                    while nxt is not None and len(self.pending) < self.depth:
+                        k, rows, digest, keep, prepared = nxt
+                        fut = self.workers.submit(self.process, rows, prepared, watch) if self.workers and not keep else prepared
+                        self.pending.append((k, rows, digest, keep, fut))
+                        nxt = self.take()  # the next chunk is prepared while these run
+                    self.finish(*self.pending.popleft(), watch)
+                    why = flow.stopped() if flow.stopped is not None else None
+                    if why and (nxt is not None or self.pending):
+                        raise Stopped(f"{self.out.dir}: stopped: {why}; finished shards are kept: rerun to resume")
+        except BaseException as e:
+            interrupted = not isinstance(e, Exception)  # Ctrl-C: do not wait for the chunks in flight
+            if interrupted and self.workers is not None:
+                self.client.cancel_running()
+            raise
+        finally:
+            self.close(interrupted)
+        if self.stage.error_column is not None:
+            self.counts["failed rows retried"] = self.out.retrying
+        return self.stage.summary(ctx, self.tally, self.counts)
+
+    def finish(self, k, rows, digest, keep, fut, watch: StageWatch) -> None:
+        """Chunk k, in chunk order: adopt its finished shard, or wait for it and write it; hand it on."""
+        out, name = self.out, shard_name(k)
+        table = out.adopt_shard(name, input_hash=digest, count_failed=self.count_failed) if keep else None
+        if table is not None:
+            # As written, not as read back (Parquet names list items "element"): what on_shard
+            # derives from it must be byte-identical to an uninterrupted run's.
+            table = table.cast(self.ctx.schema)
+            self.counts["shards resumed"] += 1
+            watch.adopted(len(rows))
+        else:
+            if keep:  # a finished shard that cannot be read back: redo it here
+                processed, chunk = self.process(rows, self.pool.submit(self.stage.prepare, self.ctx, rows), watch)
+            elif self.workers is not None:
+                processed, chunk = fut.result()
+            else:
+                processed, chunk = self.process(rows, fut, watch)
+            _stop_if_client_stopped(self.client, out, watch)
+            watch.chunk_done(len(rows), chunk)
+            table = pa.Table.from_pylist(processed, schema=self.ctx.schema)
+            out.write_shard(name, table, failed=self.count_failed(table), input_hash=digest)
+            self.counts["shards written"] += 1
+        self.stage.tally(self.ctx, self.tally, table)
+        self.stage.on_shard(self.ctx, k, table)
+        if self.flow.on_written is not None:
+            self.flow.on_written(name, table)
+
+    def close(self, interrupted: bool) -> None:
+        for *_, fut in self.pending:
+            if fut is not None:
+                fut.cancel()
+        # A stop (budget, a fatal answer, another stage's error): the chunks in flight end first (they
+        # send nothing more once the client has stopped; what they were answered is cached).
+        if self.workers is not None:
+            self.workers.shutdown(wait=not interrupted, cancel_futures=True)
+            if not interrupted:
+                self.client.stop_loop()
+        if self.own_pool:
+            self.pool.shutdown(wait=not interrupted, cancel_futures=True)
 
 
 def rows_hash(rows: list[dict]) -> str:

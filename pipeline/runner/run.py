@@ -10,14 +10,14 @@ from pathlib import Path
 from pipeline.errors import InfirError
 
 from pipeline.config import to_toml
-from pipeline.runner import llm
+from pipeline.runner import chunks, llm
 from pipeline.runner.executors import run_chunks
 from pipeline.runner.pipeline import Pipeline
 from pipeline.runner.shape import Context, LLMStage, RowStage, Stage, StageResult
 from pipeline.store import StageOutput, identity_hash, read_success
 from pipeline.store.ids import sha256_file
 from pipeline.store.lock import ReadLock, StageLock, refuse_if_read
-from pipeline.store.shards import SUCCESS
+from pipeline.store.shards import STREAMED, SUCCESS
 from pipeline.store.verify_input import verify_upstream
 
 
@@ -53,7 +53,7 @@ def run_stage(pipe: Pipeline, name: str, cfg, *, force: bool = False, options: d
     # in the middle of being written by the process that holds it.
     earlier = pipe.stages[: pipe.stages.index(stage)]
     with StageLock(ctx.run_dir / stage.name), Reading(ctx.run_dir, earlier, stage.name) as reading:
-        result = _run_locked(ctx, stage, force, reading)
+        result = run_locked(ctx, stage, force, reading)
     save_effective_config(cfg)  # after the stage: a process refused by the stage lock must not overwrite it
     return result
 
@@ -99,12 +99,17 @@ def _marker(stage_dir: Path) -> str | None:
         return None
 
 
-def _run_locked(ctx: Context, stage: Stage, force: bool, reading: Reading) -> StageResult:
+def run_locked(ctx: Context, stage: Stage, force: bool, reading: Reading, link=None) -> StageResult:
+    """Run one stage whose lock (and read holds) the caller holds. `link`: the stage runs inside a
+    streamed build (`stream.Link`): it hands each finished shard on, and, with `link.streaming`,
+    reads its upstream's shards as they are written (its input fingerprint is then `STREAMED` until
+    the upstream has finished, which it does first)."""
+    streaming = link is not None and link.streaming
     stage.check(ctx)
     if isinstance(stage, LLMStage):
         llm.llm_prepare(ctx, stage)
     prompts = {ctx.prompt.name: ctx.prompt.sha} if ctx.prompt is not None else {}
-    out = StageOutput(ctx.run_dir, stage.name, stage.input_fingerprint(ctx),
+    out = StageOutput(ctx.run_dir, stage.name, STREAMED if streaming else stage.input_fingerprint(ctx),
                       identity_hash(*stage.identity(ctx)), prompts,
                       force=force or stage.always_run, lock_held=True)
     if stage.redo_on_change and not out.force:
@@ -115,10 +120,16 @@ def _run_locked(ctx: Context, stage: Stage, force: bool, reading: Reading) -> St
         done = out.completed()
         if done:
             stage.on_skip(ctx, done)
+            if link is not None:
+                link.finished(done, earlier=True)
             return StageResult(stage.name, True, done)
         refuse_if_read(out.dir)  # before anything in the folder is cleared or written
         out.prepare()
-        summary = _run(ctx, stage)
+        if link is not None:
+            link.started()
+        summary = _run(ctx, stage, link)
+        if streaming:  # the upstream has finished (the feed ended): its real fingerprint
+            out.input_fingerprint = stage.input_fingerprint(ctx)
         changed = reading.changed()
         if changed is not None:  # the holds' second line: never marked done on rows since replaced
             raise InfirError(
@@ -127,22 +138,35 @@ def _run_locked(ctx: Context, stage: Stage, force: bool, reading: Reading) -> St
             )
         success = out.finish(summary, rows=summary.get("rows") if not isinstance(stage, RowStage) else None)
     stage.print_summary(ctx, summary)
+    if link is not None:
+        link.finished(success)
     return StageResult(stage.name, False, success)
 
 
-def _run(ctx: Context, stage: Stage) -> dict:
-    if ctx.upstream_done():
+def _run(ctx: Context, stage: Stage, link=None) -> dict:
+    streaming = link is not None and link.streaming
+    if ctx.upstream_done() and not streaming:
         # The upstream's shards are what its marker says they are (re-hashed once per stage run):
         # a shard changed or lost since is one clear error, never silently different input.
         verify_upstream(ctx.upstream_dir, ctx.upstream_success())
     if not isinstance(stage, RowStage):
         return stage.run(ctx)
-    upstream = ctx.upstream_success()
+    total = link.total_rows() if streaming else ctx.upstream_success()["rows"]
     batch = None
     if isinstance(stage, LLMStage):
         ctx.client = llm.make_client(ctx.cfg, ctx.run_dir, stage.name)
-        batch = llm.prefetch_batch(ctx, stage)
-    summary = run_chunks(ctx, stage, upstream["rows"])
-    if ctx.client is not None:
-        summary["llm"] = llm.llm_summary(ctx.client, batch)
+        if link is not None:
+            link.clients.append(ctx.client)
+    try:
+        if isinstance(stage, LLMStage):
+            batch = llm.prefetch_batch(ctx, stage)
+        if link is not None:  # a streamed build runs here, in this process (stream.streams)
+            summary = chunks.run_chunks(ctx, stage, total, link.flow())
+        else:
+            summary = run_chunks(ctx, stage, total)
+        if ctx.client is not None:
+            summary["llm"] = llm.llm_summary(ctx.client, batch)
+    finally:
+        if ctx.client is not None:
+            ctx.client.close()
     return summary

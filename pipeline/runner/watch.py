@@ -12,8 +12,10 @@ cost per processed row (cache hits and resumed shards included as they come).
 
 from __future__ import annotations
 
+import threading
 import time
 from contextlib import ExitStack
+from dataclasses import dataclass
 
 from pipeline.llm.ratelimit import describe_wait
 from pipeline.progress import format_duration as _duration, plain_lines, progress_bar
@@ -23,6 +25,13 @@ from pipeline.progress import format_duration as _duration, plain_lines, progres
 QUIET = False
 
 
+@dataclass
+class ChunkProgress:
+    """The answers one chunk in flight has had so far (a stage may have two chunks in flight)."""
+
+    results: int = 0
+
+
 class StageWatch:
     def __init__(self, name: str, total_rows: int, client=None, interval_s: float = 30.0, quiet: bool = False,
                  later_usd: float | None = None):
@@ -30,8 +39,8 @@ class StageWatch:
         self.interval_s, self.quiet = interval_s, quiet or QUIET
         self.done = 0  # rows finished (adopted or processed)
         self.processed = 0  # rows processed by this attempt (not adopted from an earlier one)
-        self._chunk_base = 0
-        self._chunk_results = 0
+        self._last = ChunkProgress()
+        self._count = threading.Lock()  # answers arrive on the client's loop, chunks end on others
         self._t0 = time.monotonic()
         ledger = getattr(client, "ledger", None)
         self._spent_before = ledger.spent(label=name) if ledger is not None else 0.0
@@ -39,30 +48,51 @@ class StageWatch:
         # and the estimate of the LLM stages after it (`estimate.quick_estimates`, when a build runs).
         self._run_before = ledger.spent() - self._spent_before if ledger is not None else 0.0
         self.later_usd = later_usd
+        self.build = None  # a streamed build's projection (`stream.BuildProjection`), shared by its stages
         self._bar = None
 
     # -- events ------------------------------------------------------------------------------
     def adopted(self, rows: int) -> None:
-        self.done += rows
+        with self._count:
+            self.done += rows
         self._refresh()
 
-    def chunk_started(self) -> None:
-        self._chunk_base, self._chunk_results = self.done, 0
+    def set_total(self, rows: int) -> None:
+        """The rows this stage will see, once known (a streamed stage starts from an estimate)."""
+        self.total = max(int(rows), 0)
+        if self._bar is not None:
+            self._bar.update(self._task, total=self.total)
+
+    def chunk_started(self) -> ChunkProgress:
+        self._last = ChunkProgress()
+        return self._last
+
+    def chunk_callback(self, chunk: ChunkProgress):
+        """The `on_result` of one chunk: counts its answers, then `on_result`."""
+
+        def on_chunk_result(result) -> None:
+            chunk.results += 1
+            self.on_result(result)
+
+        return on_chunk_result
 
     def on_result(self, _result) -> None:
-        """One LLM answer (or failure) of the chunk in flight: one more row done."""
-        self._chunk_results += 1
-        self.done = self._chunk_base + self._chunk_results
-        self.processed += 1
+        """One LLM answer (or failure) of a chunk in flight: one more row done."""
+        with self._count:
+            self.done += 1
+            self.processed += 1
         self._refresh()
 
-    def chunk_done(self, rows: int) -> None:
-        self.processed += rows - self._chunk_results  # rows that needed no request
-        self.done = self._chunk_base + rows
+    def chunk_done(self, rows: int, chunk: ChunkProgress | None = None) -> None:
+        """A chunk of `rows` rows is finished: its rows that had no answer counted (no request)."""
+        chunk = chunk or self._last
+        with self._count:
+            self.processed += rows - chunk.results
+            self.done += rows - chunk.results
         self._refresh()
 
     # -- figures -----------------------------------------------------------------------------
-    def figures(self, with_run: bool = True) -> dict:
+    def figures(self, with_run: bool = True, with_build: bool = True) -> dict:
         t = self.client.totals if self.client is not None else None
         spent_now = t.cost_usd if t is not None else 0.0
         left = max(self.total - self.done, 0)
@@ -82,7 +112,10 @@ class StageWatch:
         if ledger is not None and with_run:  # a ledger query: only in the periodic lines
             out["run_spent_usd"] = ledger.spent()
             out["run_cap_usd"] = ledger.cap
-        if self.later_usd is not None and out["projected_stage_usd"] is not None:
+        if self.build is not None:
+            if with_build and with_run:  # the other stages' figures: only in the periodic lines
+                out["projected_build_usd"] = self.build.projected()
+        elif self.later_usd is not None and out["projected_stage_usd"] is not None:
             out["projected_build_usd"] = self._run_before + out["projected_stage_usd"] + self.later_usd
         waiting = getattr(getattr(self.client, "limiter", None), "waiting", None)
         wait = waiting() if waiting is not None else None

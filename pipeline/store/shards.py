@@ -94,6 +94,11 @@ class StateRecord(BaseModel):
     retrying: int = Field(0, ge=0)
 
 
+#: The input fingerprint a stage records while its upstream is still being written (a streamed
+#: build, `runner/stream.py`): replaced by the upstream's own when both have finished.
+STREAMED = "streamed"
+
+
 def _load_record(p: Path, model: type[BaseModel], what: str) -> dict:
     stage = p.parent.name
     try:
@@ -241,6 +246,10 @@ class StageOutput:
             if not self._same_identity(state):
                 if not any(self.dir.rglob("*.parquet")):
                     state = {"inputs": {}}  # the attempt kept nothing: nothing to mix, start afresh
+                elif self._streamed_either_side(state):
+                    # One attempt read its upstream while it was being written (a streamed build):
+                    # its shards are kept only where their recorded input rows are this attempt's.
+                    state = {**state, "inputs": state["inputs"]}
                 elif self._input_replaced_by_retry(state):
                     # Interrupted before an upstream retry: its shards are kept only where their
                     # input rows are unchanged (a state without input hashes keeps none).
@@ -285,6 +294,14 @@ class StageOutput:
             if up and old in up.get("lineage", []) and stage_fingerprint(up) == self.input_fingerprint:
                 return True
         return False
+
+    def _streamed_either_side(self, state: dict) -> bool:
+        """The same config and prompts, either side's input `STREAMED`, and the state records the
+        input of each of its shards (so no shard made from other rows is ever kept)."""
+        same_rest = (state.get("config_hash") == self.config_hash
+                     and state.get("prompt_hashes") == self.identity["prompt_hashes"])
+        streamed = STREAMED in (state.get("input_fingerprint"), self.input_fingerprint)
+        return same_rest and streamed and isinstance(state.get("inputs"), dict)
 
     def _save_state(self) -> None:
         state = {**self.identity, "lineage": self.lineage, "retrying": self.retrying}
