@@ -371,19 +371,14 @@ def calibrate_judge(
     """Calibrate the judge cascade: the first judge and the reasoning judge on a seeded sample of the
     rows verify would judge; prints each check's false-reject / false-accept rates (Wilson 95%
     intervals) and the threshold that keeps false rejects under verify.calibration_max_false_reject
-    at the largest saving. Written to runs/<run>/calibration/judge.json, which verify then uses.
-    With --labels, people's "valid" labels of an audit's rows stand in for the reasoning judge."""
+    at the largest saving. Written to runs/<run>/calibration/judge.json, which verify then uses."""
+    from pipeline.audit.verdicts import labelled_rows
     from pipeline.declaration import PIPELINE
     from pipeline.progress import console
-    from pipeline.runner.calibrate import calibrate_from_labels, calibrate_judge as calibrate
+    from pipeline.runner.calibrate import calibrate_judge as calibrate
 
     cfg = _config(config, run, set_, **{"llm.backend": backend})
-    if labels is not None:
-        from pipeline.audit.verdicts import labelled_rows
-
-        _, lines = calibrate_from_labels(PIPELINE, cfg, labelled_rows(labels), rows=rows, seed=seed)
-    else:
-        _, lines = calibrate(PIPELINE, cfg, rows=rows, seed=seed)
+    _, lines = calibrate(PIPELINE, cfg, rows=rows, seed=seed, labelled=labels and labelled_rows(labels))
     for line in lines:
         console.print(line)
 

@@ -8,6 +8,7 @@ not hold these figures is one line naming the file and the key: a card must not 
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Literal, Optional
@@ -15,7 +16,6 @@ from typing import Literal, Optional
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from pipeline.errors import InfirError
-from pipeline.fileio import sha256_file
 from pipeline.llm.completion import summarize_validation
 
 AUDIT_FILE = "audit.json"
@@ -131,7 +131,7 @@ def run_audits(run_dir: Path) -> tuple[list[dict], list[str]]:
     An audit whose sample was drawn from another verify output (verify rerun since) labelled rows
     that may no longer be the corpus: it is left out with a warning, never shown as this corpus's."""
     success = Path(run_dir) / "verify" / "_SUCCESS.json"
-    current = sha256_file(success) if success.is_file() else None
+    current = hashlib.sha256(success.read_bytes()).hexdigest() if success.is_file() else None
     audits, warnings = [], []
     for path in audit_files(run_dir):
         audit = load_audit(path)

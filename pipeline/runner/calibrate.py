@@ -17,8 +17,12 @@ from pipeline.runner.llm import llm_prepare
 from pipeline.runner.run import context
 
 
-def calibrate_judge(pipe: Pipeline, cfg, rows: int | None = None, seed: int | None = None) -> tuple[dict, list[str]]:
-    """(the calibration written to the run, its lines as `status` shows them)."""
+def calibrate_judge(pipe: Pipeline, cfg, rows: int | None = None, seed: int | None = None,
+                    labelled=None) -> tuple[dict, list[str]]:
+    """(the calibration written to the run, its lines as `status` shows them). `labelled`: an audit's
+    labelled rows (`--labels`), which then stand in for the reasoning judge (`calibrate_from_labels`)."""
+    if labelled is not None:
+        return calibrate_from_labels(pipe, cfg, labelled, rows=rows, seed=seed)
     stage = next((s for s in pipe.llm_stages() if hasattr(s, "calibrate")), None)
     if stage is None:
         raise InfirError("no stage of this pipeline has a judge cascade to calibrate")
