@@ -182,7 +182,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1 if diff else 0
     if new != current:
         args.readme.write_text(new, encoding="utf-8")
-    print(f"{args.readme}: {'rewritten' if new != current else 'unchanged'} ({len(BLOCK.findall(new))} generated parts)")
+    state = "rewritten" if new != current else "unchanged"
+    print(f"{args.readme}: {state} ({len(BLOCK.findall(new))} generated parts)")
     return 0
 
 

@@ -3,7 +3,8 @@ with the keyboard, a reload, the server killed and restarted, and `audit score` 
 figures recomputed here by hand, with a second annotator's file for kappa.
 
 Headless Chromium from the system packages, driven by playwright (as tests/report/test_report_browser.py);
-skipped where either is missing, failed under CI=true (conftest.require_chromium). The server is the real CLI in a subprocess, so killing it is a kill.
+skipped where either is missing, failed under CI=true (conftest.require_chromium). The server is the
+real CLI in a subprocess, so killing it is a kill.
 With INFIR_AUDIT_PNG=<path>, the test also saves its screenshot there (docs/audit.png is made so).
 """
 
