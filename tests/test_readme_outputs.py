@@ -42,9 +42,9 @@ def test_render_rewrites_only_the_marked_parts():
 
 
 @pytest.mark.parametrize("blocks, readme, says", [
-    ({"cost": "x"}, README, "no generator for ['table']"),
-    ({"cost": "x", "table": "y", "extra": "z"}, README, "not marked in README.md ['extra']"),
-    ({"cost": "x", "table": "y"}, README + "<!-- docs:begin cost -->a<!-- docs:end -->\n", "marked twice ['cost']"),
+    ({"cost": "x"}, README, "no generator makes them: table"),
+    ({"cost": "x", "table": "y", "extra": "z"}, README, "not marked in README.md: extra"),
+    ({"cost": "x", "table": "y"}, README + "<!-- docs:begin cost -->a<!-- docs:end -->\n", "marked twice: cost"),
     ({"cost": "x", "table": "y"}, README + "<!-- docs:begin Bad -->\n", "without its docs:end"),
 ])
 def test_render_refuses_parts_without_a_generator_or_a_place(blocks, readme, says):

@@ -156,9 +156,11 @@ def render(readme: str, blocks: dict[str, str]) -> str:
     missing = sorted(set(seen) - set(blocks))
     unused = sorted(set(blocks) - set(seen))
     twice = sorted({n for n in seen if seen.count(n) > 1})
-    if missing or unused or twice:
-        raise DocsError(f"README.md's marked parts and the generated ones differ: no generator for {missing}, "
-                        f"not marked in README.md {unused}, marked twice {twice}")
+    problems = [f"{what}: {', '.join(names)}" for what, names in (
+        ("marked in README.md but no generator makes them", missing),
+        ("generated but not marked in README.md", unused), ("marked twice", twice)) if names]
+    if problems:
+        raise DocsError("README.md's marked parts and the generated ones differ: " + "; ".join(problems))
     if readme.count("<!-- docs:begin") != len(seen) or readme.count("<!-- docs:end -->") != len(seen):
         raise DocsError("README.md has a docs:begin without its docs:end (or the reverse), or a malformed name")
     return BLOCK.sub(lambda m: m.group(1) + blocks[m.group("name")] + m.group(4), readme)
