@@ -21,6 +21,7 @@ from pipeline.progress import console
 from pipeline.runner.chunks import iter_chunks
 from pipeline.runner.pipeline import Pipeline
 from pipeline.runner.prices import DRY_RUN, check_prices
+from pipeline.runner.headroom import headroom
 from pipeline.runner.llm import llm_prepare
 from pipeline.runner.run import context
 from pipeline.runner.shape import LLMStage
@@ -113,6 +114,9 @@ def estimate_stage(pipe: Pipeline, cfg, stage: LLMStage, client, sample_rows: in
         est.model = " + ".join(p.model for p in est.parts)
     notes = getattr(stage, "estimate_notes", None)
     est.notes += notes(ctx) if notes is not None else []
+    room = headroom(stage, ctx)  # from the usage its finished shards recorded, if any
+    if room is not None:
+        est.notes.append(room.note())
     if rejected:
         est.notes.append(f"{rejected:,} row(s) rejected upstream by the filters: not sent")
     if price is None:

@@ -28,7 +28,9 @@ from pipeline.generation.cascade import calibration_path
 from pipeline.llm.pricing import PriceTable
 from pipeline.runner.pipeline import Pipeline
 from pipeline.runner.prices import PLAN, check_prices
-from pipeline.runner.run import run_dir, run_stage
+from pipeline.runner.headroom import headroom
+from pipeline.runner.llm import llm_prepare
+from pipeline.runner.run import context, run_dir, run_stage
 from pipeline.runner.shape import LLMStage
 from pipeline.store import read_stage_table, require_stage
 
@@ -71,6 +73,9 @@ class Plan:
     # and its online and batch cost per candidate (the judge cascade: `verify_first` on every
     # candidate, `verify` on the share the first judge let through).
     parts: list[dict] = field(default_factory=list)
+    # Per LLM stage whose max tokens leave much unused room (`headroom.py`): the throughput a smaller
+    # setting would buy under a tokens-per-minute limit, from the pilot's usage.
+    headroom: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -180,7 +185,14 @@ def plan(pipe: Pipeline, cfg, target: int, pilot: int, force: bool = False) -> P
     check_prices(cfg, pipe.llm_stages(), PLAN)
     for stage in pipe.until(_judge_stage(pipe).name):
         run_stage(pipe, stage.name, pilot_cfg, force=force)
-    return measure(pipe, cfg, pilot_cfg, target)
+    p = measure(pipe, cfg, pilot_cfg, target)
+    for stage in pipe.llm_stages():
+        ctx = context(pipe, stage, pilot_cfg)
+        llm_prepare(ctx, stage)
+        room = headroom(stage, ctx)
+        if room is not None:
+            p.headroom.append(room.line())
+    return p
 
 
 def describe(p: Plan, cap: float | None = None) -> list[str]:
@@ -198,6 +210,7 @@ def describe(p: Plan, cap: float | None = None) -> list[str]:
         lines.append("per candidate: " + "; ".join(
             f"{c['usage'].removeprefix('usage_')} ({c['model']}) ${c['cost_per_candidate_usd']:.5f} on {c['share']:.0%} of rows"
             for c in p.parts))
+    lines += [f"rate limit: {h}" for h in p.headroom]
     if not p.enough_queries:
         lines.append(f"not enough source queries: up to {p.queries_needed_high:,} needed, {p.queries_available:,} available")
     if cap is not None:
