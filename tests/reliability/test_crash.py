@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import subprocess
 import time
 from collections import Counter
@@ -60,6 +61,24 @@ def _new_files(root: Path, since_ns: int) -> int:
             except FileNotFoundError:  # a temp file renamed while we looked
                 pass
     return n
+
+
+#: The only dot-named entries a finished run may hold: each stage's lock file, and the read holds later
+#: stages take on it (a killed reader's hold is free, and removed by the next writer: store/lock.py).
+_LOCK_FILE = re.compile(r"\.lock|\.read-.+\.lock")
+
+
+def leftovers(*roots: Path) -> list[str]:
+    """Every temp folder or file under `roots` (a release's `.tmp-<version>-<pid>-<id>`, a shard's
+    `.part-N.parquet.tmp-...`, a plot's `.png.tmp`, ...): any name with "tmp" in it, and any other
+    dot-named entry than a lock. Nothing is filtered by a leading dot: that is what temp names use."""
+    found = []
+    for root in roots:
+        for d, dirs, files in os.walk(root):
+            for name in dirs + files:
+                if "tmp" in name.lower() or (name.startswith(".") and not _LOCK_FILE.fullmatch(name)):
+                    found.append(os.path.relpath(os.path.join(d, name), root.parent))
+    return sorted(found)
 
 
 def _watch_root(stage: str, cwd: Path) -> Path:
@@ -159,7 +178,11 @@ def test_killed_run_gives_byte_identical_release_and_stage_shards(runs):
     assert any(k.startswith("data/") for k in release_a)
     assert verify_release(a / RELEASE).rows > 0
     assert release_a == release_b
-    assert [p.name for p in (b / "releases/inf-ir-sample").iterdir() if not p.name.startswith(".")] == ["1.0.0"]
+    # Every kill's leftovers were cleaned by the next attempt: the release folder holds the version
+    # and nothing else, and no temp file or folder is left anywhere in either run.
+    assert sorted(p.name for p in (b / "releases/inf-ir-sample").iterdir()) == ["1.0.0"]
+    assert leftovers(b / "runs", b / "releases") == []
+    assert leftovers(a / "runs", a / "releases") == []
     for stage in STAGES[:-1]:
         shards_a = tree_bytes(a / "runs/sample" / stage, "*.parquet")
         assert shards_a and shards_a == tree_bytes(b / "runs/sample" / stage, "*.parquet"), stage
@@ -197,6 +220,7 @@ def test_train_killed_then_rerun_gives_the_uninterrupted_metrics(runs):
     assert done.returncode == 0, done.stderr[-2000:]
     metrics = [json.loads((d / "runs/sample/train/_SUCCESS.json").read_text())["summary"]["metrics"] for d in (a, b)]
     assert metrics[0] == metrics[1]
+    assert leftovers(b / "runs/sample/train") == []  # the killed attempts' staged model is gone
     # The saved model and its logs (written with a key and an HF token in the environment) hold neither.
     for p in (b / "runs/sample/train").rglob("*"):
         if p.is_file():
