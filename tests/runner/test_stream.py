@@ -174,3 +174,55 @@ def test_build_wide_budget_holds_while_stages_spend_at_once(builds, env, tmp_pat
     bound = cap + CONCURRENCY * sum(one.values())
     assert 0.5 * cap <= recorded <= bound and billed <= bound, (recorded, billed, cap, bound)
     assert recorded == pytest.approx(billed, rel=0.02)
+
+
+@pytest.mark.slow
+def test_status_and_progress_show_every_running_stage(builds, env, tmp_path):
+    """While a streamed build runs, `infir status` shows more than one stage running, each with the pid
+    holding it, and the log has plain progress lines of a later stage before an earlier one is done."""
+    log = tmp_path / "build.log"
+    with FakeOpenAIServer(responder=responder, latency=0.1) as server:
+        args = _args(server, builds["msmarco"], "--set", "run.progress_interval_s=0.2")
+        with log.open("w") as err:
+            proc = subprocess.Popen(infir_cmd(*args), cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=err)
+            running: list[str] = []
+            try:
+                while proc.poll() is None and len(running) < 2:
+                    shown = run(["status", "runs/sample"], tmp_path, env)
+                    running = [ln for ln in shown.stdout.splitlines() if f"running (pid {proc.pid}" in ln]
+                    time.sleep(0.1)
+                assert proc.wait(timeout=300) == 0, log.read_text()[-2000:]
+            finally:
+                if proc.poll() is None:
+                    kill9(proc)
+    assert len(running) >= 2, running
+    lines = log.read_text().splitlines()
+    first_verify = next(i for i, ln in enumerate(lines) if ln.startswith("[progress] verify:"))
+    generate_done = next(i for i, ln in enumerate(lines) if ln.startswith("[progress] generate:") and ln.endswith("(done)"))
+    assert first_verify < generate_done
+
+
+@pytest.mark.slow
+def test_a_kill_after_an_upstream_finished_resumes_its_downstream(builds, env, tmp_path):
+    """Killed once generate has finished but mine has not (its shards written while generate was still
+    being written: input `STREAMED`): the rerun reads the finished generate and keeps mine's shards by
+    their input rows, to the same bytes."""
+    run_dir = tmp_path / "runs/sample"
+    with FakeOpenAIServer(responder=responder, latency=0.05) as server:
+        args = _args(server, builds["msmarco"])
+        proc = subprocess.Popen(infir_cmd(*args), cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        try:
+            while proc.poll() is None and not (run_dir / "generate/_SUCCESS.json").is_file():
+                time.sleep(0.002)
+            assert kill9(proc), proc.stderr.read().decode()[-2000:]
+        finally:
+            proc.stderr.close()
+        state = json.loads((run_dir / "mine/_STATE.json").read_text())
+        assert state["input_fingerprint"] == "streamed" and state["inputs"], state
+        assert not (run_dir / "mine/_SUCCESS.json").exists()
+        done = run(args, tmp_path, env)
+        assert done.returncode == 0, done.stderr[-2000:]
+    assert tree_bytes(tmp_path / RELEASE) == tree_bytes(builds["a"] / RELEASE)
+    assert _stage_files(tmp_path, "summary") == _stage_files(builds["a"], "summary")
+    mine = json.loads((run_dir / "mine/_SUCCESS.json").read_text())
+    assert mine["summary"]["shards resumed"] >= 1  # kept, not redone
