@@ -18,6 +18,7 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 
 from pipeline.llm.ratelimit import describe_wait
+from pipeline.llm.types import BUDGET_EXHAUSTED
 from pipeline.progress import format_duration as _duration, plain_lines, progress_bar
 
 
@@ -71,13 +72,19 @@ class StageWatch:
         """The `on_result` of one chunk: counts its answers, then `on_result`."""
 
         def on_chunk_result(result) -> None:
+            if _refused(result):
+                return
             chunk.results += 1
             self.on_result(result)
 
         return on_chunk_result
 
-    def on_result(self, _result) -> None:
-        """One LLM answer (or failure) of a chunk in flight: one more row done."""
+    def on_result(self, result) -> None:
+        """One LLM answer (or failure) of a chunk in flight: one more row done. A request the budget
+        refused is not a row done: the stage stops, and its rows are left for the rerun (counting
+        them would shrink the rows left, and the projection of what the rest costs, to nothing)."""
+        if _refused(result):
+            return
         with self._count:
             self.done += 1
             self.processed += 1
@@ -167,3 +174,8 @@ class StageWatch:
         if "waiting" in f:
             info += f" | {f['waiting']}"
         self._bar.update(self._task, completed=self.done, info=info)
+
+
+def _refused(result) -> bool:
+    """An LLM result the run's budget refused (never sent)."""
+    return not getattr(result, "ok", True) and getattr(result, "error", None) == BUDGET_EXHAUSTED
