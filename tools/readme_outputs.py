@@ -137,20 +137,31 @@ def audit_example(server) -> dict[str, str]:
     """The sample run audited by the offline rules standing in for a person (README, "Check the judge")."""
     with tempfile.TemporaryDirectory(prefix="infir-docs-") as tmp:
         co = Checkout(server.base_url, Path(tmp))
+
+        def labels(run: str) -> tuple[str, list[str]]:
+            label = f"python tests/audit_rules.py runs/{run} --rows 100 --seed 13 --name offline-rules"
+            done = subprocess.run([sys.executable, str(REPO / "tests" / "audit_rules.py"), *shlex.split(label)[2:]],
+                                  cwd=co.work, env=co.env, capture_output=True, text=True, timeout=600)
+            if done.returncode != 0:
+                raise DocsError(f"`{label}` exited {done.returncode}: {done.stderr.strip()[-300:]}")
+            drew = normalize(done.stdout + done.stderr, co.work).splitlines()
+            return f"$ {label}   # draws as `infir audit` would, then labels", [ln.rstrip() for ln in drew if ln.strip()]
+
+        def shown(command: str) -> list[str]:
+            done = co.run(command)
+            return [f"$ {command}", *_lines(done.stdout + done.stderr, lambda s: bool(s.strip()), command)]
+
         build = "infir build --until verify --set source.path=data/sample"
         co.run(build)
-        label = "python tests/audit_rules.py runs/sample --rows 100 --seed 13 --name offline-rules"
-        done = subprocess.run([sys.executable, str(REPO / "tests" / "audit_rules.py"), *shlex.split(label)[2:]],
-                              cwd=co.work, env=co.env, capture_output=True, text=True, timeout=600)
-        if done.returncode != 0:
-            raise DocsError(f"`{label}` exited {done.returncode}: {done.stderr.strip()[-300:]}")
-        drawn = normalize(done.stdout + done.stderr, co.work)
-        score = "infir audit score runs/sample/audit/offline-rules"
-        scored = co.run(score)
-        out = _lines(scored.stdout + scored.stderr, lambda s: bool(s.strip()), score)
-    drew = [line.rstrip() for line in drawn.splitlines() if line.strip()]
-    return {"audit": _fence(f"$ {build}", f"$ {label}   # draws as `infir audit` would, then labels", *drew,
-                            f"$ {score}", *out)}
+        label, drew = labels("sample")
+        plain = _fence(f"$ {build}", label, *drew, *shown("infir audit score runs/sample/audit/offline-rules"))
+        build = ("infir build --run cascade --until verify --set source.path=data/sample --set verify.cascade=true "
+                 "--set verify.cascade_threshold=0.9")
+        co.run(build)
+        label, drew = labels("cascade")
+        calibrate = "infir calibrate-judge --run cascade --labels runs/cascade/audit/offline-rules --set verify.cascade=true"
+        cascade = _fence(f"$ {build}", label, *drew, *shown(calibrate))
+    return {"audit": plain, "audit-cascade": cascade}
 
 
 #: Each function runs its commands in a fresh folder against a fresh server and returns the text of
