@@ -152,7 +152,12 @@ def test_msmarco_batch_waves_within_the_enqueued_token_limit_and_a_kill(tmp_path
     the waves (twice) then rerun, no request is in two batches the server accepted."""
     # batch_polls=2: a batch is queued at one poll and completes at the next, so batches submitted
     # together are in the queue together (at 1, each would leave it at the poll that queues it).
-    with FakeOpenAIServer(responder=crafted, batch_polls=2) as srv:
+    # The service counts prompt tokens as the client estimates them (`usage`): the waves' planning is
+    # under test here; a service counting more than the estimate is refused and halved
+    # (tests/llm/test_batch_waves.py::test_a_service_counting_more_than_the_estimate_gets_halved_files).
+    from pipeline.llm.openai_api.batch_waves import line_tokens
+
+    with FakeOpenAIServer(responder=crafted, batch_polls=2, usage=lambda body: (line_tokens(body), 100)) as srv:
         _run(_msmarco_args(srv, msmarco, "online"))
         tokens: Counter = Counter()  # (stage, model) -> prompt tokens, as the server counts them
         for r in srv.chat_requests():
