@@ -50,25 +50,25 @@ def _infir(args: list[str], timeout: int = 600) -> subprocess.CompletedProcess:
 # ---- the budget ------------------------------------------------------------------------------------
 
 
-def _kill_when_answered(args: list[str], srv, target: int) -> tuple[int, int, str]:
+def _kill_when_answered(args: list[str], srv, target: int) -> tuple[int, list[str] | str]:
     """Start `infir build`, SIGKILL it once the server has written `target` chat answers (and at
     least one more than before this attempt) while a request is in flight. Returns (returncode,
-    requests in flight at the kill, the model of the last answer: the stage being killed)."""
+    the models of the requests in flight at the kill), or (returncode, its stderr) if it ended by
+    itself."""
     target = max(target, srv.answered() + 1)
     with tempfile.TemporaryFile() as err:
         proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "build", *args], env=env(),
                                 stdout=subprocess.DEVNULL, stderr=err)
         try:
             while proc.poll() is None:
-                reqs = srv.chat_requests()
-                in_flight = sum(1 for r in reqs if r.finished is None)
+                in_flight = [r.body["model"] for r in srv.chat_requests() if r.finished is None]
                 if srv.answered() >= target and in_flight:
                     proc.send_signal(signal.SIGKILL)
                     proc.wait()
-                    return proc.returncode, in_flight, reqs[-1].body["model"]
+                    return proc.returncode, in_flight
                 time.sleep(0.002)
             err.seek(0)  # it ended by itself: the caller's assertion shows why
-            return proc.returncode, 0, err.read().decode()[-800:]
+            return proc.returncode, err.read().decode()[-800:]
         finally:
             if proc.poll() is None:
                 proc.kill()
@@ -86,7 +86,7 @@ def test_budget_holds_for_the_whole_run_across_resumes_and_kills(tmp_path):
         reasoning (judge.md's expected_output_tokens + the price file's reasoning) at the output
         price, so the priciest judge answer less that;
       - each kill loses the answers in flight (paid, never recorded): at most llm.concurrency
-        answers per kill, each at most the priciest answer of the model being called.
+        answers per kill, each at most the priciest answer of the models in flight at the kill.
     The issue's case paid $1.52 against a $0.50 cap."""
     cap, concurrency, queries = 0.30, 4, 60
     prices = PriceTable.load()
@@ -96,9 +96,8 @@ def test_budget_holds_for_the_whole_run_across_resumes_and_kills(tmp_path):
         args = cli_args(srv, "--max-cost-usd", str(cap), "--until", "verify",
                         "--set", f"source.sample_queries={queries}")
         killed = [_kill_when_answered(args, srv, target) for target in (25, queries + 30, 2 * queries + 10)]
-        assert [rc for rc, _, _ in killed] == [-9, -9, -9], killed  # each kill landed: no attempt ended by itself
-        assert all(in_flight >= 1 for _, in_flight, _ in killed), killed
-        assert [m for _, _, m in killed] == ["gpt-4o-mini", "gpt-4o-mini", "o3-mini"], killed
+        assert [rc for rc, _ in killed] == [-9, -9, -9], killed  # each kill landed: no attempt ended by itself
+        assert "o3-mini" in killed[-1][1], killed  # the last one with judge requests (the costly ones) in flight
         done = _infir(["build", *args])
         assert done.returncode == 2, done.stderr[-800:]
         assert "stopped at the cost budget" in done.stderr and "the run has spent $" in done.stderr, done.stderr[-800:]
@@ -110,7 +109,7 @@ def test_budget_holds_for_the_whole_run_across_resumes_and_kills(tmp_path):
         reserved_at_least = prices.cost("o3-mini", 0, load_prompt("judge").expected_output_tokens
                                         + prices.expected_reasoning("o3-mini", "medium"))
         past_the_cap = concurrency * (priciest["o3-mini"] - reserved_at_least)
-        lost_to_kills = sum(concurrency * priciest[m] for _, _, m in killed)
+        lost_to_kills = sum(concurrency * max(priciest[m] for m in models) for _, models in killed)
         assert billed <= cap + past_the_cap + lost_to_kills, (billed, cap, past_the_cap, lost_to_kills, priciest)
         assert recorded <= cap + past_the_cap, (recorded, cap, past_the_cap)
         # The kills did cost something the ledger never saw, and only that much.
