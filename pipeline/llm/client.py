@@ -13,6 +13,7 @@ A failing task never raises out of `run`: it ends `ok=False` with the reason.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import random
 import sqlite3
@@ -93,8 +94,16 @@ class LLMClient(SendMixin, SpendMixin):
         """Sync facade of `arun` (closes the backend's connections at the end). With the client's own
         loop started (`start_loop`), it runs there instead: callers in several threads (the chunks a
         stage has in flight) then share one concurrency bound and one set of connections."""
-        if self._loop is not None:
-            return asyncio.run_coroutine_threadsafe(self.arun(tasks, on_result), self._loop).result()
+        loop = self._loop
+        if loop is not None:
+            fut = asyncio.run_coroutine_threadsafe(self.arun(tasks, on_result), loop)
+            while True:  # never wait on a loop that has stopped (Ctrl-C: the client was closed)
+                try:
+                    return fut.result(timeout=1.0)
+                except concurrent.futures.TimeoutError:
+                    if not loop.is_running():
+                        fut.cancel()
+                        raise concurrent.futures.CancelledError("the client's loop stopped") from None
 
         async def main() -> list[LLMResult]:
             try:
@@ -153,10 +162,21 @@ class LLMClient(SendMixin, SpendMixin):
         if loop is None or th is None:
             return
         self._loop = self._loop_thread = None
+
+        async def wind_down() -> None:
+            # Requests still running (Ctrl-C) end cancelled first, so that whoever waits on them
+            # (a chunk's thread) is answered before the loop stops; then the connections close.
+            me = asyncio.current_task()
+            running = [t for t in asyncio.all_tasks() if t is not me]
+            for t in running:
+                t.cancel()
+            await asyncio.gather(*running, return_exceptions=True)
+            await self.aclose_backend()
+
         try:
-            asyncio.run_coroutine_threadsafe(self.aclose_backend(), loop).result(timeout=30)
-        except Exception:  # closing connections is best effort: the answers are already kept
-            log.debug("closing the backend on the client loop failed", exc_info=True)
+            asyncio.run_coroutine_threadsafe(wind_down(), loop).result(timeout=30)
+        except Exception:  # best effort: the answers are already kept
+            log.debug("winding down the client loop failed", exc_info=True)
         loop.call_soon_threadsafe(loop.stop)
         th.join(timeout=30)
         if not th.is_alive():
