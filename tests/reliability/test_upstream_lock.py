@@ -121,8 +121,8 @@ def test_an_upstream_replaced_where_holds_do_not_reach_stops_the_stage_before_it
     rerun = load_config(None, {"source.path": str(SAMPLE), "source.sample_queries": 12})
     original = runner._run
 
-    def run_then_replace(ctx, stage):
-        summary = original(ctx, stage)
+    def run_then_replace(ctx, stage, link=None):
+        summary = original(ctx, stage, link)
         if stage.name == "generate":
             runner.run_stage(PIPELINE, "source", rerun, force=True)
         return summary
