@@ -7,35 +7,14 @@ checked against the counts of the labels themselves."""
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
 
 from audit_rules import write_rule_labels
-from conftest import SAMPLE, run_infir
+from conftest import run_infir
+from report_fixtures import report_of, run, sample_run  # noqa: F401
 from pipeline.audit.command import prepare
-
-
-@pytest.fixture(scope="module")
-def sample_run(tmp_path_factory) -> Path:
-    work = tmp_path_factory.mktemp("report-audit")
-    code, _, err = run_infir("build", "--until", "verify", "--set", f"source.path={SAMPLE}", cwd=work)
-    assert code == 0, err
-    return work / "runs" / "sample"
-
-
-@pytest.fixture
-def run(sample_run, tmp_path) -> Path:
-    dst = tmp_path / "runs" / "sample"
-    shutil.copytree(sample_run, dst)
-    return dst
-
-
-def _report(run: Path) -> tuple[dict, str]:
-    code, _, err = run_infir("report", str(run), "--no-hardness")
-    assert code == 0, err
-    return json.loads((run / "report.json").read_text()), (run / "report.html").read_text()
 
 
 def _audited(run: Path, name: str = "rules") -> tuple[Path, list[dict]]:
@@ -47,7 +26,7 @@ def _audited(run: Path, name: str = "rules") -> tuple[Path, list[dict]]:
 
 
 def test_without_an_audit_the_report_says_none_was_made(run):
-    report, html = _report(run)
+    report, html = report_of(run)
     assert report["audit"] == {"audits": [], "warnings": []}
     assert "No human audit was made" in html
 
@@ -55,7 +34,7 @@ def test_without_an_audit_the_report_says_none_was_made(run):
 def test_the_report_shows_the_audits_figures(run):
     audit, labels = _audited(run)
     sample = {r["row_id"]: r["stratum"] for r in json.loads((audit / "sample.json").read_text())["rows"]}
-    report, html = _report(run)
+    report, html = report_of(run)
     (shown,) = report["audit"]["audits"]
     # By hand from the label lines: accepted rows labelled valid / accepted rows labelled.
     accepted = [x["valid"] for x in labels if sample[x["row_id"]] == "accepted"]
@@ -78,7 +57,7 @@ def test_an_audit_of_an_earlier_verify_output_is_left_out(run):
     sample = json.loads((audit / "sample.json").read_text())
     sample["created_from"]["verify"] = "0" * 64  # drawn before verify was rerun
     (audit / "sample.json").write_text(json.dumps(sample))
-    report, html = _report(run)
+    report, html = report_of(run)
     assert report["audit"]["audits"] == [] and "earlier verify output" in report["audit"]["warnings"][0]
     assert "No human audit was made" in html
 

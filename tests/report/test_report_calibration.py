@@ -4,12 +4,12 @@ judge.json) with its threshold and agreement figures, or says none was made."""
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
 
-from conftest import SAMPLE, run_infir
+from conftest import run_infir
+from report_fixtures import report_of, run, sample_run  # noqa: F401
 from pipeline.generation import cascade
 
 FIRST = {"check": "positive_fits", "passed": False, "reason": "r"}
@@ -25,27 +25,6 @@ def _pairs():
     return [(first(c), failed) for c, failed in rows]
 
 
-@pytest.fixture(scope="module")
-def sample_run(tmp_path_factory) -> Path:
-    work = tmp_path_factory.mktemp("report-calibration")
-    code, _, err = run_infir("build", "--until", "verify", "--set", f"source.path={SAMPLE}", cwd=work)
-    assert code == 0, err
-    return work / "runs" / "sample"
-
-
-@pytest.fixture
-def run(sample_run, tmp_path) -> Path:
-    dst = tmp_path / "runs" / "sample"
-    shutil.copytree(sample_run, dst)
-    return dst
-
-
-def _report(run: Path) -> tuple[dict, str]:
-    code, _, err = run_infir("report", str(run), "--no-hardness")
-    assert code == 0, err
-    return json.loads((run / "report.json").read_text()), (run / "report.html").read_text()
-
-
 def _write(run: Path, cal: dict) -> None:
     path = cascade.calibration_path(run)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -53,7 +32,7 @@ def _write(run: Path, cal: dict) -> None:
 
 
 def test_without_a_calibration_the_report_says_none_was_made(run):
-    report, html = _report(run)
+    report, html = report_of(run)
     assert report["calibration"] is None and "No judge calibration was made" in html
 
 
@@ -61,7 +40,7 @@ def test_the_report_shows_the_threshold_and_agreement(run):
     # What `calibrate-judge` writes: cascade.calibrate's figures plus the models and the seed.
     cal = {"first_model": "gpt-4o-mini", "judge_model": "o3-mini", "seed": 13, **cascade.calibrate(_pairs(), 0.4)}
     _write(run, cal)
-    report, html = _report(run)
+    report, html = report_of(run)
     shown = report["calibration"]
     # By hand: 0.6 rejects rows 0-3 (good rows 1 and 3 of 3: 2/3 > 40%); 0.8 rejects 0-2 (1/3 <= 40%):
     # the lowest qualifying threshold saves the most. It lets through rows 3-5, of which 5 is bad
@@ -81,7 +60,7 @@ def test_a_calibration_against_labels_says_so(run):
     cal = {"first_model": "gpt-4o-mini", "judge_model": "people (audit a)", "seed": None,
            **cascade.calibrate(_pairs(), 0.4), "per_check": {}, "against": "labels", "labels": "a"}
     _write(run, cal)
-    _, html = _report(run)
+    _, html = report_of(run)
     assert "against people's labels (audit a) on 6 labelled rows" in html and "seed None" not in html
     assert "<th>false reject</th>" not in html  # no per-check table: people answer questions, not checks
 
