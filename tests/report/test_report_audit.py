@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
 
 from audit_rules import write_rule_labels
 from conftest import run_infir

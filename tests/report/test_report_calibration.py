@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
 
 from conftest import run_infir
 from report_fixtures import report_of, run, sample_run  # noqa: F401
