@@ -10,12 +10,7 @@
   let idx = 0, focusQ = 0, busy = false;
   const drafts = {};
 
-  function el(tag, cls, text) {
-    const e = document.createElement(tag);
-    if (cls) e.className = cls;
-    if (text !== undefined && text !== null) e.textContent = String(text);
-    return e;
-  }
+  const el = window.infirFields.el;  // fields.js, inlined before this script
   const row = () => D.rows[idx];
   function draft() {
     const rid = row().row_id;
@@ -38,19 +33,7 @@
     return i < 0 ? 0 : i;
   }
 
-  function field(r, name) {
-    const box = el("div", "field");
-    box.appendChild(el("span", "flabel", LABELS[name]));
-    const body = el("div", "ftext");
-    const segs = r.diff[name];
-    if (segs) {
-      for (const [text, on] of segs) body.appendChild(el(on ? "mark" : "span", null, text));
-    } else {
-      body.textContent = r.fields[name] == null ? "(missing)" : r.fields[name];
-    }
-    box.appendChild(body);
-    return box;
-  }
+  const field = (r, name) => window.infirFields.field(LABELS[name], r.fields[name], r.diff[name]);
 
   // The judge's answer to a question: every mapped check passed (null: it judged none of them).
   function judgeSays(j, q) {

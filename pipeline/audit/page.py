@@ -15,6 +15,7 @@ from pathlib import Path
 
 from pipeline.audit.questions import QUESTIONS
 from pipeline.report.browse import word_diff
+from pipeline.report.html import scripts
 
 _HERE = Path(__file__).resolve().parent
 _REPORT_CSS = _HERE.parent / "report" / "page.css"
@@ -43,7 +44,7 @@ def page_data(sample: dict, annotator: str, labels: dict[str, dict], api: str) -
 def render_page(sample: dict, name: str, annotator: str, labels: dict[str, dict], api: str) -> str:
     css = _REPORT_CSS.read_text(encoding="utf-8") + (_HERE / "page.css").read_text(encoding="utf-8")
     script = (_json_script("audit-data", page_data(sample, annotator, labels, api))
-              + "<script>" + (_HERE / "page.js").read_text(encoding="utf-8") + "</script>")
+              + "<script>" + scripts("page.js", folder=_HERE) + "</script>")
     title = f"infir audit: {sample.get('run')} / {name}"
     return ('<!doctype html><html lang="en"><head><meta charset="utf-8">'
             "<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; style-src 'unsafe-inline'; "

@@ -259,11 +259,17 @@ def _json_script(id_: str, data) -> str:
     return f'<script type="application/json" id="{id_}">{text}</script>'
 
 
+def scripts(*names: str, folder: Path = _HERE) -> str:
+    """The shared field helpers (fields.js) and then `names` from `folder`, as one script's text."""
+    parts = [_HERE / "fields.js"] + [folder / n for n in names]
+    return "\n".join(p.read_text(encoding="utf-8") for p in parts)
+
+
 def page(title: str, subtitle: str, body: str, rows: list[dict] | None = None) -> str:
     css = (_HERE / "page.css").read_text(encoding="utf-8")
     script = ""
     if rows is not None:
-        script = _json_script("rows-data", rows) + "<script>" + (_HERE / "page.js").read_text(encoding="utf-8") + "</script>"
+        script = _json_script("rows-data", rows) + "<script>" + scripts("page.js") + "</script>"
     # The CSP forbids every fetch: the page works offline from disk and cannot leak what it shows.
     return (f'<!doctype html><html lang="en"><head><meta charset="utf-8">'
             f'<meta http-equiv="Content-Security-Policy" content="default-src \'none\'; style-src \'unsafe-inline\'; '

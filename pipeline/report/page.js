@@ -13,12 +13,7 @@
   const PAGE = 40;
   let matched = [], shown = 0;
 
-  function el(tag, cls, text) {
-    const e = document.createElement(tag);
-    if (cls) e.className = cls;
-    if (text !== undefined && text !== null) e.textContent = String(text);
-    return e;
-  }
+  const el = window.infirFields.el;  // fields.js, inlined before this script
   // Reasons and search text once per row, lower-cased.
   for (const r of rows) {
     r._reasons = r.filters.concat(r.checks);
@@ -32,19 +27,7 @@
     fReason.appendChild(o);
   }
 
-  function field(r, name) {
-    const box = el("div", "field");
-    box.appendChild(el("span", "flabel", LABELS[name]));
-    const body = el("div", "ftext");
-    const segs = r.diff[name];
-    if (segs) {
-      for (const [text, changed] of segs) body.appendChild(el(changed ? "mark" : "span", null, text));
-    } else {
-      body.textContent = r.fields[name] == null ? "(missing)" : r.fields[name];
-    }
-    box.appendChild(body);
-    return box;
-  }
+  const field = (r, name) => window.infirFields.field(LABELS[name], r.fields[name], r.diff[name]);
 
   function card(r) {
     const d = el("details", "row " + r.status);
