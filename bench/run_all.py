@@ -47,7 +47,7 @@ def machine() -> str:
 # Older hand-written titles of what these benchmarks now produce: never carried over next to them.
 REPLACED = {"client": ("LLM client",), "mining": ("BM25 mining", "Dense mining", "Hard-negative mining"),
             "pipeline": ("End-to-end",), "memory": ("Memory",), "ray": ("Local vs Ray",),
-            "scale": ("The paper's run",)}
+            "scale": ("The paper's run",), "stream": ("Streamed vs stage-by-stage",)}
 
 
 def kept_sections(path: Path, produced: set[str], replaced: tuple[str, ...] = ()) -> list[str]:
@@ -79,13 +79,14 @@ def main() -> None:
     ap.add_argument("--mining-rounds", default="1", help="dense mining: alternating rounds ours/theirs")
     ap.add_argument("--ray-passages", default="100000", help="Ray benchmark: passages to encode")
     ap.add_argument("--scale-candidates", default="100000", help="the rehearsal of the paper's run: candidates")
-    ap.add_argument("--skip", default="", help="comma-separated: pipeline,memory,client,mining,ray,scale")
+    ap.add_argument("--skip", default="", help="comma-separated: pipeline,stream,memory,client,mining,ray,scale")
     args = ap.parse_args()
     skip = {s for s in args.skip.split(",") if s}
     t0 = time.perf_counter()
     sections: list[tuple[str, str, str]] = []  # (title, command, body)
     plan = [
         ("pipeline", "End-to-end throughput, pipeline overhead, rerun and cost", "bench_pipeline.py", ()),
+        ("stream", "Streamed vs stage-by-stage build against per-model rate limits", "bench_stream.py", ()),
         ("memory", "Memory: peak RSS at 10k and 100k rows over 1M passages", "bench_memory.py",
          ("--sizes", args.memory_sizes)),
         ("client", "LLM client vs bare AsyncOpenAI (local server, 100 ms latency, concurrency 32)",
