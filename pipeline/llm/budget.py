@@ -118,6 +118,12 @@ class SpendLedger:
                 self._rollback()
                 raise
 
+    def fits_once_settled(self, usd: float) -> bool:
+        """Whether `usd` would fit under the cap if nothing were reserved (what is in flight settles)."""
+        if self.cap is None:
+            return True
+        return self.spent() + _amount(usd, self.path) <= self.cap
+
     def settle(self, reservation: int | None, usd: float, label: str | None = None) -> None:
         """Record what an answer cost and drop its reservation, in one transaction."""
         usd = _amount(usd, self.path)

@@ -109,14 +109,15 @@ class SendMixin:
         async with self._semaphore():  # released before the retry wait: waiting holds no slot
             ticket = await self._queue(body)
             self._check_can_send()
+            reservation = await self._reserve_when_room(body, task)
             if deadline:
                 deadline[0] += loop.time() - queued  # queueing is not the request's time
             else:
                 deadline.append(loop.time() + deadline_s)
             remaining = deadline[0] - loop.time()
             if remaining <= 0:
+                self._release(reservation)
                 raise _RequestFailed(f"deadline of {deadline_s:g}s exceeded after {attempt - 1} attempt(s)")
-            reservation = self._reserve(body, task)
             acc.calls += 1
             self.totals.http_calls += 1
             try:

@@ -4,6 +4,7 @@ reservations), and the run's spend ledger (reserve before sending, settle on the
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any, Iterable
 
@@ -14,6 +15,9 @@ from pipeline.llm.tokens import estimate_prompt_tokens, max_output_tokens
 from pipeline.llm.types import BUDGET_EXHAUSTED, LLMTask, Usage
 
 log = logging.getLogger("pipeline.llm.client")
+
+#: How often a request waiting for reservations in flight to settle looks at the ledger again.
+SETTLE_POLL_S = 0.05
 
 
 class _RequestFailed(Exception):
@@ -87,15 +91,23 @@ class SpendMixin:
         self.totals.usage_estimated += 1
         acc.cost += cost
 
-    def _reserve(self, body: dict[str, Any], task: LLMTask) -> int | None:
-        """Reserve a request's expected cost in the run's ledger before it is sent."""
+    async def _reserve_when_room(self, body: dict[str, Any], task: LLMTask) -> int | None:
+        """Reserve a request's expected cost in the run's ledger before it is sent. When it does not
+        fit only because of what requests in flight have reserved (they settle at what they cost,
+        usually less), wait for them: a build whose stages spend at once, each reserving for its
+        own requests, is not stopped by reservations while the cap still has room. It stops when
+        the request would not fit even with nothing reserved."""
         if self.ledger is None:
             return None
         pt, visible, reasoning = self.expected_tokens(body, task)
-        reservation = self._ledger(self.ledger.reserve, self.prices.cost(body["model"], pt, visible + reasoning))
-        if reservation is None:
-            self._exhausted(self.ledger.cap)
-        return reservation
+        usd = self.prices.cost(body["model"], pt, visible + reasoning)
+        while True:
+            reservation = self._ledger(self.ledger.reserve, usd)
+            if reservation is not None:
+                return reservation
+            if self.budget_exhausted or not self._ledger(self.ledger.fits_once_settled, usd):
+                self._exhausted(self.ledger.cap)
+            await asyncio.sleep(SETTLE_POLL_S)
 
     def _ledger(self, fn, *args):
         """A ledger call; a spend that cannot be recorded stops the client (paying for calls the

@@ -23,11 +23,13 @@ says what the longest current wait is for, for the progress line.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import math
 import random
 import re
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
@@ -194,6 +196,11 @@ class _Mirror:
 class _Model:
     taken: dict[str, float] = field(default_factory=lambda: {k: 0.0 for k in KINDS})
     mirrors: dict[str, _Mirror] = field(default_factory=dict)
+    # The line of the process's clients waiting for this model (each client's first waiter in it):
+    # served in arrival order, so that a stage asking small requests (generate) cannot starve one
+    # asking larger ones (mine) by fitting into every refill first.
+    line: deque = field(default_factory=deque)
+    numbers: itertools.count = field(default_factory=itertools.count)
 
 
 #: What this process's limiters learned of each service's per-model limits, by service (base URL and
@@ -303,19 +310,34 @@ class RateLimiter:
                 return self._take(tokens, st, model)  # fast path: nothing to wait for
         async with self._get_lock(model):  # FIFO per model: waiters are served in arrival order
             me = id(asyncio.current_task())
+            number = None
+            if st is not None:
+                with _SHARED:  # and in the process's line for the model, across clients
+                    number = next(st.numbers)
+                    st.line.append(number)
             try:
                 while True:
                     now = time.monotonic()
                     with _SHARED:
                         wait, what = self._wait(tokens, st, model, now)
-                        if wait <= 0:
+                        first = st is None or st.line[0] == number
+                        if wait <= 0 and first:
+                            if st is not None:
+                                st.line.popleft()
                             return self._take(tokens, st, model)
+                    if not first:  # another client's request is ahead: look again shortly
+                        await asyncio.sleep(min(max(wait, 0.002), 0.02))
+                        continue
                     if max_wait_s is not None and wait > max_wait_s:
                         raise RateLimitWait(wait, what)
                     self._waits[me] = (now + wait, what)
                     await asyncio.sleep(wait)
             finally:
                 self._waits.pop(me, None)
+                if st is not None:
+                    with _SHARED:
+                        if number in st.line:
+                            st.line.remove(number)
 
     def _take(self, tokens: float, st: _Model | None, model: str | None) -> Ticket | None:
         if self._requests is not None:

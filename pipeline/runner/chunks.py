@@ -12,11 +12,13 @@ shards whose input rows changed.
 from __future__ import annotations
 
 import hashlib
+import queue
+import threading
 from collections import Counter, deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -50,11 +52,71 @@ class Stopped(InfirError):
     """A stage stopped because another stage of a streamed build did (not the cause: that one is said)."""
 
 
-#: Chunks an LLM stage has in flight at once. With one, each chunk drains its last wave of requests
-#: before the next starts (at 1,000-row shards and 32 in flight, the endpoint idles for most of a
-#: latency per shard); with two, the next chunk's requests fill the slots the last wave frees. Their
+#: Chunks an LLM stage has in flight at once, at the least. With one, each chunk drains its last wave
+#: of requests before the next starts (at 1,000-row shards and 32 in flight, the endpoint idles for
+#: most of a latency per shard); with two, the next chunk's requests fill the slots the last wave
+#: frees. Shards smaller than `llm.concurrency` need more of them to fill the slots (`in_flight`). The
 #: shards are still written, tallied and handed on in chunk order, so the output does not change.
 IN_FLIGHT = 2
+MAX_IN_FLIGHT = 32
+
+
+def in_flight(concurrency: int, shard_rows: int) -> int:
+    """Chunks an LLM stage keeps in flight: enough rows for `concurrency` requests, plus one."""
+    return min(MAX_IN_FLIGHT, max(IN_FLIGHT, -(-concurrency // max(shard_rows, 1)) + 1))
+
+
+_NOT_YET = object()
+
+
+class _Ahead:
+    """The next chunk, taken (hashed, checked, its preparation started) on a thread of its own, one
+    ahead: the chunk loop never waits on its upstream (a streamed stage's feed) while a finished
+    chunk could be written."""
+
+    def __init__(self, take: Callable):
+        self._q: queue.Queue = queue.Queue(maxsize=1)
+        self._stop = threading.Event()
+        self._take = take
+        self._thread = threading.Thread(target=self._run, name="chunk-ahead", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            while not self._stop.is_set():
+                item = self._take()
+                self._put(("item", item))
+                if item is None:
+                    return
+        except BaseException as e:  # raised again in the chunk loop's thread
+            self._put(("error", e))
+
+    def _put(self, entry) -> None:
+        while not self._stop.is_set():
+            try:
+                self._q.put(entry, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def get(self, wait: bool):
+        """The next chunk (None at the end), or `_NOT_YET` when none is ready and `wait` is false."""
+        try:
+            kind, item = self._q.get(timeout=None) if wait else self._q.get_nowait()
+        except queue.Empty:
+            return _NOT_YET
+        if kind == "error":
+            raise item
+        return item
+
+    def wait(self, seconds: float) -> None:
+        """Sleep up to `seconds`, less when the next chunk comes in."""
+        with self._q.not_empty:  # the queue's own lock: `qsize()` would take it again
+            if not self._q.queue:
+                self._q.not_empty.wait(seconds)
+
+    def stop(self) -> None:
+        self._stop.set()
 
 
 @dataclass
@@ -65,7 +127,7 @@ class Flow:
 
     tables: Iterable[tuple[str, pa.Table]] | None = None
     on_written: Callable[[str, pa.Table], None] | None = None
-    prepare_pool: ThreadPoolExecutor | None = None
+    prepare_pool: Any = None  # has `submit(fn, *args) -> Future` (stream.PreparePool, per stage)
     stopped: Callable[[], str | None] | None = None
     on_watch: Callable[[StageWatch], None] | None = None
 
@@ -95,11 +157,13 @@ class _ChunkLoop:
         self.tally: Counter = Counter()
         self.own_pool = flow.prepare_pool is None
         self.pool = ThreadPoolExecutor(1, thread_name_prefix=f"{stage.name}-prepare") if self.own_pool else flow.prepare_pool
-        self.depth = IN_FLIGHT if self.client is not None else 1
+        size = stage.shard_rows(ctx.cfg)
+        self.depth = in_flight(self.client.settings.concurrency, size) if self.client is not None else 1
         self.workers = ThreadPoolExecutor(self.depth, thread_name_prefix=f"{stage.name}-chunk") if self.depth > 1 else None
         tables = flow.tables if flow.tables is not None else iter_tables(ctx.upstream_dir)
-        self.chunks = enumerate(chunks_of(tables, stage.shard_rows(ctx.cfg)))
+        self.chunks = enumerate(chunks_of(tables, size))
         self.pending: deque = deque()  # chunks started, in chunk order: (k, rows, digest, keep, future)
+        self.source = _Ahead(self.take)
 
     def count_failed(self, table: pa.Table) -> int:
         return own_failures(table, self.stage.error_column)
@@ -130,17 +194,31 @@ class _ChunkLoop:
                 ctx.on_result = watch.on_result
                 if flow.on_watch is not None:
                     flow.on_watch(watch)
-                nxt = self.take()
-                while nxt is not None or self.pending:
-                    # Start chunks up to the depth; a kept shard waits in line for its turn (it costs nothing).
-                    while nxt is not None and len(self.pending) < self.depth:
-                        k, rows, digest, keep, prepared = nxt
+                ended = False
+                while not ended or self.pending:
+                    # Start chunks up to the depth as they come (a kept shard waits in line for its turn:
+                    # it costs nothing); wait for the next one only when nothing is in flight.
+                    while not ended and len(self.pending) < self.depth:
+                        item = self.source.get(wait=not self.pending)
+                        if item is _NOT_YET:
+                            break
+                        if item is None:
+                            ended = True
+                            break
+                        k, rows, digest, keep, prepared = item
                         fut = self.workers.submit(self.process, rows, prepared, watch) if self.workers and not keep else prepared
                         self.pending.append((k, rows, digest, keep, fut))
-                        nxt = self.take()  # the next chunk is prepared while these run
+                    if not self.pending:
+                        continue
+                    # The oldest chunk is written as soon as it is done, not when the next one comes in
+                    # (a streamed stage would hand its shards on in lockstep with its upstream's).
+                    k, rows, digest, keep, fut = self.pending[0]
+                    if not (keep or self.workers is None or fut.done() or ended or len(self.pending) >= self.depth):
+                        self.source.wait(0.02)
+                        continue
                     self.finish(*self.pending.popleft(), watch)
                     why = flow.stopped() if flow.stopped is not None else None
-                    if why and (nxt is not None or self.pending):
+                    if why and (not ended or self.pending):
                         raise Stopped(f"{self.out.dir}: stopped: {why}; finished shards are kept: rerun to resume")
         except BaseException as e:
             interrupted = not isinstance(e, Exception)  # Ctrl-C: do not wait for the chunks in flight
@@ -181,6 +259,7 @@ class _ChunkLoop:
             self.flow.on_written(name, table)
 
     def close(self, interrupted: bool) -> None:
+        self.source.stop()
         for *_, fut in self.pending:
             if fut is not None:
                 fut.cancel()

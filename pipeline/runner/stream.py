@@ -26,9 +26,11 @@ Ray executor (it already runs every shard of a stage at once across the cluster;
 
 from __future__ import annotations
 
+import itertools
+import queue
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Iterator
@@ -139,11 +141,57 @@ class ShardFeed:
                 raise Stopped(f"{self.dir}: {'the build stopped' if stop.is_set() else 'stopped before it finished'}")
 
 
+class PreparePool:
+    """The one thread on which every streamed stage prepares its chunks (retrieval indexes are opened
+    once per process and never used by two threads), serving the later stages first: their chunks
+    are nearer to done, and a judge's chunk waiting behind mine's retrieval would leave the judge's
+    model idle while the pipeline fills."""
+
+    def __init__(self):
+        self._q: queue.PriorityQueue = queue.PriorityQueue()
+        self._n = itertools.count()
+        self._thread = threading.Thread(target=self._work, name="prepare", daemon=True)
+        self._thread.start()
+
+    def _work(self) -> None:
+        while True:
+            _, _, job = self._q.get()
+            if job is None:
+                return
+            fut, fn, args = job
+            if fut.set_running_or_notify_cancel():
+                try:
+                    fut.set_result(fn(*args))
+                except BaseException as e:  # handed to whoever waits on the chunk
+                    fut.set_exception(e)
+
+    def for_stage(self, rank: int) -> "_StagePrepare":
+        return _StagePrepare(self, rank)
+
+    def submit(self, rank: int, fn, *args) -> Future:
+        fut: Future = Future()
+        self._q.put((-rank, next(self._n), (fut, fn, args)))
+        return fut
+
+    def shutdown(self) -> None:
+        self._q.put((float("inf"), next(self._n), None))
+
+
+class _StagePrepare:
+    """A stage's view of the `PreparePool` (what `chunks.run_chunks` calls `prepare_pool`)."""
+
+    def __init__(self, pool: PreparePool, rank: int):
+        self._pool, self._rank = pool, rank
+
+    def submit(self, fn, *args) -> Future:
+        return self._pool.submit(self._rank, fn, *args)
+
+
 class Link:
     """What `run.run_locked` needs to run one stage inside a streamed group: whether its input is the
     upstream being written now, and the `Flow` of its chunks."""
 
-    def __init__(self, feed_in: ShardFeed | None, feed_out: ShardFeed, pool: ThreadPoolExecutor,
+    def __init__(self, feed_in: ShardFeed | None, feed_out: ShardFeed, pool: _StagePrepare,
                  stop: threading.Event, estimate_rows: int, clients: list, projection=None):
         self.feed_in, self.feed_out, self.pool, self.stop = feed_in, feed_out, pool, stop
         self.clients = clients  # every stage's LLM client (Ctrl-C cancels what they have in flight)
@@ -215,11 +263,11 @@ def run_streamed(pipe: Pipeline, group: list[Stage], cfg, force: bool,
     errors: list[tuple[float, int, BaseException]] = []
     upstream = read_success(rd / earlier[-1].name) if earlier else None
     estimate = int((upstream or {}).get("rows", 0))
-    pool = ThreadPoolExecutor(1, thread_name_prefix="prepare")
+    pool = PreparePool()
     clients: list = []
 
     def work(i: int, stage: Stage) -> None:
-        link = Link(feeds[i - 1] if i else None, feeds[i], pool, stop, estimate, clients, projection)
+        link = Link(feeds[i - 1] if i else None, feeds[i], pool.for_stage(i), stop, estimate, clients, projection)
         try:
             ctx = context(pipe, stage, cfg, force=force)
             if link.feed_in is not None:
@@ -256,7 +304,7 @@ def run_streamed(pipe: Pipeline, group: list[Stage], cfg, force: bool,
                 c.cancel_running()
             raise
         finally:
-            pool.shutdown(wait=not stop.is_set(), cancel_futures=True)
+            pool.shutdown()
     save_effective_config(cfg)
     if errors:
         causes = [e for e in sorted(errors, key=lambda x: (x[0], x[1])) if not isinstance(e[2], Stopped)]

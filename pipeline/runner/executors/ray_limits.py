@@ -148,5 +148,8 @@ class RemoteLedger:
     def would_exceed(self) -> bool:
         return self.cap is not None and self.spent() >= self.cap
 
+    def fits_once_settled(self, usd: float) -> bool:
+        return self.cap is None or self.spent() + usd <= self.cap
+
     def close(self) -> None:
         pass
