@@ -52,18 +52,15 @@ class Stopped(InfirError):
     """A stage stopped because another stage of a streamed build did (not the cause: that one is said)."""
 
 
-#: Chunks an LLM stage has in flight at once, at the least. With one, each chunk drains its last wave
-#: of requests before the next starts (at 1,000-row shards and 32 in flight, the endpoint idles for
-#: most of a latency per shard); with two, the next chunk's requests fill the slots the last wave
-#: frees. Shards smaller than `llm.concurrency` need more of them to fill the slots (`in_flight`). The
+#: Chunks an LLM stage has in flight at once. With one, each chunk drains its last wave of requests
+#: before the next starts (at 1,000-row shards and 32 in flight, the endpoint idles for most of a
+#: latency per shard); with two, the next chunk's requests fill the slots the last wave frees. The
 #: shards are still written, tallied and handed on in chunk order, so the output does not change.
+#: Shards smaller than `llm.concurrency` leave slots empty: keep them at least that large. (Sizing the
+#: depth to the concurrency instead, a stage with small shards kept hundreds of requests in flight, and
+#: against a service counting tokens otherwise than the client, the header pacing's reserve no longer
+#: covered what was in flight: a third of the answers were 429s in bench_stream.)
 IN_FLIGHT = 2
-MAX_IN_FLIGHT = 32
-
-
-def in_flight(concurrency: int, shard_rows: int) -> int:
-    """Chunks an LLM stage keeps in flight: enough rows for `concurrency` requests, plus one."""
-    return min(MAX_IN_FLIGHT, max(IN_FLIGHT, -(-concurrency // max(shard_rows, 1)) + 1))
 
 
 _NOT_YET = object()
@@ -158,7 +155,7 @@ class _ChunkLoop:
         self.own_pool = flow.prepare_pool is None
         self.pool = ThreadPoolExecutor(1, thread_name_prefix=f"{stage.name}-prepare") if self.own_pool else flow.prepare_pool
         size = stage.shard_rows(ctx.cfg)
-        self.depth = in_flight(self.client.settings.concurrency, size) if self.client is not None else 1
+        self.depth = IN_FLIGHT if self.client is not None else 1
         self.workers = ThreadPoolExecutor(self.depth, thread_name_prefix=f"{stage.name}-chunk") if self.depth > 1 else None
         tables = flow.tables if flow.tables is not None else iter_tables(ctx.upstream_dir)
         self.chunks = enumerate(chunks_of(tables, size))
