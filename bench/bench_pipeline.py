@@ -51,8 +51,9 @@ STAGES = ("generate", "mine", "verify")
 ROW_STAGES = ("generate", "mine", "filter", "verify")
 
 
-def infir(*args: str, log: Path) -> float:
-    """Run one `infir` command; returns its wall seconds (interpreter start included)."""
+def run_infir(args: list[str], log: Path) -> tuple[float, int]:
+    """Run one `infir` command, its output appended to `log`; (wall seconds, interpreter start
+    included; exit status)."""
     env = {**os.environ, KEY_ENV: "sk-bench-not-a-key", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     t0 = time.perf_counter()
     with log.open("a") as f:
@@ -60,9 +61,14 @@ def infir(*args: str, log: Path) -> float:
         f.flush()
         r = subprocess.run([sys.executable, "-m", "pipeline.cli", *args], cwd=REPO, env=env, stdout=f,
                            stderr=subprocess.STDOUT)
-    dt = time.perf_counter() - t0
-    if r.returncode != 0:
-        raise RuntimeError(f"infir {args[0]} failed (exit {r.returncode}); see {log}")
+    return time.perf_counter() - t0, r.returncode
+
+
+def infir(*args: str, log: Path) -> float:
+    """Run one `infir` command; returns its wall seconds (interpreter start included)."""
+    dt, returncode = run_infir(list(args), log)
+    if returncode != 0:
+        raise RuntimeError(f"infir {args[0]} failed (exit {returncode}); see {log}")
     return dt
 
 

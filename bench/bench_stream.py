@@ -36,7 +36,6 @@ import math
 import os
 import re
 import shutil
-import subprocess
 import sys
 import tempfile
 import threading
@@ -49,6 +48,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(BENCH))
 
 import llm_server  # noqa: E402
+from bench_pipeline import run_infir as infir  # noqa: E402
 
 KEY_ENV = "INFIR_BENCH_KEY"
 ROW_STAGES = ("generate", "mine", "filter", "verify")
@@ -59,17 +59,6 @@ CONFIGS = {
     "sample": ("configs/sample.toml", {}, 10),
     "msmarco": ("configs/msmarco.toml", {}, 120),
 }
-
-
-def infir(args: list[str], log: Path) -> tuple[float, int]:
-    env = {**os.environ, KEY_ENV: "sk-bench-not-a-key", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    t0 = time.perf_counter()
-    with log.open("a") as f:
-        f.write(f"$ infir {' '.join(args)}\n")
-        f.flush()
-        r = subprocess.run([sys.executable, "-m", "pipeline.cli", *args], cwd=REPO, env=env, stdout=f,
-                           stderr=subprocess.STDOUT)
-    return time.perf_counter() - t0, r.returncode
 
 
 class Poll:
