@@ -188,7 +188,6 @@ class _ChunkLoop:
             interval = getattr(getattr(ctx.cfg, "run", None), "progress_interval_s", 30.0)
             with StageWatch(self.stage.name, total_rows, self.client, interval, ctx.quiet,
                             ctx.options.get("build_rest_usd")) as watch:
-                ctx.on_result = watch.on_result
                 if flow.on_watch is not None:
                     flow.on_watch(watch)
                 ended = False

@@ -151,7 +151,7 @@ def _run(ctx: Context, stage: Stage, link=None) -> dict:
         verify_upstream(ctx.upstream_dir, ctx.upstream_success())
     if not isinstance(stage, RowStage):
         return stage.run(ctx)
-    total = link.total_rows() if streaming else ctx.upstream_success()["rows"]
+    total = link.estimate_rows if streaming else ctx.upstream_success()["rows"]
     batch = None
     if isinstance(stage, LLMStage):
         ctx.client = llm.make_client(ctx.cfg, ctx.run_dir, stage.name)

@@ -36,16 +36,14 @@ from pathlib import Path
 from typing import Iterator
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from pipeline.errors import InfirError
 from pipeline.progress import shared_bars
 from pipeline.runner.chunks import Flow, Stopped
 from pipeline.runner import llm
 from pipeline.runner.pipeline import Pipeline
 from pipeline.runner.run import Reading, context, run_dir, run_locked, save_effective_config
 from pipeline.runner.shape import RowStage, Stage, StageResult
-from pipeline.store import read_success
+from pipeline.store import read_shard, read_success
 from pipeline.store.lock import StageLock
 
 _WAIT_S = 0.5  # how often a waiting stage looks at the build's stop signal
@@ -130,11 +128,7 @@ class ShardFeed:
                 state = self.state
             if name is not None:
                 i += 1
-                path = self.dir / name
-                try:
-                    yield name, pq.read_table(path)
-                except (pa.ArrowInvalid, OSError) as e:
-                    raise InfirError(f"{path}: unreadable Parquet shard ({e}); rerun the build") from None
+                yield name, read_shard(self.dir / name, then="rerun the build")
             elif state == "done":
                 return
             else:
@@ -197,7 +191,7 @@ class Link:
         self.clients = clients  # every stage's LLM client (Ctrl-C cancels what they have in flight)
         self.projection = projection
         self.streaming = False
-        self.estimate_rows = estimate_rows
+        self.estimate_rows = estimate_rows  # the rows a streamed stage expects until its upstream ends
 
     def flow(self) -> Flow:
         def on_watch(watch) -> None:
@@ -212,9 +206,6 @@ class Link:
             stopped=lambda: "another stage of the build stopped" if self.stop.is_set() else None,
             on_watch=on_watch,
         )
-
-    def total_rows(self) -> int:
-        return self.estimate_rows
 
     def started(self) -> None:
         self.feed_out.running()
@@ -307,6 +298,7 @@ def run_streamed(pipe: Pipeline, group: list[Stage], cfg, force: bool,
             pool.shutdown()
     save_effective_config(cfg)
     if errors:
-        causes = [e for e in sorted(errors, key=lambda x: (x[0], x[1])) if not isinstance(e[2], Stopped)]
-        raise (causes or sorted(errors, key=lambda x: (x[0], x[1])))[0][2]
+        errors.sort(key=lambda x: (x[0], x[1]))
+        causes = [e for _, _, e in errors if not isinstance(e, Stopped)]
+        raise (causes or [errors[0][2]])[0]
     return [r for r in results if r is not None]

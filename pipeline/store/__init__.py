@@ -2,6 +2,7 @@ from pipeline.store.ids import canonical_json, content_id, file_fingerprint, ide
 from pipeline.store.shards import (
     StageOutput,
     iter_tables,
+    read_shard,
     read_stage_table,
     read_success,
     require_stage,
@@ -17,6 +18,7 @@ __all__ = [
     "content_id",
     "file_fingerprint",
     "iter_tables",
+    "read_shard",
     "read_stage_table",
     "read_success",
     "require_stage",

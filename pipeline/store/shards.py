@@ -142,10 +142,15 @@ def stage_fingerprint(success: dict) -> str:
 
 def iter_tables(stage_dir: Path, prefix: str = "part") -> Iterator[tuple[str, pa.Table]]:
     for path in sorted(Path(stage_dir).glob(f"{prefix}-*.parquet")):
-        try:
-            yield path.name, pq.read_table(path)
-        except (pa.ArrowInvalid, OSError) as e:
-            raise InfirError(f"{path}: unreadable Parquet shard ({e}); rerun the stage with --force") from None
+        yield path.name, read_shard(path)
+
+
+def read_shard(path: Path, then: str = "rerun the stage with --force") -> pa.Table:
+    """One finished shard; one clear line (saying `then`) if it cannot be read."""
+    try:
+        return pq.read_table(path)
+    except (pa.ArrowInvalid, OSError) as e:
+        raise InfirError(f"{path}: unreadable Parquet shard ({e}); {then}") from None
 
 
 def read_stage_table(stage_dir: Path, prefix: str = "part") -> pa.Table:
