@@ -40,7 +40,6 @@ class StageWatch:
         self.interval_s, self.quiet = interval_s, quiet or QUIET
         self.done = 0  # rows finished (adopted or processed)
         self.processed = 0  # rows processed by this attempt (not adopted from an earlier one)
-        self._last = ChunkProgress()
         self._count = threading.Lock()  # answers arrive on the client's loop, chunks end on others
         self._t0 = time.monotonic()
         ledger = getattr(client, "ledger", None)
@@ -65,8 +64,7 @@ class StageWatch:
             self._bar.update(self._task, total=self.total)
 
     def chunk_started(self) -> ChunkProgress:
-        self._last = ChunkProgress()
-        return self._last
+        return ChunkProgress()
 
     def chunk_callback(self, chunk: ChunkProgress):
         """The `on_result` of one chunk: counts its answers, then `on_result`."""
@@ -90,9 +88,8 @@ class StageWatch:
             self.processed += 1
         self._refresh()
 
-    def chunk_done(self, rows: int, chunk: ChunkProgress | None = None) -> None:
+    def chunk_done(self, rows: int, chunk: ChunkProgress) -> None:
         """A chunk of `rows` rows is finished: its rows that had no answer counted (no request)."""
-        chunk = chunk or self._last
         with self._count:
             self.processed += rows - chunk.results
             self.done += rows - chunk.results

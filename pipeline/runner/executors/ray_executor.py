@@ -70,8 +70,7 @@ def run_chunks(ctx, stage, total_rows: int) -> Counter:
             if table is None:
                 raise InfirError(f"{out.dir / shard_name(k)}: a Ray task reported it written but it cannot be read")
             counts["shards written"] += 1
-            watch.chunk_started()
-            watch.chunk_done(n)
+            watch.chunk_done(n, watch.chunk_started())  # its answers came from the workers, uncounted
             done(k, table)
 
     warmed = False
